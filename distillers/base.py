@@ -1,0 +1,138 @@
+"""The one interface every distillation method fills in.
+
+A distiller is an ``nn.Module`` that holds a method's loss and its own trainable
+parts and buffers (connectors, embeddings, memory banks), nothing else. It is
+built from a :class:`ShapeSpec` (the shapes of every tap of the student and the
+teacher, obtained from one dry-run forward), so its connectors fit any pair
+without per-model channel tables. Its ``forward`` maps tapped features to a dict
+of named loss terms; the trainer weights their sum with ``-b/--beta``.
+
+The frozen teacher and the student live outside the distiller (as in mdistiller,
+learnable parameters are kept apart from the teacher), so ``distiller.parameters()``
+are exactly the extra trainable parts the optimizer and checkpoint must carry.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from distillers.registry import Registry
+
+DISTILLERS = Registry("distiller")
+
+#: A key of a distiller's output that is the student's prediction, not a loss term
+#: (SimKD predicts through the teacher's classifier). Excluded from the loss sum.
+PREDICTION = "logits"
+
+#: Keys a distiller may ask the trainer to put in ``batch``.
+BATCH_KEYS = ("labels", "index", "contrast_idx")
+
+Shape = Tuple[int, ...]
+
+
+@dataclass
+class ShapeSpec:
+    """Per-sample shapes of the tapped features (batch dimension dropped).
+
+    ``student``/``teacher`` map a tap name to a shape, or a group name
+    (``stages``, ``stages_preact``) to a list of shapes. Dataset facts that some
+    methods size their parts with (CRD's memory, SemCKD's batch-sized MLPs) are
+    carried beside them.
+    """
+
+    student: Dict[str, Any]
+    teacher: Dict[str, Any]
+    num_classes: Optional[int] = None
+    num_data: Optional[int] = None
+    batch_size: Optional[int] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+def register_distiller(name: str, **meta: Any):
+    """Class decorator: make a :class:`Distiller` subclass buildable by ``name``."""
+
+    def decorator(cls):
+        if not (isinstance(cls, type) and issubclass(cls, Distiller)):
+            raise TypeError(f"@register_distiller('{name}') expects a Distiller subclass, got {cls!r}")
+        cls.registry_name = name
+        return DISTILLERS.register(name, **meta)(cls)
+
+    return decorator
+
+
+def list_distillers():
+    return DISTILLERS.names()
+
+
+def build_distiller(name: str, spec: ShapeSpec, **options: Any) -> "Distiller":
+    """Build a registered distiller; an unknown option is an error naming the accepted ones."""
+    cls = DISTILLERS.get(name)
+    accepted = cls.option_names()
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise TypeError(
+            f"distiller '{name}' got unknown option(s) {unknown}; accepted: {sorted(accepted) or 'none'}")
+    return cls(spec, **options)
+
+
+class Distiller(nn.Module):
+    """Base class of every method.
+
+    Subclasses set:
+
+    * ``student_taps`` / ``teacher_taps``: tap names (or groups such as ``stages``)
+      read by ``forward``; instances may narrow them from their options.
+    * ``batch_keys``: which of ``labels``, ``index``, ``contrast_idx`` ``forward``
+      reads from ``batch``; asking for ``contrast_idx`` makes the trainer wrap the
+      dataset with contrast sampling.
+    * ``default_weights``: the reference script's ``gamma`` (CE), ``alpha`` (KD) and
+      ``beta`` (this method) used when the command line does not set them.
+    * ``options``: dict of option name -> default; these become keyword arguments
+      (and command-line flags ``--<name>``).
+
+    and implement ``__init__(spec, **options)`` (build parts from shapes) and
+    ``forward(s, t, batch) -> {term name: scalar tensor}``.
+    """
+
+    student_taps: Sequence[str] = ("logits",)
+    teacher_taps: Sequence[str] = ("logits",)
+    batch_keys: Sequence[str] = ()
+    default_weights: Mapping[str, float] = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
+    options: Mapping[str, Any] = {}
+    registry_name: str = ""
+
+    def __init__(self, spec: ShapeSpec, **options: Any):
+        super().__init__()
+        self.spec = spec
+        merged = {**self.all_options(), **options}
+        for key, value in merged.items():
+            setattr(self, key, value)
+
+    @classmethod
+    def all_options(cls) -> Dict[str, Any]:
+        """Options with defaults, gathered along the class hierarchy."""
+        merged: Dict[str, Any] = {}
+        for klass in reversed(cls.__mro__):
+            merged.update(getattr(klass, "__dict__", {}).get("options", {}))
+        return merged
+
+    @classmethod
+    def option_names(cls) -> Sequence[str]:
+        return tuple(cls.all_options())
+
+    def forward(self, s: Dict[str, Any], t: Dict[str, Any],
+                batch: Optional[Dict[str, Any]] = None) -> Dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def inference_head(self) -> Optional[nn.Module]:
+        """Modules the student needs at test time besides itself (SimKD's projector)."""
+        return None
+
+    @staticmethod
+    def total(terms: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The method's loss: the sum of its terms (a prediction entry is not a term)."""
+        values = [v.reshape(()) for k, v in terms.items() if k != PREDICTION]
+        return torch.stack(values).sum() if values else torch.zeros(())

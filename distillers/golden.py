@@ -1,0 +1,241 @@
+"""Check the project's distillers against reference numbers (``shared/golden/*.pt``).
+
+Usage::
+
+    python -m distillers.golden ../shared/golden/kd.pt [more files ...]
+
+Each file names its ``method``; :data:`TABLE` (the one mapping table) says which
+registered distiller and options reproduce it, which tap each input stands for, and
+how the reference's parameter names map onto ours. The distiller is built from the
+input *shapes* through the registry, exactly as training builds it from a dry run,
+its parameters are loaded, one step is run in float64 and ``loss``, ``grads``,
+``state_after`` and ``extra.step2`` are compared at the file's tolerance. One
+``PASS``/``FAIL`` line per file; the exit status is non-zero if any file fails.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from distillers.base import PREDICTION, ShapeSpec, build_distiller
+
+
+@dataclass(frozen=True)
+class GoldenEntry:
+    """How one reference method maps onto a registered distiller.
+
+    inputs: golden input name -> ``"s:<tap>"`` / ``"t:<tap>"`` (student/teacher
+        feature; student ones get gradients) or ``"batch:<key>"``. The teacher's
+        classifier is given as ``t:classifier.weight`` and ``t:classifier.bias``.
+    options: fixed distiller options; ``hparam_options`` maps an option name to the
+        file's ``hparams`` key that sets it (sizes of the small memories).
+    spec_from_hparams: ShapeSpec field -> ``hparams`` key (e.g. ``num_data``).
+    renames: (reference prefix, our prefix) pairs applied to parameter names.
+    outputs: distiller output key -> ``extra`` key compared as well (e.g. SimKD's prediction).
+    """
+
+    distiller: str
+    inputs: Mapping[str, str]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    hparam_options: Mapping[str, str] = field(default_factory=dict)
+    spec_from_hparams: Mapping[str, str] = field(default_factory=dict)
+    renames: Sequence[Tuple[str, str]] = ()
+    outputs: Mapping[str, str] = field(default_factory=dict)
+
+
+LOGITS = {"logit_s": "s:logits", "logit_t": "t:logits"}
+
+#: method field of a golden file -> how to reproduce it. One entry per method.
+TABLE: Dict[str, GoldenEntry] = {
+    "kd": GoldenEntry("kd", LOGITS, options={"kd_T": 4.0}),
+}
+
+
+# ---------------------------------------------------------------------------
+@dataclass
+class Outcome:
+    ok: bool
+    max_err: float
+    problems: List[str]
+
+
+class _Comparer:
+    def __init__(self, tol: float):
+        self.tol = tol
+        self.max_err = 0.0
+        self.problems: List[str] = []
+
+    def check(self, what: str, mine: Any, ref: Any) -> None:
+        if isinstance(ref, (list, tuple)):
+            if not isinstance(mine, (list, tuple)) or len(mine) != len(ref):
+                self.problems.append(f"{what}: expected a list of {len(ref)}")
+                return
+            for i, (m, r) in enumerate(zip(mine, ref)):
+                self.check(f"{what}[{i}]", m, r)
+            return
+        if mine is None:
+            self.problems.append(f"{what}: missing (no value / no gradient)")
+            return
+        mine = mine.detach()
+        if mine.numel() != ref.numel():
+            self.problems.append(f"{what}: shape {tuple(mine.shape)} vs reference {tuple(ref.shape)}")
+            return
+        mine = mine.reshape(ref.shape)
+        if not ref.is_floating_point():
+            if not torch.equal(mine.to(ref.dtype), ref):
+                self.problems.append(f"{what}: integer values differ")
+            return
+        err = (mine.to(ref.dtype) - ref).abs().max().item() if ref.numel() else 0.0
+        self.max_err = max(self.max_err, err)
+        if not torch.allclose(mine.to(ref.dtype), ref, rtol=self.tol, atol=self.tol):
+            self.problems.append(f"{what}: max abs error {err:.3e} > tolerance {self.tol:g}")
+
+
+def _rename(name: str, renames: Sequence[Tuple[str, str]]) -> str:
+    for ref_prefix, ours in renames:
+        if name.startswith(ref_prefix):
+            return ours + name[len(ref_prefix):]
+    return name
+
+
+def _shape_of(value):
+    if isinstance(value, (list, tuple)):
+        return [tuple(v.shape[1:]) for v in value]
+    return tuple(value.shape[1:])
+
+
+class GoldenCase:
+    """One golden file reproduced through the registry."""
+
+    def __init__(self, record: Mapping[str, Any]):
+        self.record = record
+        method = record.get("method")
+        if method not in TABLE:
+            raise KeyError(f"no mapping for method '{method}' (mapped: {', '.join(sorted(TABLE))})")
+        self.entry = TABLE[method]
+        self.tol = float(record["tolerance"])
+
+    # construction --------------------------------------------------------
+    def build(self):
+        entry, hp = self.entry, self.record.get("hparams", {})
+        s, t, _ = self.features(self.record["inputs"])
+        spec = ShapeSpec(
+            student={k: _shape_of(v) for k, v in s.items()},
+            teacher={k: (tuple(v.weight.shape) if isinstance(v, nn.Module) else _shape_of(v))
+                     for k, v in t.items()},
+            **{f: int(hp[k]) for f, k in entry.spec_from_hparams.items()},
+        )
+        options = dict(entry.options)
+        options.update({opt: hp[key] for opt, key in entry.hparam_options.items()})
+        distiller = build_distiller(entry.distiller, spec, **options).double()
+        params = {_rename(k, entry.renames): v for k, v in self.record["params"].items()}
+        distiller.load_state_dict(params, strict=True)
+        return distiller.train()
+
+    def features(self, inputs: Mapping[str, Any]):
+        """Split golden inputs into student features (leaves with grad), teacher features, batch."""
+        s: Dict[str, Any] = {}
+        t: Dict[str, Any] = {}
+        batch: Dict[str, Any] = {}
+        classifier: Dict[str, torch.Tensor] = {}
+        for name, role in self.entry.inputs.items():
+            value = inputs[name]
+            side, _, tap = role.partition(":")
+            if side == "batch":
+                batch[tap] = value
+            elif tap.startswith("classifier."):
+                classifier[tap.split(".", 1)[1]] = value
+            elif side == "s":
+                s[tap] = ([v.clone().requires_grad_(True) for v in value]
+                          if isinstance(value, (list, tuple)) else value.clone().requires_grad_(True))
+            else:
+                t[tap] = list(value) if isinstance(value, (list, tuple)) else value
+        if classifier:
+            weight = classifier["weight"]
+            fc = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in classifier).double()
+            with torch.no_grad():
+                fc.weight.copy_(weight)
+                if "bias" in classifier:
+                    fc.bias.copy_(classifier["bias"])
+            fc.requires_grad_(False)
+            t["classifier"] = fc
+        return s, t, batch
+
+    # one step --------------------------------------------------------------
+    def step(self, distiller, inputs, ref: Mapping[str, Any], cmp: _Comparer, label: str) -> None:
+        s, t, batch = self.features(inputs)
+        distiller.zero_grad(set_to_none=True)
+        out = distiller(s, t, batch)
+        loss = distiller.total(out)
+        cmp.check(f"{label}loss", loss, ref["loss"])
+        loss.backward()
+        ours = dict(distiller.named_parameters())
+        for key, ref_grad in ref.get("grads", {}).items():
+            if key.startswith("params."):
+                name = _rename(key[len("params."):], self.entry.renames)
+                param = ours.get(name)
+                cmp.check(f"{label}grad {key}", None if param is None else param.grad, ref_grad)
+            else:
+                tap = self.entry.inputs[key].split(":", 1)[1]
+                value = s[tap]
+                grad = [v.grad for v in value] if isinstance(value, list) else value.grad
+                cmp.check(f"{label}grad {key}", grad, ref_grad)
+        state = distiller.state_dict()
+        for key, ref_value in ref.get("state_after", {}).items():
+            cmp.check(f"{label}state_after {key}", state.get(_rename(key, self.entry.renames)), ref_value)
+        for out_key, extra_key in self.entry.outputs.items():
+            if extra_key in ref.get("extra", {}):
+                cmp.check(f"{label}output {out_key}", out.get(out_key), ref["extra"][extra_key])
+
+    def run(self) -> Outcome:
+        cmp = _Comparer(self.tol)
+        with torch.autograd.set_grad_enabled(True):
+            distiller = self.build()
+            self.step(distiller, self.record["inputs"], self.record, cmp, "")
+            step2 = self.record.get("extra", {}).get("step2")
+            if step2:
+                self.step(distiller, step2["inputs"], {**step2, "extra": {}}, cmp, "step2 ")
+        return Outcome(not cmp.problems, cmp.max_err, cmp.problems)
+
+
+def check_file(path: str) -> Outcome:
+    try:
+        record = torch.load(path, weights_only=True)
+    except Exception as exc:  # unreadable file: report, don't crash the batch
+        return Outcome(False, float("nan"), [f"cannot load: {exc}"])
+    try:
+        return GoldenCase(record).run()
+    except Exception as exc:
+        return Outcome(False, float("nan"), [f"{type(exc).__name__}: {exc}"])
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m distillers.golden",
+        description="Reproduce golden reference losses, gradients and buffers through the registry.")
+    parser.add_argument("files", nargs="+", help="golden .pt files (see shared/golden/README.md)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="list every mismatch")
+    args = parser.parse_args(argv)
+    failed = 0
+    for path in args.files:
+        outcome = check_file(path)
+        status = "PASS" if outcome.ok else "FAIL"
+        line = f"{status} {path} max_err={outcome.max_err:.3e}"
+        if not outcome.ok:
+            failed += 1
+            shown = outcome.problems if args.verbose else outcome.problems[:3]
+            line += " | " + "; ".join(shown)
+            if len(outcome.problems) > len(shown):
+                line += f" (+{len(outcome.problems) - len(shown)} more, -v lists them)"
+        print(line, flush=True)
+    print(f"{len(args.files) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""Hinton et al., "Distilling the Knowledge in a Neural Network" (KD)."""
+import torch.nn.functional as F
+
+from distillers.base import Distiller, register_distiller
+
+
+def kd_loss(logit_s, logit_t, T: float):
+    """T^2 / B * sum_i KL(softmax(z_t,i / T) || softmax(z_s,i / T)): batch mean, not element mean."""
+    log_p_s = F.log_softmax(logit_s / T, dim=1)
+    log_p_t = F.log_softmax(logit_t / T, dim=1)
+    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * T * T
+
+
+@register_distiller("kd")
+class KD(Distiller):
+    """Soft-target KL between student and teacher logits at temperature ``kd_T``.
+
+    With ``--distill kd`` this term is weighted by ``-a/--alpha`` (reference: -r 0.1 -a 0.9);
+    every other method adds it through ``-a`` too.
+    """
+
+    student_taps = ("logits",)
+    teacher_taps = ("logits",)
+    default_weights = {"gamma": 0.1, "alpha": 0.9, "beta": 0.0}
+    options = {"kd_T": 4.0}
+
+    def forward(self, s, t, batch=None):
+        return {"kd": kd_loss(s["logits"], t["logits"], self.kd_T)}
