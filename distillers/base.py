@@ -14,7 +14,7 @@ are exactly the extra trainable parts the optimizer and checkpoint must carry.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -49,6 +49,24 @@ class ShapeSpec:
     num_data: Optional[int] = None
     batch_size: Optional[int] = None
     extra: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class InitStage:
+    """An initialisation stage run by the trainer before the main loop (AB, FT, FSP).
+
+    The trainer runs ``epochs`` epochs minimising ``Distiller.init_forward`` with its
+    own SGD over ``parameters`` (plus the student's when ``trains_student``), at
+    ``lr`` (None: the main learning rate), then calls ``Distiller.finish_init_stage``.
+    The stage is logged, checkpointed and resumable like the main loop.
+    """
+
+    epochs: int
+    parameters: List[nn.Parameter]
+    trains_student: bool = False
+    lr: Optional[float] = None
+    student_taps: Sequence[str] = ()
+    teacher_taps: Sequence[str] = ()
 
 
 def register_distiller(name: str, **meta: Any):
@@ -91,7 +109,12 @@ class Distiller(nn.Module):
     * ``default_weights``: the reference script's ``gamma`` (CE), ``alpha`` (KD) and
       ``beta`` (this method) used when the command line does not set them.
     * ``options``: dict of option name -> default; these become keyword arguments
-      (and command-line flags ``--<name>``).
+      (and command-line flags ``--<name>``, so use the reference's flag names).
+
+    ``batch`` carries the requested ``batch_keys`` plus ``epoch`` (1-based, float
+    progress within the run) for warm-up schedules. Methods with memories update
+    them inside ``forward`` after scoring, with embeddings gathered over ranks
+    (:func:`distillers.dist.gather`), so every rank keeps identical buffers.
 
     and implement ``__init__(spec, **options)`` (build parts from shapes) and
     ``forward(s, t, batch) -> {term name: scalar tensor}``.
@@ -126,6 +149,18 @@ class Distiller(nn.Module):
     def forward(self, s: Dict[str, Any], t: Dict[str, Any],
                 batch: Optional[Dict[str, Any]] = None) -> Dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def init_stage(self) -> Optional[InitStage]:
+        """The method's initialisation stage, if it has one (None for most methods)."""
+        return None
+
+    def init_forward(self, s: Dict[str, Any], t: Dict[str, Any],
+                     batch: Optional[Dict[str, Any]] = None) -> Dict[str, torch.Tensor]:
+        """Loss terms of the initialisation stage."""
+        raise NotImplementedError(f"{type(self).__name__} has no initialisation stage")
+
+    def finish_init_stage(self) -> None:
+        """Called once the initialisation stage is over (e.g. freeze its connectors)."""
 
     def inference_head(self) -> Optional[nn.Module]:
         """Modules the student needs at test time besides itself (SimKD's projector)."""
