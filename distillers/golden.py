@@ -53,6 +53,7 @@ LOGITS = {"logit_s": "s:logits", "logit_t": "t:logits"}
 #: method field of a golden file -> how to reproduce it. One entry per method.
 TABLE: Dict[str, GoldenEntry] = {
     "kd": GoldenEntry("kd", LOGITS, options={"kd_T": 4.0}),
+    # ---- end of table ----
 }
 
 
