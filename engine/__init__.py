@@ -1,0 +1,1 @@
+"""The training engine: configuration, launch, checkpoints and the one trainer loop."""

@@ -1,0 +1,236 @@
+"""Command-line and YAML configuration for ``train_teacher.py`` and ``train_student.py``.
+
+Flags follow the reference scripts (RepDistiller / giakoumoglou's distillers), with
+their aliases. ``--config file.yaml`` sets any flag by its name; the command line
+wins; an unknown key is an error. Recipe values left unset (learning rate, epochs,
+schedule, weight decay, batch) come from the dataset family's recipe, and a
+distiller's loss weights from its reference defaults; both are printed at start.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+from typing import Any, Dict, List, Optional, Sequence
+
+import yaml
+
+RECIPES: Dict[str, Dict[str, Any]] = {
+    # RepDistiller's CIFAR-100 protocol (mdistiller and GD cifar/ are identical)
+    "cifar": dict(epochs=240, learning_rate=0.05, lr_decay_epochs=[150, 180, 210], lr_decay_rate=0.1,
+                  weight_decay=5e-4, momentum=0.9, batch_size=64),
+    # SimKD / GD imagenet/ (lr 0.1 for a global batch of 256)
+    "imagenet": dict(epochs=120, learning_rate=0.1, lr_decay_epochs=[30, 60, 90], lr_decay_rate=0.1,
+                     weight_decay=1e-4, momentum=0.9, batch_size=256),
+}
+#: Students the references train at lr 0.01 on CIFAR (they override the flag silently; we print it).
+SMALL_LR_MODELS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
+SMALL_LR = 0.01
+
+
+class ConfigError(ValueError):
+    """A bad flag, config key or flag combination, reported before training starts."""
+
+
+def _milestones(values: Sequence[str]) -> List[int]:
+    """Accept both ``150,180,210`` and ``150 180 210``."""
+    out: List[int] = []
+    for value in values:
+        for part in str(value).replace(",", " ").split():
+            try:
+                out.append(int(part))
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"--lr_decay_epochs expects integers, got '{part}'")
+    return out
+
+
+def _bool(value: str) -> bool:
+    lowered = str(value).lower()
+    if lowered in ("1", "true", "yes", "y", "on"):
+        return True
+    if lowered in ("0", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got '{value}'")
+
+
+def _data_option(text: str):
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--data_opt expects key=value, got '{text}'")
+    return key, yaml.safe_load(value)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", default="cifar100",
+                      help="dataset plugin: cifar100, cifar10, synthetic (no download), imagefolder, ... "
+                           "(default: %(default)s)")
+    data.add_argument("--data-root", "--data_root", dest="data_root", default=None,
+                      help="dataset folder (default: $DISTILLERS_DATA or ~/.cache/distillers/data)")
+    data.add_argument("--data_opt", dest="data_opts", action="append", type=_data_option, default=[],
+                      metavar="KEY=VALUE", help="dataset option, repeatable (e.g. train_size=2000 for synthetic)")
+    data.add_argument("--num_workers", type=int, default=2, help="DataLoader workers per process (default 2)")
+
+    opt = parser.add_argument_group("optimisation (unset values come from the dataset's recipe)")
+    opt.add_argument("--batch_size", "--batch", dest="batch_size", type=int, default=None,
+                     help="global batch size, split over processes (CIFAR 64, ImageNet 256)")
+    opt.add_argument("--epochs", type=int, default=None, help="epochs (CIFAR 240, ImageNet 120)")
+    opt.add_argument("--learning_rate", "--lr", dest="learning_rate", type=float, default=None,
+                     help="learning rate (CIFAR 0.05, or 0.01 for MobileNetV2/ShuffleNet students; "
+                          "ImageNet 0.1)")
+    opt.add_argument("--lr_decay_epochs", nargs="+", default=None, metavar="EPOCH",
+                     help="epochs after which the lr decays: '150,180,210' or '150 180 210'")
+    opt.add_argument("--lr_decay_rate", "--lr_decay_gamma", dest="lr_decay_rate", type=float, default=None,
+                     help="lr multiplier at each decay epoch (0.1)")
+    opt.add_argument("--weight_decay", type=float, default=None, help="SGD weight decay (CIFAR 5e-4)")
+    opt.add_argument("--momentum", type=float, default=None, help="SGD momentum (0.9)")
+    opt.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--trial", default="0", help="trial id, part of the run name (default 0)")
+    run.add_argument("--save_root", default="save",
+                     help="folder for run folders, outside the code (default ./save)")
+    run.add_argument("--save_dir", default=None, help="exact run folder (default: <save_root>/<kind>/<run name>)")
+    run.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
+                     help="continue a run exactly: from CKPT, or from <run folder>/latest.pth")
+    run.add_argument("--config", default=None, help="YAML file of flag values; the command line wins")
+    run.add_argument("--no_tensorboard", action="store_true", help="do not write TensorBoard logs")
+    run.add_argument("--eval_freq", type=int, default=1, help="evaluate every N epochs (and at the end)")
+
+    dist = parser.add_argument_group("devices and distributed training")
+    dist.add_argument("--gpu_id", default=None,
+                      help="CUDA devices to use, e.g. '0' or '0,1,2,3' (sets CUDA_VISIBLE_DEVICES)")
+    dist.add_argument("--device", default=None, choices=["cpu", "cuda"],
+                      help="force a device (default: cuda when available)")
+    dist.add_argument("--multiprocessing-distributed", "--multiprocessing_distributed",
+                      dest="multiprocessing_distributed", action="store_true",
+                      help="spawn one process per GPU (NCCL), or --nprocs CPU processes (gloo)")
+    dist.add_argument("--nprocs", type=int, default=None,
+                      help="processes per node without GPUs (gloo); implies --multiprocessing-distributed")
+    dist.add_argument("--dist-url", "--dist_url", dest="dist_url", default="tcp://127.0.0.1:23456",
+                      help="rendezvous address of rank 0 (default %(default)s)")
+    dist.add_argument("--world-size", "--world_size", dest="world_size", type=int, default=1,
+                      help="number of nodes (default 1)")
+    dist.add_argument("--rank", type=int, default=0, help="rank of this node (default 0)")
+    dist.add_argument("--dist-backend", "--dist_backend", dest="dist_backend", default=None,
+                      choices=["nccl", "gloo"], help="default: nccl on GPUs, gloo on CPU")
+
+
+def teacher_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="train_teacher.py",
+        description="Train a model from scratch (a teacher, or a vanilla student baseline).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", default="resnet32x4",
+                        help="architecture: a CIFAR zoo name, 'torchvision:<name>' or 'timm:<name>'")
+    _common(parser)
+    return parser
+
+
+def _method_option_help() -> Dict[str, str]:
+    from distillers import DISTILLERS
+
+    users: Dict[str, List[str]] = {}
+    for name in DISTILLERS.names():
+        for option, default in DISTILLERS.get(name).all_options().items():
+            users.setdefault(option, []).append(f"{name}={default}")
+    return {option: "method option; default per method: " + ", ".join(uses) for option, uses in users.items()}
+
+
+def student_parser() -> argparse.ArgumentParser:
+    from distillers import list_distillers
+
+    parser = argparse.ArgumentParser(
+        prog="train_student.py",
+        description="Distil a teacher into a student with any registered method.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model_s", default="resnet8x4", help="student architecture")
+    parser.add_argument("--path_t", "--path-t", dest="path_t", default=None,
+                        help="teacher checkpoint (this project's or RepDistiller's {'model': state_dict})")
+    parser.add_argument("--model_t", default=None,
+                        help="teacher architecture, for checkpoints that do not record it")
+    parser.add_argument("--distill", default="kd", help="method: " + ", ".join(list_distillers()))
+    weights = parser.add_argument_group(
+        "loss weights: total = gamma*CE + alpha*KD + beta*method (unset: the method's reference values)")
+    weights.add_argument("-r", "--gamma", "-c", "--cls", dest="gamma", type=float, default=None,
+                         help="weight of the cross-entropy term (-c/--cls is the SimKD spelling)")
+    weights.add_argument("-a", "--alpha", "-d", "--div", dest="alpha", type=float, default=None,
+                         help="weight of the KD term (-d/--div is the SimKD spelling)")
+    weights.add_argument("-b", "--beta", dest="beta", type=float, default=None,
+                         help="weight of the method's own loss")
+    weights.add_argument("--kd_T", type=float, default=4.0, help="KD temperature")
+    methods = parser.add_argument_group("method options (flag names follow the reference scripts)")
+    for option, text in sorted(_method_option_help().items()):
+        if option == "kd_T":
+            continue
+        methods.add_argument(f"--{option}", dest=f"method__{option}", default=None, type=yaml.safe_load,
+                             help=text)
+    parser.add_argument("--evaluate", action="store_true",
+                        help="only evaluate the student checkpoint --path_s (no teacher needed)")
+    parser.add_argument("--path_s", default=None, help="student checkpoint for --evaluate")
+    _common(parser)
+    return parser
+
+
+def _dests(parser: argparse.ArgumentParser) -> Dict[str, argparse.Action]:
+    return {a.dest: a for a in parser._actions if a.dest != "help"}
+
+
+def load_yaml(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
+    """Read a YAML config; keys are flag names (``lr_decay_epochs``, ``nce_k``, ``data-root``...)."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"--config {path}: no such file")
+    with open(path, encoding="utf-8") as fh:
+        values = yaml.safe_load(fh) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of flag names to values")
+    dests = _dests(parser)
+    out: Dict[str, Any] = {}
+    for key, value in values.items():
+        dest = str(key).lstrip("-").replace("-", "_")
+        dest = dest if dest in dests else f"method__{dest}"
+        if dest not in dests:
+            names = sorted(d.replace("method__", "") for d in dests if d != "config")
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"--config {path}: unknown key '{key}'.{hint} Known keys: {', '.join(names)}")
+        out[dest] = value
+    return out
+
+
+def parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse flags, layering: parser defaults < YAML config < command line."""
+    first, _ = parser.parse_known_args(argv)
+    if first.config:
+        try:
+            parser.set_defaults(**load_yaml(first.config, parser))
+        except ConfigError as err:
+            parser.error(str(err))
+    args = parser.parse_args(argv)
+    if args.lr_decay_epochs is not None:
+        try:
+            args.lr_decay_epochs = _milestones(args.lr_decay_epochs if isinstance(args.lr_decay_epochs, list)
+                                               else [args.lr_decay_epochs])
+        except argparse.ArgumentTypeError as err:
+            parser.error(str(err))
+    args.data_opts = dict(args.data_opts) if isinstance(args.data_opts, list) else dict(args.data_opts or {})
+    return args
+
+
+def method_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """The method options the user set explicitly (``--nce_k 4096`` -> {'nce_k': 4096})."""
+    return {k[len("method__"):]: v for k, v in vars(args).items()
+            if k.startswith("method__") and v is not None}
+
+
+def apply_recipe(args: argparse.Namespace, family: str, model_name: str, log=print) -> None:
+    """Fill unset optimisation values from the family's recipe, saying where lr came from."""
+    recipe = RECIPES.get(family, RECIPES["cifar"])
+    lr_was_set = args.learning_rate is not None
+    for key, value in recipe.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if not lr_was_set and family == "cifar" and model_name in SMALL_LR_MODELS:
+        args.learning_rate = SMALL_LR
+        log(f"learning rate {SMALL_LR} for {model_name} (the reference recipe for MobileNet/ShuffleNet "
+            "students; set --learning_rate to override)")
