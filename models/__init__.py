@@ -1,0 +1,8 @@
+"""Model zoo: the CIFAR models of the literature, plus torchvision and timm adapters.
+
+Every model keeps its plain ``forward``; feature taps come from its ``tap_points``.
+"""
+from models.registry import MODELS, create_model, list_models, register_model
+from models import cifar  # noqa: F401  (registers the CIFAR zoo)
+
+__all__ = ["MODELS", "create_model", "list_models", "register_model"]

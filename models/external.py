@@ -1,0 +1,125 @@
+"""torchvision and timm models with standard tap maps, unmodified.
+
+``create_model("torchvision:resnet18")`` and ``create_model("timm:resnet18")`` return
+the libraries' own modules with a ``tap_points`` dict attached, so they are tapped
+exactly like the CIFAR zoo. timm maps come from ``feature_info``, the pooling module
+and ``get_classifier()``, so any timm model gets ``stage1..N``, ``last_map``,
+``pooled``, ``logits`` and ``classifier``.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+from torch import nn
+
+from distillers.registry import UnknownNameError
+from distillers.taps import TapPoint
+
+OFFLINE_HINT = ("pretrained weights could not be downloaded ({err}). This machine may be offline: "
+                "pass a local checkpoint instead (e.g. --path_t) or build without pretrained weights.")
+
+
+def _module_path(model: nn.Module, target: nn.Module) -> str:
+    for name, module in model.named_modules():
+        if module is target:
+            return name
+    raise ValueError("module is not part of the model")
+
+
+def _common(points: Dict[str, TapPoint], fc_path: str, pooled_from: str = "") -> Dict[str, TapPoint]:
+    points.update({
+        "pooled": TapPoint(pooled_from or fc_path, "input"),
+        "logits": TapPoint("", "output"),
+        "classifier": TapPoint(fc_path, "module"),
+    })
+    return points
+
+
+def torchvision_tap_points(model: nn.Module) -> Dict[str, TapPoint]:
+    """Tap maps for torchvision's ResNet family, MobileNetV2 and ShuffleNetV2."""
+    from torchvision.models import MobileNetV2, ResNet, ShuffleNetV2
+
+    if isinstance(model, ResNet):
+        points = {"stem": TapPoint("maxpool"), "last_map": TapPoint("avgpool", "input")}
+        for k in range(1, 5):
+            layer = getattr(model, f"layer{k}")
+            last = f"layer{k}.{len(layer) - 1}"
+            points[f"stage{k}"] = TapPoint(f"layer{k}")
+            # the block's shared ReLU runs last on the residual sum: its input is the preact
+            points[f"stage{k}_preact"] = TapPoint(f"{last}.relu", "input")
+        return _common(points, "fc")
+    if isinstance(model, MobileNetV2):
+        # SimKD's split of the feature blocks at indices [0, 1, 4, 7, 14, 18]
+        points = {"stem": TapPoint("features.0"), "last_map": TapPoint("features")}
+        for k, idx in enumerate((3, 6, 13, 17), start=1):
+            points[f"stage{k}"] = TapPoint(f"features.{idx}")
+        return _common(points, "classifier.1", pooled_from="classifier")
+    if isinstance(model, ShuffleNetV2):
+        points = {"stem": TapPoint("maxpool"), "last_map": TapPoint("conv5")}
+        for k in range(1, 4):
+            points[f"stage{k}"] = TapPoint(f"stage{k + 1}")
+        return _common(points, "fc")
+    raise UnknownNameError(
+        f"no tap map for torchvision model {type(model).__name__}; supported: ResNet family, "
+        "MobileNetV2, ShuffleNetV2 (tap other models by module path)")
+
+
+def timm_tap_points(model: nn.Module) -> Dict[str, TapPoint]:
+    """Tap map of any timm model from its ``feature_info`` and head modules."""
+    info = list(getattr(model, "feature_info", []) or [])
+    points: Dict[str, TapPoint] = {}
+    stages = [f for f in info if f.get("reduction", 4) > 2]
+    stems = [f for f in info if f.get("reduction", 4) <= 2]
+    if stems:
+        points["stem"] = TapPoint(stems[-1]["module"])
+    for k, feat in enumerate(stages, start=1):
+        points[f"stage{k}"] = TapPoint(feat["module"])
+    modules = dict(model.named_modules())
+    pool = getattr(model, "global_pool", None)
+    if pool is None and hasattr(model, "head"):
+        pool = getattr(model.head, "global_pool", None)
+    if pool is not None and _module_path(model, pool) in modules:
+        points["last_map"] = TapPoint(_module_path(model, pool), "input")
+    elif stages:
+        points["last_map"] = TapPoint(stages[-1]["module"])
+    classifier = model.get_classifier()
+    if isinstance(classifier, nn.Module) and any(p.numel() for p in classifier.parameters()):
+        return _common(points, _module_path(model, classifier))
+    points["logits"] = TapPoint("", "output")
+    return points
+
+
+def create_external(name: str, num_classes: int = 1000, pretrained: bool = False, **kwargs) -> nn.Module:
+    """Build ``torchvision:<name>`` or ``timm:<name>`` and attach its tap map."""
+    library, _, arch = name.partition(":")
+    if library == "torchvision":
+        import torchvision
+
+        known = torchvision.models.list_models(module=torchvision.models)
+        if arch not in known:
+            from distillers.registry import Registry
+            raise UnknownNameError(Registry("torchvision model").unknown_message(arch, known))
+        if pretrained and num_classes != 1000:
+            raise ValueError(f"pretrained torchvision weights have 1000 classes; got num_classes={num_classes}")
+        try:
+            model = torchvision.models.get_model(
+                arch, weights="DEFAULT" if pretrained else None, num_classes=num_classes, **kwargs)
+        except (OSError, RuntimeError) as err:  # urllib errors are OSErrors
+            raise RuntimeError(OFFLINE_HINT.format(err=err)) from None
+        model.tap_points = torchvision_tap_points(model)
+    elif library == "timm":
+        import timm
+
+        if not timm.is_model(arch):
+            from distillers.registry import Registry
+            raise UnknownNameError(Registry("timm model").unknown_message(arch, timm.list_models()))
+        try:
+            model = timm.create_model(arch, pretrained=pretrained, num_classes=num_classes, **kwargs)
+        except (OSError, RuntimeError) as err:
+            raise RuntimeError(OFFLINE_HINT.format(err=err)) from None
+        model.tap_points = timm_tap_points(model)
+    else:
+        raise UnknownNameError(f"Unknown model library '{library}' in '{name}'; use 'torchvision:<name>' "
+                               "or 'timm:<name>'")
+    model.arch = name
+    return model

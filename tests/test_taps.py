@@ -1,0 +1,127 @@
+"""Hook-based feature taps on plain models: capture, pre-activations, early stop, cleanup."""
+import gc
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from distillers.taps import FeatureTaps, TapError, TapPoint, count_hooks, standard_taps
+from models import create_model
+
+
+class Tiny(nn.Module):
+    """A plain model with an in-place ReLU after its only block, like the zoo's."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.relu = nn.ReLU(inplace=True)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(4, 5)
+        self.calls = []
+        self.fc.register_forward_pre_hook(lambda m, a: self.calls.append("fc"))
+
+    def tap_points(self):
+        return {"stage1": TapPoint("relu"), "stage1_preact": TapPoint("relu", "input"),
+                "last_map": TapPoint("pool", "input"), "pooled": TapPoint("fc", "input"),
+                "logits": TapPoint(""), "classifier": TapPoint("fc", "module")}
+
+    def forward(self, x):
+        return self.fc(self.flatten(self.pool(self.relu(self.bn(self.conv(x))))))
+
+
+def test_capture_standard_taps_and_groups():
+    model = Tiny().eval()
+    x = torch.randn(2, 3, 8, 8)
+    with FeatureTaps(model, ["stages", "pooled", "logits", "classifier"]) as taps:
+        feats = taps(x)
+    assert feats["stages"][0].shape == (2, 4, 8, 8)
+    assert torch.allclose(feats["logits"], model(x))
+    assert torch.allclose(model.fc(feats["pooled"]), feats["logits"])
+    assert feats["classifier"] is model.fc
+
+
+def test_preact_survives_inplace_relu():
+    model = Tiny().eval()
+    x = torch.randn(2, 3, 8, 8)
+    with FeatureTaps(model, ["stage1", "stage1_preact"]) as taps:
+        feats = taps(x)
+    expected = model.bn(model.conv(x))
+    assert (feats["stage1_preact"] < 0).any()
+    assert torch.allclose(feats["stage1_preact"], expected)
+    assert torch.allclose(feats["stage1"], expected.clamp_min(0))
+
+
+def test_torchvision_preact_is_the_residual_sum():
+    """torchvision's block reuses one in-place ReLU; the last call's input is the preact sum."""
+    model = create_model("torchvision:resnet18", num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with FeatureTaps(model, ["stage3", "stage4_preact"]) as taps:
+        feats = taps(x)
+    block = model.layer4[1]
+    h = feats["stage3"]
+    with torch.no_grad():
+        h = model.layer4[0](h)
+        out = block.bn2(block.conv2(block.relu(block.bn1(block.conv1(h))))) + h
+    assert (feats["stage4_preact"] < 0).any()
+    assert torch.allclose(feats["stage4_preact"], out, atol=1e-5)
+
+
+def test_timm_and_torchvision_shape_specs():
+    for name in ("timm:resnet18", "torchvision:mobilenet_v2"):
+        model = create_model(name, num_classes=7)
+        with FeatureTaps(model, standard_taps(model)) as taps:
+            shapes = taps.shapes(torch.randn(2, 3, 32, 32))
+        assert shapes["logits"] == (7,)
+        assert shapes["classifier"][0] == 7 and shapes["pooled"] == (shapes["classifier"][1],)
+        assert len(shapes["stages"]) == 4
+
+
+def test_module_path_taps_and_unknown_tap():
+    model = Tiny()
+    with FeatureTaps(model, ["conv", "bn:input"]) as taps:
+        feats = taps(torch.randn(1, 3, 4, 4))
+    assert torch.equal(feats["conv"], feats["bn:input"])
+    with pytest.raises(TapError, match="Unknown tap 'stage9'.*Standard taps"):
+        FeatureTaps(model, ["stage9"])
+
+
+def test_early_stop_skips_the_head_of_a_feature_teacher():
+    model = Tiny().eval()
+    with FeatureTaps(model, ["stage1"], stop_early=True) as taps:
+        taps(torch.randn(2, 3, 8, 8))      # first forward runs whole and learns the cut
+        model.calls.clear()
+        feats = taps(torch.randn(2, 3, 8, 8))
+    assert model.calls == [] and feats["stage1"].shape == (2, 4, 8, 8)
+    with FeatureTaps(model, ["stage1", "logits"], stop_early=True) as taps:
+        taps(torch.randn(2, 3, 8, 8))
+        model.calls.clear()
+        taps(torch.randn(2, 3, 8, 8))
+    assert model.calls == ["fc"]  # logits requested: no cut
+
+
+def _live_tensors():
+    gc.collect()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+
+
+def test_hooks_removed_and_nothing_accumulates():
+    model = create_model("torchvision:resnet18", num_classes=10)
+    before_hooks = count_hooks(model)
+    x = torch.randn(2, 3, 32, 32)
+    with FeatureTaps(model, standard_taps(model)) as taps:
+        assert count_hooks(model) > before_hooks
+        for _ in range(3):
+            taps(x)
+        baseline = _live_tensors()
+        for _ in range(50):
+            feats = taps(x)
+            feats["logits"].sum().backward()
+        del feats
+        assert _live_tensors() <= baseline
+    assert count_hooks(model) == before_hooks
