@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from fnmatch import fnmatchcase
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from distillers.base import PREDICTION, ShapeSpec, build_distiller
+from distillers.taps import GROUPS
 
 
 @dataclass(frozen=True)
@@ -32,11 +34,20 @@ class GoldenEntry:
     inputs: golden input name -> ``"s:<tap>"`` / ``"t:<tap>"`` (student/teacher
         feature; student ones get gradients) or ``"batch:<key>"``. The teacher's
         classifier is given as ``t:classifier.weight`` and ``t:classifier.bias``.
+        A list input that spans several taps joins them with ``+`` in order, a group
+        taking the elements the single taps leave (``"s:stem+stages"``); ``_`` marks an
+        element the method does not read (its reference gradient is zero).
     options: fixed distiller options; ``hparam_options`` maps an option name to the
         file's ``hparams`` key that sets it (sizes of the small memories).
     spec_from_hparams: ShapeSpec field -> ``hparams`` key (e.g. ``num_data``).
     renames: (reference prefix, our prefix) pairs applied to parameter names.
     outputs: distiller output key -> ``extra`` key compared as well (e.g. SimKD's prediction).
+    call: the distiller method that gives ``loss`` (``"init_forward"`` when the reference
+        number is an initialisation-stage loss, as for AB and FSP).
+    state_from_inputs: our state_dict key -> golden input name, for state the reference keeps
+        outside its module (SimKD's frozen copy of the teacher classifier).
+    ignore_params: ``fnmatch`` patterns of reference ``params`` the project does not build
+        (SemCKD's query/key ``regressor`` that the reference's forward never calls).
     """
 
     distiller: str
@@ -46,6 +57,9 @@ class GoldenEntry:
     spec_from_hparams: Mapping[str, str] = field(default_factory=dict)
     renames: Sequence[Tuple[str, str]] = ()
     outputs: Mapping[str, str] = field(default_factory=dict)
+    call: str = "forward"
+    state_from_inputs: Mapping[str, str] = field(default_factory=dict)
+    ignore_params: Sequence[str] = ()
 
 
 LOGITS = {"logit_s": "s:logits", "logit_t": "t:logits"}
@@ -53,6 +67,65 @@ LOGITS = {"logit_s": "s:logits", "logit_t": "t:logits"}
 #: method field of a golden file -> how to reproduce it. One entry per method.
 TABLE: Dict[str, GoldenEntry] = {
     "kd": GoldenEntry("kd", LOGITS, options={"kd_T": 4.0}),
+    "fitnet": GoldenEntry("fitnet", {"feat_s": "s:stage2", "feat_t": "t:stage2"},
+                          options={"hint_layer": 2}, renames=(("", "regressor."),)),
+    "at": GoldenEntry("at", {"g_s": "s:stages", "g_t": "t:stages"}, options={"p": 2}),
+    "sp": GoldenEntry("sp", {"feat_s": "s:last_map", "feat_t": "t:last_map"}),
+    "cc": GoldenEntry("cc", {"feat_s": "s:pooled", "feat_t": "t:pooled"}, options={"feat_dim": 128}),
+    "vid": GoldenEntry("vid", {"g_s": "s:stages", "g_t": "t:stages"}, renames=(("", "estimators."),)),
+    "rkd": GoldenEntry("rkd", {"feat_s": "s:pooled", "feat_t": "t:pooled"},
+                       options={"distance_weight": 25.0, "angle_weight": 50.0}),
+    "pkt": GoldenEntry("pkt", {"feat_s": "s:pooled", "feat_t": "t:pooled"}),
+    "nst": GoldenEntry("nst", {"g_s": "s:stages", "g_t": "t:stages"}),
+    "dkd": GoldenEntry("dkd", {**LOGITS, "target": "batch:labels"},
+                       options={"dkd_alpha": 1.0, "dkd_beta": 8.0, "kd_T": 4.0}),
+    "crd": GoldenEntry(
+        "crd", {"feat_s": "s:pooled", "feat_t": "t:pooled", "idx": "batch:index",
+                "contrast_idx": "batch:contrast_idx"},
+        options={"nce_t": 0.07, "nce_m": 0.5}, hparam_options={"nce_k": "nce_k"},
+        spec_from_hparams={"num_data": "n_data"}),
+    "crd_fifo": GoldenEntry(
+        "crd_queue", {"feat_s": "s:pooled", "feat_t": "t:pooled"},
+        options={"nce_t": 0.07, "enqueue_first": True}, hparam_options={"nce_k": "nce_k"},
+        renames=(("memory.embed_s.", "embed_s.linear."), ("memory.embed_t.", "embed_t.linear."))),
+    "rrd": GoldenEntry(
+        "rrd", {"feat_s": "s:pooled", "feat_t": "t:pooled"},
+        options={"nce_t_s": 0.1, "nce_t_t": 0.02, "enqueue_first": True, "queue_row_norm": False},
+        hparam_options={"nce_k": "nce_k"},
+        renames=(("memory.embed_s.", "embed_s.linear."), ("memory.embed_t.", "embed_t.linear."))),
+    "rrd_momentum": GoldenEntry(
+        "rrd", {"feat_s": "s:pooled", "feat_t": "t:pooled", "idx": "batch:index",
+                "contrast_idx": "batch:contrast_idx"},
+        options={"memory_type": "momentum", "nce_t_s": 0.1, "nce_t_t": 0.02, "nce_t": 0.07, "nce_m": 0.5},
+        hparam_options={"nce_k": "nce_k"}, spec_from_hparams={"num_data": "n_data"},
+        renames=(("memory.embed_s.", "embed_s.linear."), ("memory.embed_t.", "embed_t.linear."),
+                 ("memory.contrast.", "contrast."))),
+    "dcd": GoldenEntry(
+        "dcd", {"feat_s": "s:pooled", "feat_t": "t:pooled"}, options={"dcd_alpha": 0.5},
+        renames=(("params.", ""), ("embed_s.", "embed_s.linear."), ("embed_t.", "embed_t.linear."))),
+    "srrl": GoldenEntry(
+        "srrl", {"feat_s": "s:pooled", "feat_t": "t:pooled", "logit_t": "t:logits",
+                 "teacher_fc_weight": "t:classifier.weight", "teacher_fc_bias": "t:classifier.bias"}),
+    "semckd": GoldenEntry(
+        "semckd", {"g_s": "s:stages", "g_t": "t:stages"}, options={"soft": 1.0},
+        spec_from_hparams={"batch_size": "feat_dim_is_batch_size"},
+        ignore_params=("query_*.regressor.*", "key_*.regressor.*")),
+    "simkd": GoldenEntry(
+        "simkd", {"feat_s": "s:last_map", "feat_t": "t:last_map",
+                  "teacher_fc_weight": "t:classifier.weight", "teacher_fc_bias": "t:classifier.bias"},
+        options={"factor": 2}, renames=(("transfer.", "head.transfer."),),
+        state_from_inputs={"head.fc.weight": "teacher_fc_weight", "head.fc.bias": "teacher_fc_bias"},
+        outputs={"logits": "logits"}),
+    "ab": GoldenEntry("ab", {"g_s": "s:stages_preact", "g_t": "t:stages_preact"},
+                      options={"margin": 1.0}, call="init_forward"),
+    "fsp": GoldenEntry("fsp", {"g_s": "s:stem+stages", "g_t": "t:stem+stages"}, call="init_forward"),
+    "ft": GoldenEntry("ft", {"feat_s": "s:last_map", "factor_t": "t:factor"},
+                      renames=(("encoder.", "translator."),)),
+    "kdsvd": GoldenEntry("kdsvd", {"g_s": "s:stages", "g_t": "t:stages"}, options={"k": 1}),
+    "reviewkd": GoldenEntry(
+        "reviewkd", {"feats_s": "s:_+stages", "pooled_s": "s:pooled",
+                     "preact_feats_t": "t:_+stages_preact", "pooled_t": "t:pooled"},
+        options={"reviewkd_weight": 1.0}, renames=(("", "abfs."),)),
     # ---- end of table ----
 }
 
