@@ -163,7 +163,11 @@ class Distiller(nn.Module):
         """Called once the initialisation stage is over (e.g. freeze its connectors)."""
 
     def inference_head(self) -> Optional[nn.Module]:
-        """Modules the student needs at test time besides itself (SimKD's projector)."""
+        """What the student needs at test time besides itself (SimKD's projector + teacher fc).
+
+        A module with a ``student_taps`` attribute whose ``forward`` maps the dict of
+        those student taps to logits; saved with the student, used by evaluation.
+        """
         return None
 
     @staticmethod

@@ -177,6 +177,23 @@ def _rename(name: str, renames: Sequence[Tuple[str, str]]) -> str:
     return name
 
 
+def _spread(taps: str, value) -> List[Tuple[str, Any]]:
+    """``"stem+stages"`` and a list input -> [(tap, element or sub-list)], in order."""
+    names = taps.split("+")
+    if len(names) == 1:
+        return [(taps, value)]
+    rest = len(value) - (len(names) - 1)  # elements left to the group
+    pairs, i = [], 0
+    for name in names:
+        if name in GROUPS:
+            pairs.append((name, list(value[i:i + rest])))
+            i += rest
+        else:
+            pairs.append((name, value[i]))
+            i += 1
+    return pairs
+
+
 def _shape_of(value):
     if isinstance(value, (list, tuple)):
         return [tuple(v.shape[1:]) for v in value]
@@ -207,7 +224,9 @@ class GoldenCase:
         options = dict(entry.options)
         options.update({opt: hp[key] for opt, key in entry.hparam_options.items()})
         distiller = build_distiller(entry.distiller, spec, **options).double()
-        params = {_rename(k, entry.renames): v for k, v in self.record["params"].items()}
+        params = {_rename(k, entry.renames): v for k, v in self.record["params"].items()
+                  if not any(fnmatchcase(k, p) for p in entry.ignore_params)}
+        params.update({k: self.record["inputs"][name] for k, name in entry.state_from_inputs.items()})
         distiller.load_state_dict(params, strict=True)
         return distiller.train()
 
@@ -218,17 +237,19 @@ class GoldenCase:
         batch: Dict[str, Any] = {}
         classifier: Dict[str, torch.Tensor] = {}
         for name, role in self.entry.inputs.items():
-            value = inputs[name]
-            side, _, tap = role.partition(":")
-            if side == "batch":
-                batch[tap] = value
-            elif tap.startswith("classifier."):
-                classifier[tap.split(".", 1)[1]] = value
-            elif side == "s":
-                s[tap] = ([v.clone().requires_grad_(True) for v in value]
-                          if isinstance(value, (list, tuple)) else value.clone().requires_grad_(True))
-            else:
-                t[tap] = list(value) if isinstance(value, (list, tuple)) else value
+            side, _, taps = role.partition(":")
+            for tap, value in _spread(taps, inputs[name]):
+                if tap == "_":
+                    continue
+                if side == "batch":
+                    batch[tap] = value
+                elif tap.startswith("classifier."):
+                    classifier[tap.split(".", 1)[1]] = value
+                elif side == "s":
+                    s[tap] = ([v.clone().requires_grad_(True) for v in value]
+                              if isinstance(value, (list, tuple)) else value.clone().requires_grad_(True))
+                else:
+                    t[tap] = list(value) if isinstance(value, (list, tuple)) else value
         if classifier:
             weight = classifier["weight"]
             fc = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in classifier).double()
@@ -244,7 +265,7 @@ class GoldenCase:
     def step(self, distiller, inputs, ref: Mapping[str, Any], cmp: _Comparer, label: str) -> None:
         s, t, batch = self.features(inputs)
         distiller.zero_grad(set_to_none=True)
-        out = distiller(s, t, batch)
+        out = getattr(distiller, self.entry.call)(s, t, batch)
         loss = distiller.total(out)
         cmp.check(f"{label}loss", loss, ref["loss"])
         loss.backward()
@@ -255,16 +276,28 @@ class GoldenCase:
                 param = ours.get(name)
                 cmp.check(f"{label}grad {key}", None if param is None else param.grad, ref_grad)
             else:
-                tap = self.entry.inputs[key].split(":", 1)[1]
-                value = s[tap]
-                grad = [v.grad for v in value] if isinstance(value, list) else value.grad
-                cmp.check(f"{label}grad {key}", grad, ref_grad)
+                cmp.check(f"{label}grad {key}", self._input_grad(key, inputs, s), ref_grad)
         state = distiller.state_dict()
         for key, ref_value in ref.get("state_after", {}).items():
             cmp.check(f"{label}state_after {key}", state.get(_rename(key, self.entry.renames)), ref_value)
         for out_key, extra_key in self.entry.outputs.items():
             if extra_key in ref.get("extra", {}):
                 cmp.check(f"{label}output {out_key}", out.get(out_key), ref["extra"][extra_key])
+
+    def _input_grad(self, key: str, inputs: Mapping[str, Any], s: Dict[str, Any]):
+        taps = self.entry.inputs[key].split(":", 1)[1]
+        if "+" not in taps:
+            value = s[taps]
+            return [v.grad for v in value] if isinstance(value, list) else value.grad
+        grads: List[Any] = []
+        for tap, value in _spread(taps, inputs[key]):
+            if tap == "_":
+                grads.append(torch.zeros_like(value))
+            elif isinstance(s[tap], list):
+                grads.extend(v.grad for v in s[tap])
+            else:
+                grads.append(s[tap].grad)
+        return grads
 
     def run(self) -> Outcome:
         cmp = _Comparer(self.tol)

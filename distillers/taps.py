@@ -96,14 +96,17 @@ class FeatureTaps:
     """Captures named tensors from a model with forward hooks.
 
     Use as a context manager (or call :meth:`close`) so the hooks are removed.
+    ``forward`` runs the model (default: ``model`` itself; pass a DDP wrapper so
+    gradients synchronise while hooks stay on the plain module).
     With ``stop_early=True`` and no ``logits`` requested, the forward is cut after
     the last needed tensor is captured (the teacher of a feature method never runs
     its head). The cut point is learnt from the first forward, which runs whole.
     """
 
     def __init__(self, model: nn.Module, names: Iterable[str], *, stop_early: bool = False,
-                 points: Optional[TapMap] = None):
+                 points: Optional[TapMap] = None, forward: Optional[Callable] = None):
         self.model = model
+        self._forward = forward or model  # e.g. the DistributedDataParallel wrapper of ``model``
         try:
             default_points = tap_points_of(model) if points is None else dict(points)
         except TapError:
@@ -164,7 +167,7 @@ class FeatureTaps:
             order = self._run_recording(inputs, kwargs)
         else:
             try:
-                self.model(*inputs, **kwargs)
+                self._forward(*inputs, **kwargs)
             except _StopForward:
                 pass
         missing = [n for n in self.names if n not in self._store]
@@ -190,7 +193,7 @@ class FeatureTaps:
             recorder.append(module.register_forward_pre_hook(rec) if io == "input"
                             else module.register_forward_hook(rec))
         try:
-            self.model(*inputs, **kwargs)
+            self._forward(*inputs, **kwargs)
         finally:
             for h in recorder:
                 h.remove()

@@ -1,0 +1,74 @@
+"""Heo et al., "Knowledge Transfer via Distillation of Activation Boundaries Formed by Hidden Neurons" (AB)."""
+from torch import nn
+
+from distillers.base import Distiller, InitStage, register_distiller
+from distillers.methods.fitnet import ConvReg
+
+INIT_TAPS = ("stages_preact",)
+
+
+def _connector(stage: int, s_shape, t_shape) -> nn.Module:
+    """The reference's Connector: FitNet's regressor conv and BN without ReLU, or the identity
+    when channels and size already match."""
+    if tuple(s_shape) == tuple(t_shape):
+        return nn.Identity()
+    try:
+        return ConvReg(s_shape, t_shape, use_relu=False)
+    except ValueError as exc:
+        raise ValueError(f"AB cannot connect stage {stage}: {exc}") from None
+
+
+@register_distiller("ab")
+class AB(Distiller):
+    """Activation-boundary loss on pre-activation stage outputs, as an initialisation stage.
+
+    In the reference AB exists only as the init-stage loss: for ``init_epochs`` the
+    connectors and the student backbone minimise it (at the main learning rate), then
+    the main stage trains with CE (+KD) alone. So ``forward`` returns no term and taps
+    nothing; β (1 in the reference script, kept as the default) has no effect.
+    ``finish_init_stage`` freezes the connectors, which get no gradient afterwards.
+
+    Per stage, with x = connector(student), t = teacher and margin m:
+    sum (x+m)^2 [x > -m, t <= 0] + (x-m)^2 [x <= m, t > 0], weighted 2^(i-n+1), / B / 1000 * 3.
+    """
+
+    student_taps = ()
+    teacher_taps = ()
+    default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
+    options = {"init_epochs": 30, "margin": 1.0}
+
+    def __init__(self, spec, **options):
+        super().__init__(spec, **options)
+        if not isinstance(self.init_epochs, int) or self.init_epochs < 0:
+            raise ValueError(f"ab: init_epochs must be a non-negative integer, got {self.init_epochs!r}")
+        if not self.margin > 0:
+            raise ValueError(f"ab: margin must be positive, got {self.margin!r}")
+        s_shapes, t_shapes = spec.student["stages_preact"], spec.teacher["stages_preact"]
+        if len(s_shapes) != len(t_shapes):
+            raise ValueError(f"AB pairs stages one to one: the student has {len(s_shapes)} stages, "
+                             f"the teacher {len(t_shapes)}")
+        self.connectors = nn.ModuleList(
+            _connector(i, s, t) for i, (s, t) in enumerate(zip(s_shapes, t_shapes), 1))
+        n = len(s_shapes)
+        self.stage_weights = [2.0 ** (i - n + 1) for i in range(n)]
+
+    def init_stage(self):
+        return InitStage(epochs=self.init_epochs, parameters=list(self.connectors.parameters()),
+                         trains_student=True, lr=None, student_taps=INIT_TAPS, teacher_taps=INIT_TAPS)
+
+    def init_forward(self, s, t, batch=None):
+        m = self.margin
+        terms = {}
+        for i, (connector, f_s, f_t, w) in enumerate(
+                zip(self.connectors, s["stages_preact"], t["stages_preact"], self.stage_weights), 1):
+            x = connector(f_s)
+            loss = ((x + m).pow(2) * ((x > -m) & (f_t <= 0))
+                    + (x - m).pow(2) * ((x <= m) & (f_t > 0))).sum()
+            terms[f"ab{i}"] = loss * w / x.shape[0] / 1000 * 3
+        return terms
+
+    def finish_init_stage(self):
+        self.connectors.requires_grad_(False)
+
+    def forward(self, s, t, batch=None):
+        return {}

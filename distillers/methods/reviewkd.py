@@ -1,0 +1,93 @@
+"""Chen et al., "Distilling Knowledge via Knowledge Review" (ReviewKD)."""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distillers.base import Distiller, register_distiller
+
+
+class ABF(nn.Module):
+    """Attention-based fusion: this level's student feature with the deeper level's residual."""
+
+    def __init__(self, in_channel: int, mid_channel: int, out_channel: int, fuse: bool):
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(in_channel, mid_channel, 1, bias=False),
+                                   nn.BatchNorm2d(mid_channel))
+        self.conv2 = nn.Sequential(nn.Conv2d(mid_channel, out_channel, 3, padding=1, bias=False),
+                                   nn.BatchNorm2d(out_channel))
+        self.att_conv = (nn.Sequential(nn.Conv2d(2 * mid_channel, 2, 1), nn.Sigmoid())
+                         if fuse else None)
+        nn.init.kaiming_uniform_(self.conv1[0].weight, a=1)
+        nn.init.kaiming_uniform_(self.conv2[0].weight, a=1)
+
+    def forward(self, x, residual, out_size):
+        """-> (output compared with the teacher at ``out_size``, residual for the next level)."""
+        x = self.conv1(x)
+        if self.att_conv is not None:
+            residual = F.interpolate(residual, size=x.shape[-2:], mode="nearest")
+            att = self.att_conv(torch.cat([x, residual], dim=1))
+            x = x * att[:, :1] + residual * att[:, 1:]
+        if x.shape[-2:] != out_size:
+            x = F.interpolate(x, size=out_size, mode="nearest")
+        return self.conv2(x), x
+
+
+def hcl_loss(f_s, f_t):
+    """MSE plus MSEs of 4x4, 2x2, 1x1 average pools (those smaller than the map), weights
+    halving at each level, normalised by the weight sum."""
+    loss, weight, total = F.mse_loss(f_s, f_t), 1.0, 1.0
+    for level in (4, 2, 1):
+        if level >= f_s.shape[2]:
+            continue
+        weight /= 2.0
+        loss = loss + weight * F.mse_loss(F.adaptive_avg_pool2d(f_s, level),
+                                          F.adaptive_avg_pool2d(f_t, level))
+        total += weight
+    return loss / total
+
+
+@register_distiller("reviewkd")
+class ReviewKD(Distiller):
+    """Review mechanism: ABF blocks fuse student levels deep to shallow; each output is
+    matched to the teacher's pre-activation stage (and pooled vector) with ``hcl_loss``.
+
+    Student: post-ReLU stages + pooled; teacher: pre-activation stages + pooled (the stem
+    is unused on both sides). ``abfs[0]`` handles the pooled vector as a 1x1 map, then the
+    stages from deepest to shallowest (the reference's reversed order); mid width =
+    min(512, student pooled channels); each block's output has the teacher's channels and
+    size. Term = reviewkd_weight * min(epoch / warmup, 1) * sum of hcl (factor 1 without an
+    epoch). mdistiller: CE weight 1, REVIEWKD_WEIGHT 1, warm-up 20 epochs; its CIFAR config
+    for resnet32x4 -> resnet8x4 uses ``--reviewkd_weight 5``. β stays 1 (the weight lives
+    in the option, as in mdistiller).
+    """
+
+    student_taps = ("stages", "pooled")
+    teacher_taps = ("stages_preact", "pooled")
+    default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
+    options = {"reviewkd_weight": 1.0, "warmup": 20}
+
+    def __init__(self, spec, **options):
+        super().__init__(spec, **options)
+        if not self.reviewkd_weight >= 0:
+            raise ValueError(f"reviewkd: reviewkd_weight must be non-negative, got {self.reviewkd_weight!r}")
+        if not self.warmup >= 0:
+            raise ValueError(f"reviewkd: warmup must be a non-negative number of epochs, got {self.warmup!r}")
+        s_stages, t_stages = spec.student["stages"], spec.teacher["stages_preact"]
+        if len(s_stages) != len(t_stages):
+            raise ValueError(f"ReviewKD pairs stages one to one: the student has {len(s_stages)} stages, "
+                             f"the teacher {len(t_stages)}")
+        s_pooled, t_pooled = spec.student["pooled"][0], spec.teacher["pooled"][0]
+        mid = min(512, s_pooled)
+        self.abfs = nn.ModuleList([ABF(s_pooled, mid, t_pooled, fuse=False)] + [
+            ABF(s[0], mid, t[0], fuse=True) for s, t in zip(reversed(s_stages), reversed(t_stages))])
+
+    def forward(self, s, t, batch=None):
+        xs = [s["pooled"].reshape(*s["pooled"].shape[:2], 1, 1), *reversed(s["stages"])]
+        ts = [t["pooled"].reshape(*t["pooled"].shape[:2], 1, 1), *reversed(t["stages_preact"])]
+        loss, residual = 0.0, None
+        for abf, x, f_t in zip(self.abfs, xs, ts):
+            out, residual = abf(x, residual, f_t.shape[-2:])
+            loss = loss + hcl_loss(out, f_t)
+        epoch = (batch or {}).get("epoch")
+        factor = 1.0 if epoch is None or self.warmup == 0 else min(epoch / self.warmup, 1.0)
+        return {"reviewkd": self.reviewkd_weight * factor * loss}
