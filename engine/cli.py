@@ -1,6 +1,9 @@
 """Entry points shared by train_teacher.py and train_student.py: parse, launch, report errors."""
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -13,13 +16,30 @@ from engine.distributed import DistInfo, launch
 USER_ERRORS = (config.ConfigError, CheckpointError, UnknownNameError, FileNotFoundError)
 
 
+def load_plugins(plugins: Sequence[str]) -> None:
+    """Import user modules (dotted names or .py files) so their registrations take effect."""
+    for plugin in plugins:
+        if plugin.endswith(".py"):
+            if not os.path.isfile(plugin):
+                raise FileNotFoundError(f"--plugin {plugin}: no such file")
+            name = "distillers_plugin_" + os.path.splitext(os.path.basename(plugin))[0]
+            spec = importlib.util.spec_from_file_location(name, plugin)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+        else:
+            importlib.import_module(plugin)
+
+
 def _teacher_main(info: DistInfo, args) -> None:
     from engine.trainer import Trainer
+    load_plugins(args.plugins)
     Trainer(args, info, "teacher").fit()
 
 
 def _student_main(info: DistInfo, args) -> None:
     from engine.trainer import Trainer, evaluate_checkpoint
+    load_plugins(args.plugins)
     if args.evaluate:
         if not args.path_s:
             raise config.ConfigError("--evaluate needs the student checkpoint: --path_s PATH")

@@ -94,6 +94,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
                      help="continue a run exactly: from CKPT, or from <run folder>/latest.pth")
     run.add_argument("--config", default=None, help="YAML file of flag values; the command line wins")
+    run.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE_OR_FILE",
+                     help="import a module or .py file first, e.g. one that registers your own "
+                          "distiller, model or dataset (repeatable)")
     run.add_argument("--no_tensorboard", action="store_true", help="do not write TensorBoard logs")
     run.add_argument("--eval_freq", type=int, default=1, help="evaluate every N epochs (and at the end)")
 

@@ -6,18 +6,21 @@ hooks, hands the features to the distiller, and minimises
 ``gamma * CE + alpha * KD + beta * method``. Initialisation stages (AB, FT, FSP)
 run first through the same epoch loop. Every epoch ends with ``latest.pth`` (and
 ``best.pth``); Ctrl-C writes ``latest.pth`` at the exact batch reached, and
-``--resume`` continues from it bit for bit on CPU.
+``--resume`` continues from it bit for bit on CPU (mid-epoch: with ``--num_workers 0``,
+since worker processes draw their augmentation from per-epoch seeds).
 """
 from __future__ import annotations
 
 import math
 import os
+import random
 import sys
 import time
 import warnings
 from dataclasses import asdict
 from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -94,6 +97,12 @@ def shape_spec(model: nn.Module, example: torch.Tensor) -> Dict[str, Any]:
         return taps.shapes(example)
 
 
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def load_teacher(path: str, model_t: Optional[str], family: str, num_classes: int) -> nn.Module:
     """Teacher from our checkpoint or a RepDistiller one; architecture recorded, given or parsed."""
     state = ckpt.load(path)
@@ -147,12 +156,14 @@ class Trainer:
         self.phase = "main"
         self.init_done = 0      # init-stage epochs completed
         self.best_acc = 0.0
+        self._rng_at_step = None  # RNG state after the last optimizer step (mid-epoch saves)
         self.log = Logger(info, None, False)
         self._build()
 
     # ------------------------------------------------------------------ setup
     def _build(self) -> None:
         args = self.args
+        seed_everything(args.seed)  # same initial weights on every rank
         meta = datasets.dataset_info(args.dataset)
         self.family = meta["family"]
         root = args.data_root or datasets.default_data_root()
@@ -178,6 +189,7 @@ class Trainer:
         self._build_loaders()
         self._build_taps()
         self.optimizer, self.scheduler = self._optimizer(self._main_parameters(), args.learning_rate)
+        seed_everything(args.seed + self.info.rank)  # distinct augmentation streams per rank
 
     def _build_distillation(self, example: torch.Tensor) -> None:
         args = self.args
@@ -234,9 +246,12 @@ class Trainer:
         train = self._wrap_train_set()
         self.sampler = EpochSampler(train, self.info, seed=args.seed)
         pin = self.device.type == "cuda"
+        # the loader's own generator, re-seeded every epoch: starting an epoch (or resuming
+        # one) then draws nothing from the global RNG that augmentations use
+        self.loader_generator = torch.Generator()
         self.train_loader = DataLoader(train, batch_size=self.batch_per_rank, sampler=self.sampler,
                                        num_workers=args.num_workers, pin_memory=pin, drop_last=True,
-                                       persistent_workers=False)
+                                       generator=self.loader_generator)
         self.test_loader = DataLoader(self.test_set, batch_size=max(1, self.batch_per_rank // 2),
                                       sampler=ShardSampler(self.test_set, self.info),
                                       num_workers=max(0, args.num_workers // 2), pin_memory=pin)
@@ -320,6 +335,7 @@ class Trainer:
         if hasattr(train_set, "set_epoch"):
             train_set.set_epoch(self.epoch)
         self.sampler.set_epoch(self.epoch if stage is None else -self.epoch)
+        self.loader_generator.manual_seed(self.args.seed * 100003 + self.sampler.epoch * 1009 + self.info.rank)
         self.sampler.start = self.step_in_epoch * self.batch_per_rank
         sums: Dict[str, float] = {}
         seen = correct = 0
@@ -339,13 +355,14 @@ class Trainer:
             average_gradients(extra_params)
             optimizer.step()
             self.step_in_epoch += 1
+            self._rng_at_step = ckpt.rng_state()  # before the next batch draws its augmentation
             n = y.shape[0]
             seen += n
             correct += accuracy_counts(logits.detach(), y, ks=(1,))[0]
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach()) * n
             sums["loss"] = sums.get("loss", 0.0) + loss.item() * n
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}")
         elapsed = time.perf_counter() - started
         totals = all_reduce_sum(torch.tensor([seen, correct] + list(sums.values()), dtype=torch.float64))
         seen_all = max(totals[0].item(), 1.0)
@@ -371,7 +388,7 @@ class Trainer:
             "distiller_options": {k: v for k, v in vars(self.method).items() if k in type(self.method).option_names()}
             if self.method is not None else {},
             "shape_spec": spec_to_dict(self.spec) if self.method is not None else {},
-            "rng": ckpt.rng_state(), "config": {k: v for k, v in vars(a).items()},
+            "rng": self._rng_at_step if self.step_in_epoch else ckpt.rng_state(), "config": {k: v for k, v in vars(a).items()},
             "weights": {"gamma": self.gamma, "alpha": self.alpha, "beta": self.beta},
             "code_version": ckpt.code_version(), "acc": acc, "best_acc": self.best_acc,
         }

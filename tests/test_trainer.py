@@ -1,0 +1,193 @@
+"""The trainer end to end on tiny synthetic data: resume, DDP, checkpoints, CLIs, bad input."""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from engine import cli, config
+from engine.checkpoint import load
+from engine.distributed import DistInfo
+from engine.trainer import Trainer
+
+PLUGIN = str(Path(__file__).parent / "plugins" / "nobn_model.py")
+TINY = ["--dataset", "synthetic", "--data_opt", "train_size=192", "--data_opt", "test_size=64",
+        "--batch_size", "32", "--num_workers", "0", "--no_tensorboard"]
+
+
+def teacher_args(tmp, *extra):
+    return config.parse(config.teacher_parser(), TINY + ["--model", "resnet8", "--save_dir", str(tmp)] + list(extra))
+
+
+def student_args(tmp, *extra):
+    return config.parse(config.student_parser(), TINY + ["--save_dir", str(tmp)] + list(extra))
+
+
+def run_teacher(tmp, *extra):
+    trainer = Trainer(teacher_args(tmp, *extra), DistInfo(), "teacher")
+    trainer.fit()
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("teacher")
+    run_teacher(folder, "--epochs", "2")
+    return str(folder / "latest.pth")
+
+
+def weights(path):
+    return load(path)["model"]
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_is_bitwise(tmp_path):
+    run_teacher(tmp_path / "straight", "--epochs", "2")
+    run_teacher(tmp_path / "split", "--epochs", "1")
+    run_teacher(tmp_path / "split", "--epochs", "2", "--resume")
+    assert_same(weights(tmp_path / "straight/latest.pth"), weights(tmp_path / "split/latest.pth"))
+    straight, split = load(tmp_path / "straight/latest.pth"), load(tmp_path / "split/latest.pth")
+    assert straight["optimizer"]["state"].keys() == split["optimizer"]["state"].keys()
+    for k, v in straight["optimizer"]["state"].items():
+        assert torch.equal(v["momentum_buffer"], split["optimizer"]["state"][k]["momentum_buffer"])
+
+
+def test_ctrl_c_mid_epoch_saves_and_resume_continues_exactly(tmp_path, monkeypatch):
+    run_teacher(tmp_path / "straight", "--epochs", "2")
+    trainer = Trainer(teacher_args(tmp_path / "cut", "--epochs", "2"), DistInfo(), "teacher")
+    calls = {"n": 0}
+    original = Trainer.losses
+
+    def interrupt_at_batch_8(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 8:  # the 3rd batch of epoch 2 (6 batches per epoch)
+            raise KeyboardInterrupt
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(Trainer, "losses", interrupt_at_batch_8)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    state = load(tmp_path / "cut/latest.pth")
+    assert (state["epoch"], state["step"]) == (2, 1)
+    monkeypatch.setattr(Trainer, "losses", original)
+    run_teacher(tmp_path / "cut", "--epochs", "2", "--resume")
+    assert_same(weights(tmp_path / "straight/latest.pth"), weights(tmp_path / "cut/latest.pth"))
+
+
+def test_checkpoint_contents_and_tensorboard(tmp_path):
+    folder = tmp_path / "run"
+    args = config.parse(config.teacher_parser(), [a for a in TINY if a != "--no_tensorboard"] +
+                        ["--model", "resnet8", "--save_dir", str(folder), "--epochs", "1"])
+    Trainer(args, DistInfo(), "teacher").fit()
+    state = load(folder / "latest.pth")
+    for key in ("model", "optimizer", "scheduler", "rng", "config", "arch", "code_version", "epoch"):
+        assert key in state
+    assert state["arch"] == "resnet8" and state["epoch"] == 2 and (folder / "best.pth").exists()
+    assert not [p for p in os.listdir(folder) if p.startswith(".tmp")]
+    events = list((folder / "tb").glob("events.out.tfevents.*"))
+    assert events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(folder / "tb"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/ce", "train/lr", "train/images_per_s", "test/top1", "test/top5"} <= tags
+
+
+def test_student_kd_and_evaluate_reproduces_accuracy(tmp_path, teacher_ckpt, capsys):
+    trainer = Trainer(student_args(tmp_path, "--path_t", teacher_ckpt, "--model_s", "resnet8", "--epochs", "1",
+                                   "--distill", "kd"), DistInfo(), "student")
+    result = trainer.fit()
+    assert (trainer.gamma, trainer.alpha, trainer.beta) == (0.1, 0.9, 0.0)
+    out = capsys.readouterr().out
+    assert "teacher resnet8 test top-1" in out
+    code = cli.student(["--evaluate", "--path_s", str(tmp_path / "latest.pth")] + TINY)
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"test top-1 {result['top1']:.2f}%" in out and f"recorded at training time: {result['top1']:.2f}%" in out
+
+
+def test_repdistiller_teacher_checkpoint_loads(tmp_path, teacher_ckpt):
+    folder = tmp_path / "resnet8_vanilla"
+    folder.mkdir()
+    torch.save({"model": weights(teacher_ckpt), "epoch": 240}, folder / "ckpt_epoch_240.pth")
+    trainer = Trainer(student_args(tmp_path / "s", "--path_t", str(folder / "ckpt_epoch_240.pth"),
+                                   "--model_s", "resnet8", "--epochs", "1"), DistInfo(), "student")
+    assert trainer.teacher.arch == "resnet8"
+    assert_same(trainer.teacher.state_dict(), weights(teacher_ckpt))
+
+
+def _cli_error(capsys, fn, argv):
+    code = fn(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    return err
+
+
+def test_bad_input_gives_clear_errors(tmp_path, teacher_ckpt, capsys):
+    err = _cli_error(capsys, cli.student, TINY + ["--path_t", teacher_ckpt, "--distill", "fitnett"])
+    assert "Unknown distiller 'fitnett'" in err
+    err = _cli_error(capsys, cli.teacher, TINY + ["--model", "resnet33"])
+    assert "Unknown model 'resnet33'" in err and "resnet32" in err
+    err = _cli_error(capsys, cli.teacher, ["--dataset", "cifar1000"])
+    assert "Unknown dataset 'cifar1000'" in err and "cifar100" in err
+    err = _cli_error(capsys, cli.student, TINY + ["--path_t", teacher_ckpt, "--model_t", "resnet20"])
+    assert "does not fit architecture 'resnet20'" in err
+    err = _cli_error(capsys, cli.student, TINY + ["--path_t", str(tmp_path / "nope.pth")])
+    assert "does not exist" in err
+    err = _cli_error(capsys, cli.student, TINY + ["--path_t", teacher_ckpt, "--distill", "kd", "-b", "1"])
+    assert "-b/--beta must be 0" in err
+    err = _cli_error(capsys, cli.teacher, ["--dataset", "imagefolder", "--data-root", str(tmp_path / "none"),
+                                           "--num_workers", "0"])
+    assert str(tmp_path / "none") in err
+    err = _cli_error(capsys, cli.teacher, TINY + ["--model", "resnet8", "--batch_size", "500"])
+    assert "smaller than one batch" in err
+
+
+def test_yaml_config_command_line_wins_and_unknown_key(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"epochs": 7, "learning_rate": 0.2, "lr_decay_epochs": "3,5", "nce_k": 64}))
+    args = config.parse(config.student_parser(), ["--config", str(cfg), "--epochs", "3"])
+    assert (args.epochs, args.learning_rate, args.lr_decay_epochs) == (3, 0.2, [3, 5])
+    assert config.method_options(args) == {"nce_k": 64}
+    cfg.write_text(yaml.safe_dump({"epoch": 7}))
+    with pytest.raises(SystemExit):
+        config.parse(config.student_parser(), ["--config", str(cfg)])
+    assert "unknown key 'epoch'" in capsys.readouterr().err
+
+
+def test_seed_flag_spellings():
+    args = config.parse(config.student_parser(), [
+        "--path-t", "t.pth", "-c", "0", "-d", "0", "-b", "1", "--batch", "16", "--lr_decay_epochs", "150", "180",
+        "--lr_decay_gamma", "0.2", "--data_root", "/x"])
+    assert (args.path_t, args.gamma, args.alpha, args.beta, args.batch_size) == ("t.pth", 0.0, 0.0, 1.0, 16)
+    assert (args.lr_decay_epochs, args.lr_decay_rate, args.data_root) == ([150, 180], 0.2, "/x")
+
+
+def test_small_lr_students_are_announced():
+    args = config.parse(config.student_parser(), [])
+    said = []
+    config.apply_recipe(args, "cifar", "MobileNetV2", log=said.append)
+    assert args.learning_rate == 0.01 and "0.01" in said[0]
+    args = config.parse(config.student_parser(), ["--learning_rate", "0.05"])
+    config.apply_recipe(args, "cifar", "ShuffleV1", log=said.append)
+    assert args.learning_rate == 0.05
+
+
+def test_two_gloo_processes_match_one_process(tmp_path):
+    common = ["--dataset", "synthetic", "--data_opt", "train_size=128", "--data_opt", "test_size=32",
+              "--data_opt", "augment=false", "--batch_size", "32", "--num_workers", "0", "--no_tensorboard",
+              "--model", "test_nobn", "--plugin", PLUGIN, "--epochs", "2", "--device", "cpu"]
+    assert cli.teacher(common + ["--save_dir", str(tmp_path / "one")]) == 0
+    port = 29500 + os.getpid() % 1000
+    assert cli.teacher(common + ["--save_dir", str(tmp_path / "two"), "--nprocs", "2",
+                                 "--dist-url", f"tcp://127.0.0.1:{port}"]) == 0
+    one, two = weights(tmp_path / "one/latest.pth"), weights(tmp_path / "two/latest.pth")
+    for key in one:
+        assert torch.allclose(one[key], two[key], atol=1e-5, rtol=1e-4), key
+    assert load(tmp_path / "two/latest.pth")["epoch"] == 3
