@@ -34,9 +34,10 @@ from distillers.base import DISTILLERS
 from distillers.taps import standard_taps
 from engine import checkpoint as ckpt
 from engine.config import ConfigError, apply_recipe, method_options
-from engine.distributed import (DistInfo, EpochSampler, ShardSampler, all_reduce_sum,
-                                average_gradients)
-from models import create_model
+from engine.distributed import DistInfo, all_reduce_sum, average_gradients
+from engine.loaders import TrainLoader, eval_loader
+from distillers.registry import UnknownNameError
+from models import MODELS, create_model
 
 
 class Logger:
@@ -106,7 +107,7 @@ def seed_everything(seed: int) -> None:
 def load_teacher(path: str, model_t: Optional[str], family: str, num_classes: int) -> nn.Module:
     """Teacher from our checkpoint or a RepDistiller one; architecture recorded, given or parsed."""
     state = ckpt.load(path)
-    arch = state.get("arch") or model_t or ckpt.arch_from_path(path)
+    arch = model_t or state.get("arch") or ckpt.arch_from_path(path)
     try:
         model = create_model(arch, num_classes=num_classes,
                              family=None if ":" in str(arch) else family)
@@ -164,6 +165,7 @@ class Trainer:
     def _build(self) -> None:
         args = self.args
         seed_everything(args.seed)  # same initial weights on every rank
+        self._check_names()
         meta = datasets.dataset_info(args.dataset)
         self.family = meta["family"]
         root = args.data_root or datasets.default_data_root()
@@ -190,6 +192,17 @@ class Trainer:
         self._build_taps()
         self.optimizer, self.scheduler = self._optimizer(self._main_parameters(), args.learning_rate)
         seed_everything(args.seed + self.info.rank)  # distinct augmentation streams per rank
+
+    def _check_names(self) -> None:
+        """Fail on an unknown method, model or dataset before any data is read."""
+        args = self.args
+        family = datasets.dataset_info(args.dataset)["family"]
+        names = [args.model] if self.kind == "teacher" else [args.model_s] + ([args.model_t] if args.model_t else [])
+        for name in names:
+            if ":" not in name and (name not in MODELS or MODELS.meta(name).get("family") != family):
+                raise UnknownNameError(MODELS.unknown_message(name, MODELS.names(family=family)))
+        if self.kind == "student":
+            DISTILLERS.get(args.distill)
 
     def _build_distillation(self, example: torch.Tensor) -> None:
         args = self.args
@@ -244,17 +257,10 @@ class Trainer:
     def _build_loaders(self) -> None:
         args = self.args
         train = self._wrap_train_set()
-        self.sampler = EpochSampler(train, self.info, seed=args.seed)
         pin = self.device.type == "cuda"
-        # the loader's own generator, re-seeded every epoch: starting an epoch (or resuming
-        # one) then draws nothing from the global RNG that augmentations use
-        self.loader_generator = torch.Generator()
-        self.train_loader = DataLoader(train, batch_size=self.batch_per_rank, sampler=self.sampler,
-                                       num_workers=args.num_workers, pin_memory=pin, drop_last=True,
-                                       generator=self.loader_generator)
-        self.test_loader = DataLoader(self.test_set, batch_size=max(1, self.batch_per_rank // 2),
-                                      sampler=ShardSampler(self.test_set, self.info),
-                                      num_workers=max(0, args.num_workers // 2), pin_memory=pin)
+        self.train_loader = TrainLoader(train, self.info, self.batch_per_rank, args.num_workers, args.seed, pin)
+        self.test_loader = eval_loader(self.test_set, self.info, max(1, self.batch_per_rank // 2),
+                                       max(0, args.num_workers // 2), pin)
         if len(self.train_loader) == 0:
             raise ConfigError(f"the training set ({len(train)} samples) is smaller than one batch "
                               f"({self.batch_per_rank} per process)")
@@ -331,12 +337,8 @@ class Trainer:
         self.model.train()
         if self.method is not None:
             self.method.train()
-        train_set = self.train_loader.dataset
-        if hasattr(train_set, "set_epoch"):
-            train_set.set_epoch(self.epoch)
-        self.sampler.set_epoch(self.epoch if stage is None else -self.epoch)
-        self.loader_generator.manual_seed(self.args.seed * 100003 + self.sampler.epoch * 1009 + self.info.rank)
-        self.sampler.start = self.step_in_epoch * self.batch_per_rank
+        # an initialisation epoch gets its own shuffle (negative epoch ids)
+        self.train_loader.set_epoch(self.epoch if stage is None else -self.epoch, skip=self.step_in_epoch)
         sums: Dict[str, float] = {}
         seen = correct = 0
         started = time.perf_counter()
@@ -543,8 +545,7 @@ def evaluate_checkpoint(args, info: DistInfo) -> Dict[str, float]:
         head = method.inference_head()
         if head is not None:
             head.to(info.device)
-    loader = DataLoader(test_set, batch_size=max(1, (args.batch_size or 64) // 2),
-                        sampler=ShardSampler(test_set, info), num_workers=max(0, args.num_workers // 2))
+    loader = eval_loader(test_set, info, max(1, (args.batch_size or 64) // 2), max(0, args.num_workers // 2))
     acc = evaluate(model, loader, info.device, head)
     if info.is_main:
         recorded = state.get("acc")
