@@ -70,6 +70,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--data_opt", dest="data_opts", action="append", type=_data_option, default=[],
                       metavar="KEY=VALUE", help="dataset option, repeatable (e.g. train_size=2000 for synthetic)")
     data.add_argument("--num_workers", type=int, default=2, help="DataLoader workers per process (default 2)")
+    data.add_argument("--dali", choices=["cpu", "gpu"], default=None,
+                      help="read ImageNet-style folders with NVIDIA DALI pipelines on the CPU or GPU "
+                           "(pip install -e .[dali]); default: torchvision DataLoader")
 
     opt = parser.add_argument_group("optimisation (unset values come from the dataset's recipe)")
     opt.add_argument("--batch_size", "--batch", dest="batch_size", type=int, default=None,

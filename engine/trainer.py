@@ -258,9 +258,15 @@ class Trainer:
         args = self.args
         train = self._wrap_train_set()
         pin = self.device.type == "cuda"
-        self.train_loader = TrainLoader(train, self.info, self.batch_per_rank, args.num_workers, args.seed, pin)
-        self.test_loader = eval_loader(self.test_set, self.info, max(1, self.batch_per_rank // 2),
-                                       max(0, args.num_workers // 2), pin)
+        if args.dali:
+            from data.dali import dali_loaders  # lazily: CIFAR runs never import DALI
+            self.train_loader, self.test_loader = dali_loaders(args, self.info, self.batch_per_rank, train,
+                                                               self.test_set)
+        else:
+            self.train_loader = TrainLoader(train, self.info, self.batch_per_rank, args.num_workers, args.seed,
+                                            pin)
+            self.test_loader = eval_loader(self.test_set, self.info, max(1, self.batch_per_rank // 2),
+                                           max(0, args.num_workers // 2), pin)
         if len(self.train_loader) == 0:
             raise ConfigError(f"the training set ({len(train)} samples) is smaller than one batch "
                               f"({self.batch_per_rank} per process)")
