@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from distillers.base import PREDICTION, ShapeSpec, build_distiller
+from distillers.base import ShapeSpec, build_distiller
 from distillers.taps import GROUPS
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn

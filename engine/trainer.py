@@ -22,20 +22,19 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import data as datasets
-from distillers import PREDICTION, Distiller, FeatureTaps, ShapeSpec, build_distiller
+from distillers import Distiller, FeatureTaps, ShapeSpec, build_distiller
 from distillers.base import DISTILLERS
 from distillers.taps import standard_taps
 from engine import checkpoint as ckpt
 from engine.config import ConfigError, apply_recipe, method_options
 from engine.distributed import DistInfo, all_reduce_sum, average_gradients
 from engine.loaders import TrainLoader, eval_loader
+from engine.tasks import TASKS, ClassificationTask, unpack
 from distillers.registry import UnknownNameError
 from models import MODELS, create_model
 
@@ -62,22 +61,6 @@ class Logger:
     def close(self) -> None:
         if self.writer:
             self.writer.close()
-
-
-def _unpack(batch, device) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
-    x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
-    extras = {}
-    if len(batch) > 2:
-        extras["index"] = batch[2].to(device)
-    if len(batch) > 3:
-        extras["contrast_idx"] = batch[3].to(device)
-    return x, y, extras
-
-
-def accuracy_counts(logits: torch.Tensor, y: torch.Tensor, ks=(1, 5)) -> List[int]:
-    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
-    hits = top.eq(y[:, None])
-    return [int(hits[:, :k].any(dim=1).sum()) for k in ks]
 
 
 def spec_to_dict(spec: ShapeSpec) -> Dict[str, Any]:
@@ -119,33 +102,6 @@ def load_teacher(path: str, model_t: Optional[str], family: str, num_classes: in
     return model
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
-             head: Optional[nn.Module] = None) -> Dict[str, float]:
-    """Top-1/top-5 and CE on a (sharded) test loader, each sample counted once over all ranks.
-
-    ``head`` (SimKD's inference head) predicts from the student's taps instead of its logits.
-    """
-    model.eval()
-    taps = FeatureTaps(model, head.student_taps) if head is not None else None
-    if head is not None:
-        head.eval()
-    counts = torch.zeros(4, dtype=torch.float64)
-    try:
-        for batch in loader:
-            x, y, _ = _unpack(batch, device)
-            logits = head(taps(x)) if head is not None else model(x)
-            top1, top5 = accuracy_counts(logits, y)
-            loss = F.cross_entropy(logits, y, reduction="sum").item()
-            counts += torch.tensor([y.shape[0], top1, top5, loss], dtype=torch.float64)
-    finally:
-        if taps is not None:
-            taps.close()
-    counts = all_reduce_sum(counts)
-    n = max(counts[0].item(), 1.0)
-    return {"top1": 100 * counts[1].item() / n, "top5": 100 * counts[2].item() / n, "loss": counts[3].item() / n}
-
-
 class Trainer:
     """Builds everything from the parsed flags and runs the epochs."""
 
@@ -168,6 +124,7 @@ class Trainer:
         self._check_names()
         meta = datasets.dataset_info(args.dataset)
         self.family = meta["family"]
+        self.task = TASKS.build(meta.get("task", "classification"))
         root = args.data_root or datasets.default_data_root()
         self.train_set = datasets.build_dataset(args.dataset, root, "train", **args.data_opts)
         self.test_set = datasets.build_dataset(args.dataset, root, "test", **args.data_opts)
@@ -295,11 +252,7 @@ class Trainer:
         return params
 
     def _optimizer(self, params, lr: float):
-        args = self.args
-        opt = torch.optim.SGD(params, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=args.lr_decay_epochs,
-                                                     gamma=args.lr_decay_rate)
-        return opt, sched
+        return self.task.optimizer(self.args, params, lr)
 
     def run_name(self) -> str:
         a = self.args
@@ -319,25 +272,11 @@ class Trainer:
             with torch.no_grad():
                 t = self.t_taps(x)
         batch = {"labels": y, "epoch": self.epoch, **extras}
-        logits, terms = s["logits"], {}
         if stage is not None:
             terms = self.method.init_forward(s, t, batch)
-            return Distiller.total(terms), logits, terms
-        if self.method is not None:
-            out = self.method(s, t, batch)
-            logits = out.pop(PREDICTION, logits)
-            terms.update(out)
-        method_loss = Distiller.total(terms).to(logits.device) if terms else None
-        ce = F.cross_entropy(logits, y)
-        total = self.gamma * ce
-        if method_loss is not None:
-            total = total + self.beta * method_loss
-        terms = {"ce": ce, **terms}
-        if self.kd is not None:
-            kd = self.kd({"logits": logits}, t)["kd"]
-            total = total + self.alpha * kd
-            terms["kd"] = kd
-        return total, logits, terms
+            return Distiller.total(terms), s["logits"], terms
+        out = self.method(s, t, batch) if self.method is not None else {}
+        return self.task.combine(self, s, t, y, out)
 
     def _train_epoch(self, optimizer, stage=None) -> Dict[str, float]:
         self.model.train()
@@ -353,7 +292,7 @@ class Trainer:
         bar = tqdm(self.train_loader, desc=name, disable=not show, leave=False, dynamic_ncols=True)
         extra_params = [p for p in self.method.parameters() if p.requires_grad] if self.method else []
         for batch in bar:
-            x, y, extras = _unpack(batch, self.device)
+            x, y, extras = unpack(batch, self.device)
             loss, logits, terms = self.losses(x, y, extras, stage)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at epoch {self.epoch}: "
@@ -366,7 +305,7 @@ class Trainer:
             self._rng_at_step = ckpt.rng_state()  # before the next batch draws its augmentation
             n = y.shape[0]
             seen += n
-            correct += accuracy_counts(logits.detach(), y, ks=(1,))[0]
+            correct += self.task.train_correct(logits.detach(), y)
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach()) * n
             sums["loss"] = sums.get("loss", 0.0) + loss.item() * n
@@ -375,13 +314,14 @@ class Trainer:
         totals = all_reduce_sum(torch.tensor([seen, correct] + list(sums.values()), dtype=torch.float64))
         seen_all = max(totals[0].item(), 1.0)
         metrics = {k: totals[i + 2].item() / seen_all for i, k in enumerate(sums)}
-        metrics["top1"] = 100.0 * totals[1].item() / seen_all
+        if self.task.train_accuracy:
+            metrics["top1"] = 100.0 * totals[1].item() / seen_all
         metrics["images_per_s"] = totals[0].item() / max(elapsed, 1e-9)
         self.step_in_epoch = 0
         return metrics
 
     def evaluate(self, model: Optional[nn.Module] = None, head: Optional[nn.Module] = None) -> Dict[str, float]:
-        return evaluate(model or self.model, self.test_loader, self.device, head)
+        return self.task.evaluate(model or self.model, self.test_loader, self.device, head)
 
     # ------------------------------------------------------------- checkpoints
     def state(self, acc: float) -> Dict[str, Any]:
@@ -469,7 +409,7 @@ class Trainer:
                      f"{extra} extra trainable parameters (weights: command line, else the reference's)")
             if self.epoch == 1 and self.step_in_epoch == 0:
                 acc = self.evaluate(self.teacher)
-                self.log(f"teacher {getattr(self.teacher, 'arch', '')} test top-1 {acc['top1']:.2f}%")
+                self.log(f"teacher {getattr(self.teacher, 'arch', '')} test {self.task.describe(acc)}")
 
     def _run_init_stage(self) -> None:
         stage = self.method.init_stage()
@@ -499,32 +439,30 @@ class Trainer:
         self._build_taps()
 
     def _run_main(self) -> Dict[str, float]:
-        args = self.args
-        acc = {"top1": float("nan"), "top5": float("nan")}
+        args, key = self.args, self.task.score_key
+        acc = {key: float("nan")}
         while self.epoch <= args.epochs:
             lr = self.optimizer.param_groups[0]["lr"]
             metrics = self._train_epoch(self.optimizer)
             self.scheduler.step()
             metrics["lr"] = lr
             self.log.scalars("train", metrics, self.epoch)
-            if self.epoch % args.eval_freq == 0 or self.epoch == args.epochs:
+            evaluated = self.epoch % args.eval_freq == 0 or self.epoch == args.epochs
+            if evaluated:
                 acc = self.evaluate(head=self._inference_head())
                 self.log.scalars("test", acc, self.epoch)
-                improved = acc["top1"] > self.best_acc
-                self.best_acc = max(self.best_acc, acc["top1"])
-                terms = " ".join(f"{k} {v:.4f}" for k, v in metrics.items()
-                                 if k not in ("top1", "images_per_s", "lr"))
-                self.log(f"epoch {self.epoch}/{args.epochs} lr {lr:.4g} | train {terms} top1 {metrics['top1']:.2f} "
-                         f"| test top1 {acc['top1']:.2f} top5 {acc['top5']:.2f} | "
-                         f"{metrics['images_per_s']:.0f} img/s")
-                self.epoch += 1
-                if improved:
-                    self.save("best.pth", acc["top1"])
-            else:
-                self.epoch += 1
-            self.save("latest.pth", acc["top1"])
-        self.log(f"final test top-1 {acc['top1']:.2f}% (best {self.best_acc:.2f}%), checkpoints in {self.run_dir}")
-        return {"top1": acc["top1"], "top5": acc["top5"], "best_top1": self.best_acc}
+                train = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k not in ("images_per_s", "lr"))
+                self.log(f"epoch {self.epoch}/{args.epochs} lr {lr:.4g} | train {train} | test "
+                         f"{self.task.describe(acc)} | {metrics['images_per_s']:.0f} img/s")
+            improved = evaluated and acc[key] > self.best_acc
+            if improved:
+                self.best_acc = acc[key]
+            self.epoch += 1
+            if improved:
+                self.save("best.pth", acc[key])
+            self.save("latest.pth", acc[key])
+        self.log(f"final test {key} {acc[key]:.2f} (best {self.best_acc:.2f}), checkpoints in {self.run_dir}")
+        return {**acc, f"best_{key}": self.best_acc}
 
     def _inference_head(self) -> Optional[nn.Module]:
         return self.method.inference_head() if self.method is not None else None
@@ -552,7 +490,7 @@ def evaluate_checkpoint(args, info: DistInfo) -> Dict[str, float]:
         if head is not None:
             head.to(info.device)
     loader = eval_loader(test_set, info, max(1, (args.batch_size or 64) // 2), max(0, args.num_workers // 2))
-    acc = evaluate(model, loader, info.device, head)
+    acc = ClassificationTask().evaluate(model, loader, info.device, head)
     if info.is_main:
         recorded = state.get("acc")
         print(f"{arch} ({args.path_s}): test top-1 {acc['top1']:.2f}% top-5 {acc['top5']:.2f}%"

@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from distillers import golden
-from distillers.golden import GoldenCase, _spread
+from distillers.golden import GoldenCase
 from engine import config
 from engine.checkpoint import save_atomic
 from engine.distributed import DistInfo
-from engine.trainer import Trainer, _unpack
+from engine.tasks import unpack
+from engine.trainer import Trainer
 from models import create_model
 from conftest import GOLDEN
 
@@ -130,7 +131,7 @@ def test_training_step_matches_adapter_and_trains_golden_params(method_name, tea
 
     setattr(method, entry.call, spy)
     params_before = copy.deepcopy(method.state_dict())
-    x, y, extras = _unpack(next(iter(trainer.train_loader)), trainer.device)
+    x, y, extras = unpack(next(iter(trainer.train_loader)), trainer.device)
     loss, _, _ = trainer.losses(x, y, extras, stage)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -161,7 +162,7 @@ def test_parts_and_buffers_survive_checkpoint_and_resume(method_name, teacher_pa
     stage = trainer.method.init_stage() if trainer.phase == "init" else None
     if stage is not None:
         trainer._build_taps(stage)
-    x, y, extras = _unpack(next(iter(trainer.train_loader)), trainer.device)
+    x, y, extras = unpack(next(iter(trainer.train_loader)), trainer.device)
     loss, _, _ = trainer.losses(x, y, extras, stage)
     loss.backward()
     trainer.optimizer.step()

@@ -1,5 +1,4 @@
 """Peng et al., "Correlation Congruence for Knowledge Distillation" (CC), RepDistiller's variant."""
-from torch import nn
 
 from distillers.base import Distiller, register_distiller
 from distillers.methods._common import LinearEmbed, flat_dim

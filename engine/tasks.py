@@ -1,0 +1,99 @@
+"""What a run optimises and how it is scored, chosen by the dataset's ``task`` metadata.
+
+The trainer's loop (tapping, the distiller call, backward, checkpoints, DDP) is the
+same for every task; a task only decides how the student's prediction and the
+distiller's terms combine into the loss, how a test split is scored, and which
+optimiser the recipe uses. Classification is built in; metric learning registers
+its own task.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distillers import PREDICTION, Distiller, FeatureTaps
+from distillers.registry import Registry
+from engine.distributed import all_reduce_sum
+
+TASKS = Registry("task")
+
+
+def unpack(batch, device) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
+    """``(x, y[, index[, contrast_idx]])`` -> tensors on ``device`` and the extras dict."""
+    x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+    extras = {}
+    if len(batch) > 2:
+        extras["index"] = batch[2].to(device)
+    if len(batch) > 3:
+        extras["contrast_idx"] = batch[3].to(device)
+    return x, y, extras
+
+
+def accuracy_counts(logits: torch.Tensor, y: torch.Tensor, ks=(1, 5)) -> List[int]:
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
+    hits = top.eq(y[:, None])
+    return [int(hits[:, :k].any(dim=1).sum()) for k in ks]
+
+
+@TASKS.register("classification")
+class ClassificationTask:
+    """``gamma * CE + alpha * KD + beta * method``; top-1/top-5; best checkpoint by top-1."""
+
+    score_key = "top1"
+    train_accuracy = True
+
+    def combine(self, trainer, s: Dict[str, Any], t: Dict[str, Any], y: torch.Tensor,
+                out: Dict[str, torch.Tensor]):
+        logits = out.pop(PREDICTION, s["logits"])  # SimKD predicts through the teacher's classifier
+        ce = F.cross_entropy(logits, y)
+        total = trainer.gamma * ce
+        terms = {"ce": ce, **out}
+        if out:
+            total = total + trainer.beta * Distiller.total(out).to(logits.device)
+        if trainer.kd is not None:
+            kd = trainer.kd({"logits": logits}, t)["kd"]
+            total = total + trainer.alpha * kd
+            terms["kd"] = kd
+        return total, logits, terms
+
+    def train_correct(self, logits: torch.Tensor, y: torch.Tensor) -> int:
+        return accuracy_counts(logits, y, ks=(1,))[0]
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader, device: torch.device,
+                 head: Optional[nn.Module] = None) -> Dict[str, float]:
+        """Top-1/top-5 and CE over a sharded test loader, each sample counted once over all ranks.
+
+        ``head`` (SimKD's inference head) predicts from the student's taps instead of its logits.
+        """
+        model.eval()
+        taps = FeatureTaps(model, head.student_taps) if head is not None else None
+        if head is not None:
+            head.eval()
+        counts = torch.zeros(4, dtype=torch.float64)
+        try:
+            for batch in loader:
+                x, y, _ = unpack(batch, device)
+                logits = head(taps(x)) if head is not None else model(x)
+                top1, top5 = accuracy_counts(logits, y)
+                loss = F.cross_entropy(logits, y, reduction="sum").item()
+                counts += torch.tensor([y.shape[0], top1, top5, loss], dtype=torch.float64)
+        finally:
+            if taps is not None:
+                taps.close()
+        counts = all_reduce_sum(counts)
+        n = max(counts[0].item(), 1.0)
+        return {"top1": 100 * counts[1].item() / n, "top5": 100 * counts[2].item() / n,
+                "loss": counts[3].item() / n}
+
+    def describe(self, metrics: Dict[str, float]) -> str:
+        return f"top-1 {metrics['top1']:.2f}% top-5 {metrics.get('top5', float('nan')):.2f}%"
+
+    def optimizer(self, args, params, lr: float):
+        """SGD with a step schedule applied at the start of each (1-based) epoch, as the references."""
+        opt = torch.optim.SGD(params, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=args.lr_decay_epochs, gamma=args.lr_decay_rate)
+        return opt, sched
