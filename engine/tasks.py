@@ -2,8 +2,8 @@
 
 The trainer's loop (tapping, the distiller call, backward, checkpoints, DDP) is the
 same for every task; a task only decides how the student's prediction and the
-distiller's terms combine into the loss, how a test split is scored, and which
-optimiser the recipe uses. Classification is built in; metric learning registers
+distiller's terms combine into the loss, how a test split is scored, which
+optimiser the recipe uses, the extra model arguments and the training loader. Classification is built in; metric learning registers
 its own task.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ from torch import nn
 from distillers import PREDICTION, Distiller, FeatureTaps
 from distillers.registry import Registry
 from engine.distributed import all_reduce_sum
+from engine.loaders import TrainLoader
 
 TASKS = Registry("task")
 
@@ -88,6 +89,13 @@ class ClassificationTask:
         n = max(counts[0].item(), 1.0)
         return {"top1": 100 * counts[1].item() / n, "top5": 100 * counts[2].item() / n,
                 "loss": counts[3].item() / n}
+
+    def model_kwargs(self, args, role: str) -> Dict[str, Any]:
+        """Extra ``create_model`` arguments for ``role`` ('model', 'student' or 'teacher')."""
+        return {}
+
+    def train_loader(self, args, info, dataset, batch_per_rank: int, pin_memory: bool):
+        return TrainLoader(dataset, info, batch_per_rank, args.num_workers, args.seed, pin_memory)
 
     def describe(self, metrics: Dict[str, float]) -> str:
         return f"top-1 {metrics['top1']:.2f}% top-5 {metrics.get('top5', float('nan')):.2f}%"

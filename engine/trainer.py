@@ -33,7 +33,7 @@ from distillers.taps import standard_taps
 from engine import checkpoint as ckpt
 from engine.config import ConfigError, apply_recipe, method_options
 from engine.distributed import DistInfo, all_reduce_sum, average_gradients
-from engine.loaders import TrainLoader, eval_loader
+from engine.loaders import eval_loader
 from engine.tasks import TASKS, ClassificationTask, unpack
 from distillers.registry import UnknownNameError
 from models import MODELS, create_model
@@ -87,13 +87,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_teacher(path: str, model_t: Optional[str], family: str, num_classes: int) -> nn.Module:
+def load_teacher(path: str, model_t: Optional[str], family: str, num_classes: int, **model_kwargs) -> nn.Module:
     """Teacher from our checkpoint or a RepDistiller one; architecture recorded, given or parsed."""
     state = ckpt.load(path)
     arch = model_t or state.get("arch") or ckpt.arch_from_path(path)
     try:
         model = create_model(arch, num_classes=num_classes,
-                             family=None if ":" in str(arch) else family)
+                             family=None if ":" in str(arch) else family, **model_kwargs)
     except KeyError as err:
         raise ckpt.CheckpointError(
             f"cannot tell the teacher's architecture from '{path}' (got '{arch}'): pass --model_t. {err}"
@@ -138,6 +138,7 @@ class Trainer:
         example = torch.zeros((2,) + tuple(self.test_set[0][0].shape))
 
         self.model = create_model(model_name, num_classes=self.num_classes,
+                                  **self.task.model_kwargs(args, "student" if self.kind == "student" else "model"),
                                   family=None if ":" in model_name else self.family).to(self.device)
         self.teacher = self.method = self.kd = None
         self.gamma, self.alpha, self.beta = 1.0, 0.0, 0.0
@@ -165,7 +166,8 @@ class Trainer:
         args = self.args
         if not args.path_t:
             raise ConfigError("train_student.py needs a teacher checkpoint: --path_t PATH")
-        self.teacher = load_teacher(args.path_t, args.model_t, self.family, self.num_classes)
+        self.teacher = load_teacher(args.path_t, args.model_t, self.family, self.num_classes,
+                                    **self.task.model_kwargs(args, "teacher"))
         self.teacher.to(self.device).eval().requires_grad_(False)
         cls = DISTILLERS.get(args.distill)
         weights = dict(cls.default_weights)
@@ -220,8 +222,7 @@ class Trainer:
             self.train_loader, self.test_loader = dali_loaders(args, self.info, self.batch_per_rank, train,
                                                                self.test_set)
         else:
-            self.train_loader = TrainLoader(train, self.info, self.batch_per_rank, args.num_workers, args.seed,
-                                            pin)
+            self.train_loader = self.task.train_loader(args, self.info, train, self.batch_per_rank, pin)
             self.test_loader = eval_loader(self.test_set, self.info, max(1, self.batch_per_rank // 2),
                                            max(0, args.num_workers // 2), pin)
         if len(self.train_loader) == 0:

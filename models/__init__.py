@@ -4,5 +4,6 @@ Every model keeps its plain ``forward``; feature taps come from its ``tap_points
 """
 from models.registry import MODELS, create_model, list_models, register_model
 from models import cifar  # noqa: F401  (registers the CIFAR zoo)
+from models import imagenet  # noqa: F401  (registers the ImageNet zoo)
 
 __all__ = ["MODELS", "create_model", "list_models", "register_model"]
