@@ -191,3 +191,67 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     for key in one:
         assert torch.allclose(one[key], two[key], atol=1e-5, rtol=1e-4), key
     assert load(tmp_path / "two/latest.pth")["epoch"] == 3
+
+
+def test_init_stage_runs_logged_checkpointed_and_resumable(tmp_path, teacher_ckpt, capsys):
+    """AB's initialisation stage: runs before the main loop, saved per epoch, resumable mid-stage."""
+    base = ["--path_t", teacher_ckpt, "--model_s", "resnet8x4", "--distill", "ab", "--init_epochs", "2",
+            "--epochs", "1", "--save_dir", str(tmp_path)]
+    trainer = Trainer(student_args(tmp_path, *base), DistInfo(), "student")
+    assert trainer.phase == "init"
+    calls = {"n": 0}
+    original = Trainer.losses
+
+    def stop_in_second_init_epoch(self, x, y, extras, stage=None):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return original(self, x, y, extras, stage)
+
+    Trainer.losses = stop_in_second_init_epoch
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            trainer.fit()
+    finally:
+        Trainer.losses = original
+    state = load(tmp_path / "latest.pth")
+    assert (state["phase"], state["init_done"], state["step"]) == ("init", 1, 1)
+    connectors = {k: v for k, v in state["distiller"].items() if k.endswith("conv.weight")}
+    assert connectors
+    out = capsys.readouterr().out
+    assert "initialisation stage of ab: 2 epochs" in out and "init epoch 1/2" in out
+    resumed = Trainer(student_args(tmp_path, *base, "--resume"), DistInfo(), "student")
+    resumed.fit()
+    final = load(tmp_path / "latest.pth")
+    assert (final["phase"], final["init_done"], final["epoch"]) == ("main", 2, 2)
+    for name, param in resumed.method.named_parameters():
+        assert not param.requires_grad, f"{name} should be frozen after the init stage"
+    trained = {k: v for k, v in final["distiller"].items() if k in connectors}
+    assert any(not torch.equal(trained[k], connectors[k]) for k in connectors)
+
+
+def test_simkd_student_evaluates_without_teacher(tmp_path, teacher_ckpt, capsys):
+    trainer = Trainer(student_args(tmp_path, "--path_t", teacher_ckpt, "--model_s", "resnet8", "--epochs", "1",
+                                   "--distill", "simkd"), DistInfo(), "student")
+    assert (trainer.gamma, trainer.alpha, trainer.beta) == (0.0, 0.0, 1.0)
+    result = trainer.fit()
+    capsys.readouterr()
+    os.rename(teacher_ckpt, teacher_ckpt + ".hidden")  # no teacher anywhere
+    try:
+        assert cli.student(["--evaluate", "--path_s", str(tmp_path / "latest.pth")] + TINY) == 0
+    finally:
+        os.rename(teacher_ckpt + ".hidden", teacher_ckpt)
+    assert f"test top-1 {result['top1']:.2f}%" in capsys.readouterr().out
+
+
+def test_crd_gets_contrast_indices_automatically(tmp_path, teacher_ckpt):
+    trainer = Trainer(student_args(tmp_path, "--path_t", teacher_ckpt, "--model_s", "resnet8", "--epochs", "1",
+                                   "--distill", "crd", "--nce_k", "16"), DistInfo(), "student")
+    batch = next(iter(trainer.train_loader))
+    assert len(batch) == 4 and batch[3].shape == (32, 17)
+    assert torch.equal(batch[3][:, 0], batch[2])  # exact mode: the positive is the sample itself
+    labels = torch.as_tensor(trainer.train_set.targets)
+    assert (labels[batch[3][:, 1:]] != batch[1][:, None]).all()
+    before = trainer.method.state_dict()["contrast.memory_v1"].clone()
+    trainer.fit()
+    assert not torch.equal(before, trainer.method.state_dict()["contrast.memory_v1"])
