@@ -28,6 +28,10 @@ SMALL_LR_MODELS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
 SMALL_LR = 0.01
 
 
+#: Short spellings of method options used by the reference scripts (SimKD's -f, SemCKD's -s).
+SHORT_FLAGS = {"factor": "-f", "soft": "-s"}
+
+
 class ConfigError(ValueError):
     """A bad flag, config key or flag combination, reported before training starts."""
 
@@ -139,7 +143,7 @@ def _method_option_help() -> Dict[str, str]:
     users: Dict[str, List[str]] = {}
     for name in DISTILLERS.names():
         for option, default in DISTILLERS.get(name).all_options().items():
-            users.setdefault(option, []).append(f"{name}={default}")
+            users.setdefault(option, []).append(f"{name}={'auto' if default is None else default}")
     return {option: "method option; default per method: " + ", ".join(uses) for option, uses in users.items()}
 
 
@@ -169,7 +173,9 @@ def student_parser() -> argparse.ArgumentParser:
     for option, text in sorted(_method_option_help().items()):
         if option == "kd_T":
             continue
-        methods.add_argument(f"--{option}", dest=f"method__{option}", default=None, type=yaml.safe_load,
+        flags = [SHORT_FLAGS[option]] if option in SHORT_FLAGS else []
+        methods.add_argument(*flags, f"--{option}", dest=f"method__{option}", default=argparse.SUPPRESS,
+                             metavar=option.upper(), type=yaml.safe_load,
                              help=text)
     parser.add_argument("--evaluate", action="store_true",
                         help="only evaluate the student checkpoint --path_s (no teacher needed)")
