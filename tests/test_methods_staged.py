@@ -190,7 +190,7 @@ def test_reviewkd_warmup_and_weight():
     s = {"stages": [torch.randn(2, 4, 8, 8), torch.randn(2, 8, 4, 4)], "pooled": torch.randn(2, 8)}
     t = {"stages_preact": [torch.randn(2, 6, 8, 8), torch.randn(2, 10, 2, 2)], "pooled": torch.randn(2, 10)}
     torch.manual_seed(1)
-    base = build_distiller("reviewkd", spec).eval()
+    base = build_distiller("reviewkd", spec, reviewkd_weight=1.0).eval()
     torch.manual_seed(1)
     heavy = build_distiller("reviewkd", spec, reviewkd_weight=5.0, warmup=10).eval()
     full = base(s, t)["reviewkd"]
