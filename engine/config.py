@@ -32,6 +32,15 @@ SMALL_LR = 0.01
 SHORT_FLAGS = {"factor": "-f", "soft": "-s"}
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except None/False (their help text says what happens when unset)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class ConfigError(ValueError):
     """A bad flag, config key or flag combination, reported before training starts."""
 
@@ -67,13 +76,12 @@ def _data_option(text: str):
 def _common(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default="cifar100",
-                      help="dataset plugin: cifar100, cifar10, synthetic (no download), imagefolder, ... "
-                           "(default: %(default)s)")
+                      help="dataset plugin: cifar100, cifar10, synthetic (no download), imagefolder, ...")
     data.add_argument("--data-root", "--data_root", dest="data_root", default=None,
                       help="dataset folder (default: $DISTILLERS_DATA or ~/.cache/distillers/data)")
     data.add_argument("--data_opt", dest="data_opts", action="append", type=_data_option, default=[],
                       metavar="KEY=VALUE", help="dataset option, repeatable (e.g. train_size=2000 for synthetic)")
-    data.add_argument("--num_workers", type=int, default=2, help="DataLoader workers per process (default 2)")
+    data.add_argument("--num_workers", type=int, default=2, help="DataLoader workers per process")
     data.add_argument("--dali", choices=["cpu", "gpu"], default=None,
                       help="read ImageNet-style folders with NVIDIA DALI pipelines on the CPU or GPU "
                            "(pip install -e .[dali]); default: torchvision DataLoader")
@@ -91,12 +99,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
                      help="lr multiplier at each decay epoch (0.1)")
     opt.add_argument("--weight_decay", type=float, default=None, help="SGD weight decay (CIFAR 5e-4)")
     opt.add_argument("--momentum", type=float, default=None, help="SGD momentum (0.9)")
-    opt.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    opt.add_argument("--seed", type=int, default=0, help="random seed")
 
     run = parser.add_argument_group("run")
-    run.add_argument("--trial", default="0", help="trial id, part of the run name (default 0)")
+    run.add_argument("--trial", default="0", help="trial id, part of the run name")
     run.add_argument("--save_root", default="save",
-                     help="folder for run folders, outside the code (default ./save)")
+                     help="folder for run folders, outside the code")
     run.add_argument("--save_dir", default=None, help="exact run folder (default: <save_root>/<kind>/<run name>)")
     run.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
                      help="continue a run exactly: from CKPT, or from <run folder>/latest.pth")
@@ -118,10 +126,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
     dist.add_argument("--nprocs", type=int, default=None,
                       help="processes per node without GPUs (gloo); implies --multiprocessing-distributed")
     dist.add_argument("--dist-url", "--dist_url", dest="dist_url", default="tcp://127.0.0.1:23456",
-                      help="rendezvous address of rank 0 (default %(default)s)")
+                      help="rendezvous address of rank 0")
     dist.add_argument("--world-size", "--world_size", dest="world_size", type=int, default=1,
-                      help="number of nodes (default 1)")
-    dist.add_argument("--rank", type=int, default=0, help="rank of this node (default 0)")
+                      help="number of nodes")
+    dist.add_argument("--rank", type=int, default=0, help="rank of this node")
     dist.add_argument("--dist-backend", "--dist_backend", dest="dist_backend", default=None,
                       choices=["nccl", "gloo"], help="default: nccl on GPUs, gloo on CPU")
 
@@ -130,7 +138,7 @@ def teacher_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="train_teacher.py",
         description="Train a model from scratch (a teacher, or a vanilla student baseline).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("--model", default="resnet32x4",
                         help="architecture: a CIFAR zoo name, 'torchvision:<name>' or 'timm:<name>'")
     _common(parser)
@@ -153,7 +161,7 @@ def student_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="train_student.py",
         description="Distil a teacher into a student with any registered method.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("--model_s", default="resnet8x4", help="student architecture")
     parser.add_argument("--path_t", "--path-t", dest="path_t", default=None,
                         help="teacher checkpoint (this project's or RepDistiller's {'model': state_dict})")
