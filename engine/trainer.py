@@ -194,7 +194,11 @@ class Trainer:
                                   "(KD is weighted by -a/--alpha)")
             self.alpha = weights["alpha"]
         else:
-            self.method = build_distiller(args.distill, spec, **options).to(self.device)
+            try:
+                self.method = build_distiller(args.distill, spec, **options).to(self.device)
+            except (ValueError, TypeError) as err:  # the method's own message says why
+                raise ConfigError(f"--distill {args.distill} with teacher {spec.extra['teacher_arch']} and "
+                                  f"student {args.model_s}: {err}") from None
         if self.alpha:
             self.kd = build_distiller("kd", spec, kd_T=args.kd_T).to(self.device)
         if self.method is not None and self.method.init_stage() is not None:

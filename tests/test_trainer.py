@@ -145,6 +145,13 @@ def test_bad_input_gives_clear_errors(tmp_path, teacher_ckpt, capsys):
     err = _cli_error(capsys, cli.teacher, ["--dataset", "imagefolder", "--data-root", str(tmp_path / "none"),
                                            "--num_workers", "0"])
     assert str(tmp_path / "none") in err
+    err = _cli_error(capsys, cli.student, TINY + ["--path_t", teacher_ckpt, "--model_s", "resnet8x4",
+                                                  "--distill", "fsp"])
+    assert "--distill fsp with teacher resnet8 and student resnet8x4" in err and "channels" in err
+    err = _cli_error(capsys, cli.student, TINY + ["--path_t", teacher_ckpt, "--distill", "crd", "--mode", "loose"])
+    assert "loose" in err
+    err = _cli_error(capsys, cli.student, TINY + ["--path_t", teacher_ckpt, "--distill", "kd", "--nce_k", "5"])
+    assert "--nce_k do not apply to --distill kd" in err
     err = _cli_error(capsys, cli.teacher, TINY + ["--model", "resnet8", "--batch_size", "500"])
     assert "smaller than one batch" in err
 
