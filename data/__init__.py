@@ -1,0 +1,40 @@
+"""Datasets: a registry of factories, the CIFAR transforms, and index wrappers.
+
+``build_dataset(name, root, split)`` returns a Dataset of ``(image, label)`` with
+``targets`` and ``num_classes``; ``dataset_info(name)`` gives the registered
+metadata without touching any file. Plugins: ``cifar10``, ``cifar100``,
+``imagefolder``, ``imagenet`` (with optional DALI loaders, :mod:`data.dali`) and the
+download-free ``synthetic``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Optional
+
+from torch.utils.data import Dataset
+
+from data.registry import DATASETS, check_split, register_dataset
+from data import cifar, folder, imagenet, synthetic  # noqa: F401  (register the plugins)
+from data.wrappers import WithContrast, WithIndex
+
+__all__ = ["DATASETS", "register_dataset", "build_dataset", "dataset_info",
+           "default_data_root", "WithIndex", "WithContrast"]
+
+
+def default_data_root() -> str:
+    """``$DISTILLERS_DATA`` or ``~/.cache/distillers/data``: data never lives in the code tree."""
+    return os.environ.get("DISTILLERS_DATA") or os.path.join(
+        os.path.expanduser("~"), ".cache", "distillers", "data")
+
+
+def dataset_info(name: str) -> Dict[str, Any]:
+    return dict(DATASETS.meta(name))
+
+
+def build_dataset(name: str, root: str, split: str, augment: Optional[bool] = None,
+                  **options: Any) -> Dataset:
+    """Build ``split`` ('train'/'test') of dataset ``name``; augment defaults to train only."""
+    check_split(split)
+    if augment is None:
+        augment = split == "train"
+    return DATASETS.build(name, root, split, augment, **options)
