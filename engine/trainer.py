@@ -34,9 +34,9 @@ from engine import checkpoint as ckpt
 from engine.config import ConfigError, apply_recipe, method_options
 from engine.distributed import DistInfo, all_reduce_sum, average_gradients
 from engine.loaders import eval_loader
-from engine.tasks import TASKS, ClassificationTask, unpack
-from distillers.registry import UnknownNameError
-from models import MODELS, create_model
+from engine.tasks import TASKS, unpack
+from models import create_model
+from models.registry import resolve_model
 
 
 class Logger:
@@ -121,10 +121,11 @@ class Trainer:
     def _build(self) -> None:
         args = self.args
         seed_everything(args.seed)  # same initial weights on every rank
-        self._check_names()
         meta = datasets.dataset_info(args.dataset)
-        self.family = meta["family"]
         self.task = TASKS.build(meta.get("task", "classification"))
+        self.task.configure(args, self.kind, log=self.log)  # task defaults (metric: model, method, recipe)
+        self._check_names()
+        self.family = meta["family"]
         root = args.data_root or datasets.default_data_root()
         self.train_set = datasets.build_dataset(args.dataset, root, "train", **args.data_opts)
         self.test_set = datasets.build_dataset(args.dataset, root, "test", **args.data_opts)
@@ -157,8 +158,8 @@ class Trainer:
         family = datasets.dataset_info(args.dataset)["family"]
         names = [args.model] if self.kind == "teacher" else [args.model_s] + ([args.model_t] if args.model_t else [])
         for name in names:
-            if ":" not in name and (name not in MODELS or MODELS.meta(name).get("family") != family):
-                raise UnknownNameError(MODELS.unknown_message(name, MODELS.names(family=family)))
+            if ":" not in name:
+                resolve_model(name, family)
         if self.kind == "student":
             DISTILLERS.get(args.distill)
 
@@ -480,11 +481,13 @@ def evaluate_checkpoint(args, info: DistInfo) -> Dict[str, float]:
         raise ckpt.CheckpointError(f"'{args.path_s}' is not a distillers checkpoint")
     dataset = args.dataset if args.dataset != "cifar100" or "dataset" not in state else state["dataset"]
     meta = datasets.dataset_info(dataset)
+    task = TASKS.build(meta.get("task", "classification"))
+    task.configure(args, "eval")
     test_set = datasets.build_dataset(dataset, args.data_root or datasets.default_data_root(), "test",
                                       **(args.data_opts or state["config"].get("data_opts", {})))
     arch = state["arch"]
-    model = create_model(arch, num_classes=state["num_classes"],
-                         family=None if ":" in arch else meta["family"]).to(info.device)
+    model = create_model(arch, num_classes=state["num_classes"], family=None if ":" in arch else meta["family"],
+                         **task.eval_model_kwargs(args, state)).to(info.device)
     ckpt.load_weights(model, state["model"], f"student checkpoint '{args.path_s}'")
     head = None
     if state.get("distiller_name") and state.get("shape_spec"):
@@ -495,10 +498,10 @@ def evaluate_checkpoint(args, info: DistInfo) -> Dict[str, float]:
         if head is not None:
             head.to(info.device)
     loader = eval_loader(test_set, info, max(1, (args.batch_size or 64) // 2), max(0, args.num_workers // 2))
-    acc = ClassificationTask().evaluate(model, loader, info.device, head)
+    acc = task.evaluate(model, loader, info.device, head)
     if info.is_main:
         recorded = state.get("acc")
-        print(f"{arch} ({args.path_s}): test top-1 {acc['top1']:.2f}% top-5 {acc['top5']:.2f}%"
+        print(f"{arch} ({args.path_s}): test {task.describe(acc)}"
               + (f" (recorded at training time: {recorded:.2f}%)" if isinstance(recorded, float)
                  and not math.isnan(recorded) else ""), flush=True)
     return acc

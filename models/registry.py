@@ -1,26 +1,54 @@
-"""The model registry and ``create_model``: CIFAR zoo names, ``torchvision:<name>``, ``timm:<name>``."""
+"""The model registry and ``create_model``: family-scoped names, ``torchvision:<name>``, ``timm:<name>``.
+
+Names are scoped by family ('cifar', 'imagenet', 'metric'), as in the reference
+repositories: ``ResNet50`` is the CIFAR variant under ``--dataset cifar100`` and
+torchvision's ResNet-50 under ``--dataset imagenet``. Without a family (the Python API),
+a name found in several families means the CIFAR zoo's.
+"""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from torch import nn
 
-from distillers.registry import Registry
+from distillers.registry import Registry, UnknownNameError
 
 MODELS = Registry("model")
+DEFAULT_FAMILY = "cifar"
+
+
+def _key(family: str, name: str) -> str:
+    return f"{family}/{name}"
 
 
 def register_model(name: str, *, family: str, **meta: Any):
-    """Register a model factory ``f(num_classes=..., **kw) -> nn.Module`` under ``name``.
+    """Register a model factory ``f(num_classes=..., **kw) -> nn.Module`` as ``name`` in ``family``.
 
-    ``family`` ('cifar', 'imagenet', 'metric') lets command lines resolve names
-    within the dataset's family. The returned model must expose ``tap_points``.
+    The returned model must expose ``tap_points``.
     """
-    return MODELS.register(name, family=family, **meta)
+    return MODELS.register(_key(family, name), family=family, model_name=name, **meta)
 
 
-def list_models(family: Optional[str] = None):
-    return MODELS.names(family=family) if family else MODELS.names()
+def list_models(family: Optional[str] = None) -> List[str]:
+    keys = MODELS.names(family=family) if family else MODELS.names()
+    return sorted({MODELS.meta(k)["model_name"] for k in keys})
+
+
+def resolve_model(name: str, family: Optional[str] = None) -> str:
+    """The registry key of ``name`` (in ``family``); a clear error names the accepted ones."""
+    if family is not None:
+        if _key(family, name) in MODELS:
+            return _key(family, name)
+        raise UnknownNameError(Registry(f"{family} model").unknown_message(name, list_models(family)))
+    matches = [k for k in MODELS.names() if MODELS.meta(k)["model_name"] == name]
+    if len(matches) == 1:
+        return matches[0]
+    if _key(DEFAULT_FAMILY, name) in matches:
+        return _key(DEFAULT_FAMILY, name)
+    if matches:
+        families = ", ".join(MODELS.meta(k)["family"] for k in matches)
+        raise UnknownNameError(f"model '{name}' exists in several families ({families}); pass family=")
+    raise UnknownNameError(MODELS.unknown_message(name, list_models()))
 
 
 def create_model(name: str, num_classes: int = 100, *, family: Optional[str] = None,
@@ -28,15 +56,11 @@ def create_model(name: str, num_classes: int = 100, *, family: Optional[str] = N
     """Build a model by name.
 
     ``torchvision:<name>`` and ``timm:<name>`` build those libraries' models with a
-    tap map attached (see :mod:`models.external`). With ``family`` given, only that
-    family's names are accepted and the error lists them.
+    tap map attached (see :mod:`models.external`).
     """
     if ":" in name:
         from models import external  # imported lazily: timm is optional for CIFAR runs
         return external.create_external(name, num_classes=num_classes, **kwargs)
-    if family is not None and (name not in MODELS or MODELS.meta(name).get("family") != family):
-        from distillers.registry import UnknownNameError
-        raise UnknownNameError(MODELS.unknown_message(name, MODELS.names(family=family)))
-    model = MODELS.build(name, num_classes=num_classes, **kwargs)
+    model = MODELS.build(resolve_model(name, family), num_classes=num_classes, **kwargs)
     model.arch = name
     return model

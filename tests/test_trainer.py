@@ -133,7 +133,7 @@ def test_bad_input_gives_clear_errors(tmp_path, teacher_ckpt, capsys):
     err = _cli_error(capsys, cli.student, TINY + ["--path_t", teacher_ckpt, "--distill", "fitnett"])
     assert "Unknown distiller 'fitnett'" in err
     err = _cli_error(capsys, cli.teacher, TINY + ["--model", "resnet33"])
-    assert "Unknown model 'resnet33'" in err and "resnet32" in err
+    assert "Unknown cifar model 'resnet33'" in err and "Did you mean 'resnet32'" in err
     err = _cli_error(capsys, cli.teacher, ["--dataset", "cifar1000"])
     assert "Unknown dataset 'cifar1000'" in err and "cifar100" in err
     err = _cli_error(capsys, cli.student, TINY + ["--path_t", teacher_ckpt, "--model_t", "resnet20"])

@@ -1,0 +1,213 @@
+"""NVIDIA DALI loaders for the ``imagenet`` plugin: ``--dali cpu|gpu`` (models-and-data.md §4.2).
+
+DALI is an optional extra, imported only here and only when ``--dali`` is given.
+``cpu`` runs every operator on the CPU (``device_id=None``: no GPU needed); ``gpu``
+decodes with nvJPEG (``mixed``) and resizes, crops and normalises on the GPU. Crop
+sizes and ranges come from the dataset's :class:`~data.imagenet.Geometry`, so both
+paths crop alike.
+
+The encoded files enter the pipeline through an external source fed from our own
+samplers, not through the references' ``fn.readers.file``, because:
+
+* training follows the torchvision path's order (:class:`EpochSampler`: seed,
+  epoch, rank), sharded by rank, the last partial batch dropped;
+* evaluation takes the unpadded shard ``rank::world`` with a short last batch, so
+  every test sample counts exactly once over all ranks;
+* sample indices and contrast indices (CRD, RRD, ...) are drawn in Python from the
+  trainer's ``WithIndex``/``WithContrast`` wrapper, without per-class tables;
+* a single process needs no process group.
+
+Each pass (an epoch or an evaluation) builds a fresh pipeline, seeded by (seed,
+epoch, rank); building takes milliseconds. On resume, ``set_epoch(epoch, skip)``
+replays exactly the order, labels, indices and contrast draws of the remaining
+batches. Crop and flip draws are exact too (with any thread count) when an epoch
+restarts from its first batch; after a mid-epoch ``skip`` DALI's generators start
+afresh, so the remaining batches get different crops (DALI cannot fast-forward its
+random state without decoding the skipped batches).
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import Iterator, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from data.wrappers import WithContrast, WithIndex
+from engine.config import ConfigError
+from engine.distributed import DistInfo, EpochSampler, ShardSampler
+
+INSTALL_HINT = ("--dali needs NVIDIA DALI, an optional extra: pip install -e .[dali] "
+                "(or pip install nvidia-dali-cuda120); without --dali the torchvision loaders are used")
+# nvJPEG buffer padding of the reference pipeline (NVIDIA's ResNet-50 example), in bytes
+DEVICE_PADDING, HOST_PADDING = 211_025_920, 140_544_512
+
+
+def _dali():
+    """The DALI modules, or a one-line error with the install command."""
+    try:
+        from nvidia import dali
+        from nvidia.dali import fn, types
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+    except ImportError as err:
+        raise ConfigError(f"{INSTALL_HINT} ({err})") from None
+    return dali, fn, types, feed_ndarray
+
+
+def _pass_seed(*keys: int) -> int:
+    """A 31-bit pipeline seed from (seed, epoch, rank); init-stage epochs are negative."""
+    return int(np.random.SeedSequence([k % 2**32 for k in keys]).generate_state(1)[0] % 2**31)
+
+
+class _Samples:
+    """Files and labels of the folder dataset under the trainer's wrappers, and the extras
+    (sample index, contrast indices) that the wrapper adds to a batch."""
+
+    def __init__(self, dataset):
+        self.wrapper = dataset if isinstance(dataset, (WithIndex, WithContrast)) else None
+        folder = dataset.dataset if self.wrapper is not None else dataset
+        if not hasattr(folder, "geometry") or not hasattr(folder, "samples"):
+            raise ConfigError("--dali reads ImageNet-style folders: use it with --dataset imagenet")
+        self.paths = [path for path, _ in folder.samples]
+        self.labels = torch.as_tensor(folder.targets, dtype=torch.long)
+        self.geometry = folder.geometry
+
+    def extras(self, idx: np.ndarray) -> Tuple[torch.Tensor, ...]:
+        if self.wrapper is None:
+            return ()
+        index = torch.from_numpy(idx)
+        if isinstance(self.wrapper, WithContrast):
+            return index, torch.stack([self.wrapper.contrast_indices(i) for i in idx])
+        return (index,)
+
+
+class _Feed:
+    """External-source callback: the next batch's encoded files and indices.
+
+    DALI returns batches in feeding order; ``pending`` keeps each batch's extras
+    until the consumer takes its images.
+    """
+
+    def __init__(self, samples: _Samples, batches: Sequence[np.ndarray]):
+        self.samples, self.batches, self.pending = samples, iter(batches), deque()
+
+    def __call__(self):
+        idx = next(self.batches)  # StopIteration ends the pass
+        self.pending.append((idx, self.samples.extras(idx)))
+        return [np.fromfile(self.samples.paths[i], dtype=np.uint8) for i in idx], idx.reshape(-1, 1)
+
+
+class _Pipelines:
+    """Builds one DALI pipeline per pass and turns its outputs into the trainer's tuples."""
+
+    def __init__(self, samples: _Samples, mode: str, info: DistInfo, batch_size: int, threads: int):
+        self.samples, self.mode, self.batch_size, self.threads = samples, mode, batch_size, threads
+        self.dali, self.fn, self.types, self.feed_ndarray = _dali()
+        self.device = info.device
+        self.device_id = None
+        if mode == "gpu":
+            self.device_id = info.device.index if info.device.index is not None else torch.cuda.current_device()
+
+    def _build(self, feed: _Feed, train: bool, seed: int):
+        fn, types = self.fn, self.types
+        g = self.samples.geometry
+        decoder = "mixed" if self.mode == "gpu" else "cpu"
+        padding = dict(device_memory_padding=DEVICE_PADDING, host_memory_padding=HOST_PADDING) \
+            if self.mode == "gpu" else {}
+        pipe = self.dali.Pipeline(batch_size=self.batch_size, num_threads=self.threads,
+                                  device_id=self.device_id, seed=seed)
+        with pipe:
+            files, index = fn.external_source(source=feed, num_outputs=2, batch=True,
+                                              dtype=[types.UINT8, types.INT64])
+            if train:
+                images = fn.decoders.image_random_crop(
+                    files, device=decoder, output_type=types.RGB, random_area=list(g.rrc_scale),
+                    random_aspect_ratio=list(g.rrc_ratio), num_attempts=100, **padding)
+                images = fn.resize(images, resize_x=g.crop, resize_y=g.crop, interp_type=types.INTERP_TRIANGULAR)
+                mirror = fn.random.coin_flip(probability=0.5)
+            else:
+                images = fn.decoders.image(files, device=decoder, output_type=types.RGB, **padding)
+                images = fn.resize(images, resize_shorter=g.val_resize, interp_type=types.INTERP_TRIANGULAR)
+                mirror = 0
+            images = fn.crop_mirror_normalize(
+                images, dtype=types.FLOAT, output_layout="CHW", crop=(g.crop, g.crop),
+                mean=[255 * m for m in g.mean], std=[255 * s for s in g.std], mirror=mirror)
+            pipe.set_outputs(images, index)
+        return pipe
+
+    def _images(self, batch) -> torch.Tensor:
+        """A DALI batch as a torch tensor where DALI left it (GPU for ``gpu``, else CPU)."""
+        tensor = batch.as_tensor()
+        on_gpu = self.mode == "gpu"
+        out = torch.empty(tensor.shape(), dtype=torch.float32, device=self.device if on_gpu else "cpu")
+        self.feed_ndarray(tensor, out, cuda_stream=torch.cuda.current_stream(self.device) if on_gpu else None)
+        return out
+
+    def run(self, batches: Sequence[np.ndarray], train: bool, seed: int) -> Iterator[Tuple[torch.Tensor, ...]]:
+        feed = _Feed(self.samples, batches)
+        pipe = self._build(feed, train, seed)
+        while True:
+            try:
+                images, index = pipe.run()
+            except StopIteration:
+                return
+            idx, extras = feed.pending.popleft()
+            if not np.array_equal(np.asarray(index.as_tensor()).reshape(-1), idx):
+                raise RuntimeError("DALI returned a batch out of feeding order")
+            labels = self.samples.labels[torch.from_numpy(idx)]
+            yield tuple(t.to(self.device) for t in (self._images(images), labels) + extras)
+
+
+class DaliTrainLoader:
+    """The trainer's train-loader protocol (engine/loaders.py) over DALI pipelines."""
+
+    def __init__(self, pipelines: _Pipelines, dataset, info: DistInfo, batch_size: int, seed: int):
+        self.pipelines, self.dataset, self.batch_size = pipelines, dataset, batch_size
+        self.seed, self.rank, self.epoch = seed, info.rank, 0
+        self.sampler = EpochSampler(dataset, info, seed=seed)
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+        self.sampler.start = skip * self.batch_size
+        if hasattr(self.dataset, "set_epoch"):  # fresh contrast draws per epoch
+            self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.batch_size
+
+    def __iter__(self):
+        order = np.fromiter(self.sampler, dtype=np.int64)
+        batches = order[:len(self) * self.batch_size].reshape(len(self), self.batch_size)
+        return self.pipelines.run(batches, train=True, seed=_pass_seed(self.seed, self.epoch, self.rank))
+
+
+class DaliEvalLoader:
+    """``(images, labels)`` over the unpadded shard ``rank::world``: each sample once over all ranks."""
+
+    def __init__(self, pipelines: _Pipelines, dataset, info: DistInfo, batch_size: int):
+        shard = np.fromiter(ShardSampler(dataset, info), dtype=np.int64)
+        self.pipelines = pipelines
+        self.batches = [shard[i:i + batch_size] for i in range(0, len(shard), batch_size)]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        return self.pipelines.run(self.batches, train=False, seed=0)
+
+
+def dali_loaders(args, info: DistInfo, batch_per_rank: int, train_set, test_set) -> Tuple[DaliTrainLoader,
+                                                                                             DaliEvalLoader]:
+    """The ``--dali cpu|gpu`` train and test loaders (``args.num_workers`` DALI threads per process)."""
+    _dali()
+    if args.dali == "gpu" and info.device.type != "cuda":
+        raise ConfigError("--dali gpu decodes on the GPU, but this process runs on the CPU: use --dali cpu")
+    threads = max(1, args.num_workers)
+
+    def pipelines(dataset, batch_size):
+        return _Pipelines(_Samples(dataset), args.dali, info, batch_size, threads)
+
+    train = DaliTrainLoader(pipelines(train_set, batch_per_rank), train_set, info, batch_per_rank, args.seed)
+    test = DaliEvalLoader(pipelines(test_set, batch_per_rank), test_set, info, batch_per_rank)
+    return train, test

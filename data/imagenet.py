@@ -1,0 +1,108 @@
+"""``imagenet``: ImageNet-style class folders at 224 px (models-and-data.md §4.1).
+
+Layout: ``<root>/train/<class>/...`` and ``<root>/val/<class>/...``; images may sit
+directly in the class folder or one level below (Tiny-ImageNet's
+``train/<wnid>/images/``). The test split is always ``val/``: ImageNet's and
+Tiny-ImageNet's ``test/`` folders are unlabelled. A ``val/`` that is not sorted
+into class folders fails with the command that sorts it (``scripts/sort_val.py``).
+
+Train: RandomResizedCrop(crop, rrc_scale, rrc_ratio) -> horizontal flip ->
+normalise; test: Resize(val_resize) -> CenterCrop(crop) -> normalise. The same
+:class:`Geometry` drives the DALI pipelines (``--dali``, :mod:`data.dali`), so both
+paths crop alike. Options (``--data_opt key=value``): ``crop`` (224; Tiny-ImageNet
+runs at 64), ``val_resize`` (crop x 8/7, i.e. 256 for 224), ``rrc_scale`` /
+``rrc_ratio`` (torchvision's 0.08-1 and 3/4-4/3), ``reference_rrc=true`` for the
+SimKD/GD DALI values 0.1-1 and 0.8-1.25 (explicit ``rrc_*`` values still win).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+from torchvision import transforms as T
+
+from data.folder import IMAGENET_MEAN, IMAGENET_STD, ImageFolderSplit, _class_folders
+from data.registry import register_dataset
+
+TORCHVISION_RRC = ((0.08, 1.0), (3 / 4, 4 / 3))
+REFERENCE_RRC = ((0.1, 1.0), (0.8, 1.25))
+SORT_HINT = "python scripts/sort_val.py {root}"
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Crop sizes, random-resized-crop ranges and normalisation, shared with DALI."""
+
+    crop: int = 224
+    val_resize: int = 256
+    rrc_scale: Tuple[float, float] = TORCHVISION_RRC[0]
+    rrc_ratio: Tuple[float, float] = TORCHVISION_RRC[1]
+    mean: Tuple[float, float, float] = IMAGENET_MEAN
+    std: Tuple[float, float, float] = IMAGENET_STD
+
+    def transform(self, augment: bool) -> T.Compose:
+        if augment:
+            steps = [T.RandomResizedCrop(self.crop, scale=self.rrc_scale, ratio=self.rrc_ratio),
+                     T.RandomHorizontalFlip()]
+        else:
+            steps = [T.Resize(self.val_resize), T.CenterCrop(self.crop)]
+        return T.Compose(steps + [T.ToTensor(), T.Normalize(self.mean, self.std)])
+
+
+def geometry(crop: int = 224, val_resize: Optional[int] = None, rrc_scale: Optional[Sequence[float]] = None,
+             rrc_ratio: Optional[Sequence[float]] = None, reference_rrc: bool = False) -> Geometry:
+    """The dataset options as a :class:`Geometry`, with the defaults described above."""
+    scale, ratio = REFERENCE_RRC if reference_rrc else TORCHVISION_RRC
+    pairs = {"rrc_scale": rrc_scale or scale, "rrc_ratio": rrc_ratio or ratio}
+    for key, value in pairs.items():
+        if len(value) != 2 or not 0 < value[0] <= value[1]:
+            raise ValueError(f"imagenet: {key} must be two increasing positive numbers, got {value}")
+    if int(crop) < 1:
+        raise ValueError(f"imagenet: crop must be a positive size, got {crop}")
+    resize = int(val_resize) if val_resize is not None else round(int(crop) * 8 / 7)
+    if resize < int(crop):
+        raise ValueError(f"imagenet: val_resize {resize} is smaller than crop {crop}")
+    return Geometry(int(crop), resize, *(tuple(float(v) for v in pairs[k]) for k in ("rrc_scale", "rrc_ratio")))
+
+
+def _check_layout(root: str, split: str) -> None:
+    """Clear errors for a missing split folder and for a ``val/`` not sorted by class."""
+    for name in ("train",) if split == "train" else ("train", "val"):
+        if not os.path.isdir(os.path.join(root, name)):
+            raise FileNotFoundError(
+                f"imagenet: no '{name}/' folder under '{root}'; expected <root>/train/<class>/... and "
+                f"<root>/val/<class>/... (images directly in the class folder or one level below)")
+    if split == "train":
+        return
+    val = os.path.join(root, "val")
+    classes = _class_folders(os.path.join(root, "train"))
+    if not any(os.path.isdir(os.path.join(val, c)) for c in classes):
+        raise FileNotFoundError(
+            f"imagenet: '{val}' is not sorted into class folders (a flat val/ as shipped with ImageNet "
+            f"and Tiny-ImageNet carries its labels in an annotation file). Sort it once with: "
+            f"{SORT_HINT.format(root=root)} (reads val/val_annotations.txt, LOC_val_solution.csv or "
+            f"the devkit's ground truth; --help for options)")
+
+
+class ImageNetFolder(ImageFolderSplit):
+    """One split (``train`` or ``test`` = ``val/``) with the ImageNet transforms.
+
+    ``geometry`` is kept for the DALI pipelines, ``samples`` lists (path, label).
+    """
+
+    test_dirs = ("val",)
+
+    def __init__(self, root: str, split: str, augment: bool, geometry: Geometry = Geometry()):
+        root = os.path.expanduser(root)
+        _check_layout(root, split)
+        self.geometry = geometry
+        super().__init__(root, split, augment, transform=geometry.transform(augment))
+
+
+@register_dataset("imagenet", family="imagenet", num_classes=None, input_size=224,
+                  mean=IMAGENET_MEAN, std=IMAGENET_STD)
+def imagenet(root: str, split: str, augment: bool, **options) -> ImageNetFolder:
+    """Options: ``crop``, ``val_resize``, ``rrc_scale``, ``rrc_ratio``, ``reference_rrc`` (module
+    docstring). ``num_classes`` is the number of class folders in ``train/``."""
+    return ImageNetFolder(root, split, augment, geometry(**options))
