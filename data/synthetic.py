@@ -1,15 +1,16 @@
 """``synthetic``: a download-free 32x32 RGB classification set (quick start, smoke tests).
 
-Procedure. Every class is a template of a few coloured parts (shapes such as
-disk, ring, bar, cross, triangle) at fixed positions relative to an object
-centre; shapes and colours come from small shared pools, so classes share parts
-and only their combination and arrangement tell them apart. Each image draws
-the template under nuisance transforms -- translation, scale, rotation -- over
-a random two-grating texture background with distractor parts from the same
-pools, then gets a per-image colour jitter and pixel noise. Everything is drawn
-from ``numpy`` generators seeded by ``seed`` (templates) and by (``seed``, split)
-(images), so the train and test sets are disjoint draws from one distribution,
-identical on every run.
+Procedure. Every class is a template of three coloured parts (shapes such as
+disk, ring, bar, cross, triangle) at fixed offsets from an object centre. All
+classes share the same three parts (drawn from ``seed``), so only their spatial
+layout tells the classes apart: a bag of local features does not suffice, which
+is what lets a deeper network (resnet20) clearly beat a shallow one (resnet8).
+Each image draws its class template under nuisance transforms -- translation,
+scale, rotation -- over a random two-grating texture background with three
+distractor parts from the same shape and colour pools, then gets a per-image
+colour gain jitter and pixel noise. Templates come from a numpy generator seeded
+by ``seed`` and images from one seeded by (``seed``, split), so train and test are
+disjoint draws from one distribution, identical on every run.
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ class Recipe:
     texture: float = 0.25     # background grating amplitude
     jitter: float = 0.2       # per-channel gain jitter, +- fraction
     noise: float = 0.06       # pixel noise std
+    shared: bool = True       # all classes use the same parts; only the layout differs
 
 
 def _disk(u, v):
@@ -93,10 +95,12 @@ def _templates(num_classes: int, recipe: Recipe, rng: np.random.Generator) -> di
     c, p = num_classes, recipe.parts
     angle = rng.uniform(0, 2 * math.pi, (c, p))
     dist = recipe.spread * np.sqrt(rng.uniform(0.15, 1, (c, p)))
-    return dict(palette=_palette(recipe.colours, rng), shape=rng.integers(0, recipe.shapes, (c, p)),
-                colour=rng.integers(0, recipe.colours, (c, p)),
-                dx=dist * np.cos(angle), dy=dist * np.sin(angle),
-                radius=rng.uniform(*recipe.radius, (c, p)))
+    looks = (1 if recipe.shared else c, p)
+    return dict(palette=_palette(recipe.colours, rng),
+                shape=np.broadcast_to(rng.integers(0, recipe.shapes, looks), (c, p)),
+                colour=np.broadcast_to(rng.integers(0, recipe.colours, looks), (c, p)),
+                radius=np.broadcast_to(rng.uniform(*recipe.radius, looks), (c, p)),
+                dx=dist * np.cos(angle), dy=dist * np.sin(angle))
 
 
 def _paint(img: np.ndarray, cx, cy, radius, rot, shape, colour) -> None:
@@ -172,7 +176,8 @@ class SyntheticDataset(Dataset):
         return self.transform(self.images[i]), int(self.targets[i])
 
 
-MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+# measured on the default set; other seeds draw other palettes and land within ~0.02
+MEAN, STD = (0.52, 0.50, 0.52), (0.25, 0.25, 0.24)
 
 
 @register_dataset("synthetic", family="cifar", num_classes=10, input_size=32, mean=MEAN, std=STD)

@@ -15,6 +15,8 @@ its parameters are loaded, one step is run in float64 and ``loss``, ``grads``,
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
 import sys
 from fnmatch import fnmatchcase
 from dataclasses import dataclass, field
@@ -48,6 +50,19 @@ class GoldenEntry:
         outside its module (SimKD's frozen copy of the teacher classifier).
     ignore_params: ``fnmatch`` patterns of reference ``params`` the project does not build
         (SemCKD's query/key ``regressor`` that the reference's forward never calls).
+    function: ``"module:name"`` of a plain function checked instead of a distiller, for reference
+        numbers that are not a loss (Recall@K, a sampler's probabilities). ``inputs`` map golden
+        input names to ``"arg:<keyword>"``; ``options`` are extra keywords. The function returns
+        the tensor compared with ``loss``, or a tuple whose first element is; ``outputs`` then
+        maps a tuple position (``"1"``) to the ``extra`` key it must equal.
+    variants: ``extra`` key -> a second step whose reference numbers are that ``extra`` entry
+        (its ``loss`` and ``grads``, or ``grad_<input>`` keys): ``options`` override the entry's
+        options (AOMD's ``mode1``); ``inputs_from`` = ``("module:name", keywords)`` names a
+        function called with the golden inputs its signature asks for, whose returned dict
+        replaces those inputs and is itself compared with the ``extra`` entry (the triplet
+        samplers' index vectors, then the loss on them).
+    task: the trainer task whose training step exercises the entry (``tests/test_methods_training.py``
+        covers ``classification``; the metric-learning entries run in ``tests/test_metric.py``).
     """
 
     distiller: str
@@ -60,9 +75,21 @@ class GoldenEntry:
     call: str = "forward"
     state_from_inputs: Mapping[str, str] = field(default_factory=dict)
     ignore_params: Sequence[str] = ()
+    function: str = ""
+    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    task: str = "classification"
 
 
 LOGITS = {"logit_s": "s:logits", "logit_t": "t:logits"}
+EMBEDS = {"embed_s": "s:logits", "embed_t": "t:logits"}  # the embedding net's output is its logits tap
+LABELLED = {"embeddings": "s:logits", "labels": "batch:labels"}
+TRIPLETS = {"anchor_idx": "batch:anchor_idx", "pos_idx": "batch:pos_idx", "neg_idx": "batch:neg_idx"}
+
+
+def _mined(sampler: str) -> Dict[str, Any]:
+    """A triplet ``extra`` variant: the sampler's indices (squared-distance mining, as L2Triplet)."""
+    return {"inputs_from": ("distillers.methods._pairs:mined_triplets", {"sampler": sampler, "squared": True})}
+
 
 #: method field of a golden file -> how to reproduce it. One entry per method.
 TABLE: Dict[str, GoldenEntry] = {
@@ -126,6 +153,40 @@ TABLE: Dict[str, GoldenEntry] = {
         "reviewkd", {"feats_s": "s:_+stages", "pooled_s": "s:pooled",
                      "preact_feats_t": "t:_+stages_preact", "pooled_t": "t:pooled"},
         options={"reviewkd_weight": 1.0}, renames=(("", "abfs."),)),
+    # metric learning (lenscloth/RKD metric/, ahu-hpt/AOMD metric/); embeddings = the embedding net's output
+    "rkd_metric": GoldenEntry("metric_rkd", EMBEDS, options={"distance_weight": 1.0, "angle_weight": 2.0},
+                              hparam_options={"distance_weight": "dist_ratio", "angle_weight": "angle_ratio"},
+                              task="metric"),
+    "triplet": GoldenEntry(
+        "triplet", {**LABELLED, **TRIPLETS}, options={"margin": 0.2, "p": 2},
+        hparam_options={"margin": "margin", "p": "p"},
+        variants={"all_pairs": _mined("all"), "hard_negative": _mined("hard"),
+                  "semihard_negative": _mined("semihard")}, task="metric"),
+    "distance_weighted_logweights": GoldenEntry(
+        "", {"embeddings": "arg:embeddings", "labels": "arg:labels"},
+        function="distillers.methods._pairs:distance_weighted_probabilities",
+        options={"cut_off": 0.5, "nonzero_loss_cutoff": 1.4}, outputs={"1": "anchor_idx", "2": "pos_idx"},
+        hparam_options={"cut_off": "cut_off", "nonzero_loss_cutoff": "nonzero_loss_cutoff"},
+        task="metric"),
+    "recall_at_k": GoldenEntry("", {"embeddings": "arg:embeddings", "labels": "arg:labels"},
+                               function="distillers.metrics:recall_at_k", options={"ks": (1, 2, 4, 8)},
+                               hparam_options={"ks": "K"}, task="metric"),
+    "darkrank": GoldenEntry("darkrank", EMBEDS, options={"dark_alpha": 2.0, "dark_beta": 3.0, "permute_len": 4},
+                            hparam_options={"dark_alpha": "alpha", "dark_beta": "beta", "permute_len": "permute_len"},
+                            task="metric"),
+    "metric_contrastive": GoldenEntry("contrastive", {**LABELLED, **TRIPLETS}, options={"margin": 0.2},
+                                      hparam_options={"margin": "margin"}, task="metric"),
+    "metric_at": GoldenEntry("metric_at", {"g_s": "s:stage2+stage3+stage4", "g_t": "t:stage2+stage3+stage4"},
+                             options={"p": 2}, hparam_options={"p": "p"}, task="metric"),
+    "metric_fitnet": GoldenEntry("metric_fitnet", {"feat_s": "s:stage2", "feat_t": "t:stage2"},
+                                 options={"fitnet_layers": "stage2"}, renames=(("transform.", "regressors.stage2."),),
+                                 task="metric"),
+    "metric_sp": GoldenEntry("metric_sp", EMBEDS, options={"sp_mode": "per_sample"}, task="metric"),
+    # feats_s are the student stages after AOMD's adapters (equal channels: the adapters are identities)
+    "aomd": GoldenEntry("aomd", {"feats_s": "s:stages", "feats_t": "t:stages"},
+                        options={"aomd_mode": 2, "aomd_global": 1.0, "aomd_local": 1.0},
+                        hparam_options={"aomd_mode": "mode"},
+                        variants={"mode1": {"options": {"aomd_mode": 1}}}, task="metric"),
     # ---- end of table ----
 }
 
@@ -212,7 +273,7 @@ class GoldenCase:
         self.tol = float(record["tolerance"])
 
     # construction --------------------------------------------------------
-    def build(self):
+    def build(self, overrides: Optional[Mapping[str, Any]] = None):
         entry, hp = self.entry, self.record.get("hparams", {})
         s, t, _ = self.features(self.record["inputs"])
         spec = ShapeSpec(
@@ -223,6 +284,7 @@ class GoldenCase:
         )
         options = dict(entry.options)
         options.update({opt: hp[key] for opt, key in entry.hparam_options.items()})
+        options.update(overrides or {})
         distiller = build_distiller(entry.distiller, spec, **options).double()
         params = {_rename(k, entry.renames): v for k, v in self.record["params"].items()
                   if not any(fnmatchcase(k, p) for p in entry.ignore_params)}
@@ -299,15 +361,67 @@ class GoldenCase:
                 grads.append(s[tap].grad)
         return grads
 
+    def function_step(self, cmp: _Comparer) -> None:
+        """A ``function`` entry: call it on the inputs and compare its result (and gradients)."""
+        fn, ref = _resolve(self.entry.function), self.record
+        kwargs, leaves = {}, {}
+        for name, role in self.entry.inputs.items():
+            value = ref["inputs"][name].clone()
+            if name in ref.get("grads", {}):
+                value.requires_grad_(True)
+                leaves[name] = value
+            kwargs[role.split(":", 1)[1]] = value
+        hp = ref.get("hparams", {})
+        options = {**self.entry.options, **{opt: hp[key] for opt, key in self.entry.hparam_options.items()}}
+        result = fn(**kwargs, **options)
+        parts = list(result) if isinstance(result, (tuple, list)) else [result]
+        cmp.check("loss", parts[0], ref["loss"])
+        for position, extra_key in self.entry.outputs.items():
+            cmp.check(f"output {position}", parts[int(position)], ref.get("extra", {}).get(extra_key))
+        if leaves:
+            parts[0].sum().backward()
+            for name, value in leaves.items():
+                cmp.check(f"grad {name}", value.grad, ref["grads"][name])
+
+    def variant_step(self, key: str, variant: Mapping[str, Any], cmp: _Comparer) -> None:
+        ref = self.record.get("extra", {}).get(key)
+        if not isinstance(ref, Mapping):  # like step2: checked where the file has it
+            return
+        inputs = dict(self.record["inputs"])
+        label = f"extra.{key} "
+        if "inputs_from" in variant:
+            path, keywords = variant["inputs_from"]
+            fn = _resolve(path)
+            wanted = inspect.signature(fn).parameters
+            produced = fn(**{k: v for k, v in inputs.items() if k in wanted}, **keywords)
+            for name, value in produced.items():
+                cmp.check(f"{label}{name}", value, ref[name])
+                inputs[name] = value
+        grads = dict(ref.get("grads", {}))
+        grads.update({k[len("grad_"):]: v for k, v in ref.items() if k.startswith("grad_")})
+        distiller = self.build(variant.get("options"))
+        self.step(distiller, inputs, {"loss": ref["loss"], "grads": grads}, cmp, label)
+
     def run(self) -> Outcome:
         cmp = _Comparer(self.tol)
         with torch.autograd.set_grad_enabled(True):
-            distiller = self.build()
-            self.step(distiller, self.record["inputs"], self.record, cmp, "")
-            step2 = self.record.get("extra", {}).get("step2")
-            if step2:
-                self.step(distiller, step2["inputs"], {**step2, "extra": {}}, cmp, "step2 ")
+            if self.entry.function:
+                self.function_step(cmp)
+            else:
+                distiller = self.build()
+                self.step(distiller, self.record["inputs"], self.record, cmp, "")
+                step2 = self.record.get("extra", {}).get("step2")
+                if step2:
+                    self.step(distiller, step2["inputs"], {**step2, "extra": {}}, cmp, "step2 ")
+            for key, variant in self.entry.variants.items():
+                self.variant_step(key, variant, cmp)
         return Outcome(not cmp.problems, cmp.max_err, cmp.problems)
+
+
+def _resolve(path: str):
+    """``"package.module:attribute"`` -> the attribute."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def check_file(path: str) -> Outcome:

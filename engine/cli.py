@@ -32,8 +32,13 @@ def load_plugins(plugins: Sequence[str]) -> None:
 
 
 def _teacher_main(info: DistInfo, args) -> None:
-    from engine.trainer import Trainer
+    from engine.trainer import Trainer, evaluate_checkpoint
     load_plugins(args.plugins)
+    if getattr(args, "evaluate", False):  # ``--mode eval --load CKPT`` (the metric seeds' run.py)
+        if not args.path_s:
+            raise config.ConfigError("--mode eval needs the checkpoint to evaluate: --load PATH")
+        evaluate_checkpoint(args, info)
+        return
     Trainer(args, info, "teacher").fit()
 
 

@@ -15,6 +15,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
+from engine.metric_config import add_metric_flags
+
 RECIPES: Dict[str, Dict[str, Any]] = {
     # RepDistiller's CIFAR-100 protocol (mdistiller and GD cifar/ are identical)
     "cifar": dict(epochs=240, learning_rate=0.05, lr_decay_epochs=[150, 180, 210], lr_decay_rate=0.1,
@@ -22,6 +24,9 @@ RECIPES: Dict[str, Dict[str, Any]] = {
     # SimKD / GD imagenet/ (lr 0.1 for a global batch of 256)
     "imagenet": dict(epochs=120, learning_rate=0.1, lr_decay_epochs=[30, 60, 90], lr_decay_rate=0.1,
                      weight_decay=1e-4, momentum=0.9, batch_size=256),
+    # lenscloth/RKD run.py (Adam; students: engine.metric_config.METRIC_RECIPES["student"])
+    "metric": dict(epochs=40, learning_rate=1e-5, lr_decay_epochs=[25, 30, 35], lr_decay_rate=0.5,
+                   weight_decay=1e-5, momentum=0.9, batch_size=128),
 }
 #: Students the references train at lr 0.01 on CIFAR (they override the flag silently; we print it).
 SMALL_LR_MODELS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
@@ -142,6 +147,7 @@ def teacher_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default="resnet32x4",
                         help="architecture: a CIFAR zoo name, 'torchvision:<name>' or 'timm:<name>'")
     _common(parser)
+    add_metric_flags(parser, "teacher")
     return parser
 
 
@@ -189,6 +195,7 @@ def student_parser() -> argparse.ArgumentParser:
                         help="only evaluate the student checkpoint --path_s (no teacher needed)")
     parser.add_argument("--path_s", default=None, help="student checkpoint for --evaluate")
     _common(parser)
+    add_metric_flags(parser, "student")
     return parser
 
 

@@ -90,8 +90,16 @@ class ClassificationTask:
         return {"top1": 100 * counts[1].item() / n, "top5": 100 * counts[2].item() / n,
                 "loss": counts[3].item() / n}
 
+    def configure(self, args, kind: str, log=print) -> None:
+        """Task defaults filled into ``args`` before anything is built (kind: 'teacher', 'student' or
+        'eval'); classification has none (its recipe comes from the dataset family)."""
+
     def model_kwargs(self, args, role: str) -> Dict[str, Any]:
         """Extra ``create_model`` arguments for ``role`` ('model', 'student' or 'teacher')."""
+        return {}
+
+    def eval_model_kwargs(self, args, state: Dict[str, Any]) -> Dict[str, Any]:
+        """Extra ``create_model`` arguments to rebuild the network of checkpoint ``state`` (--evaluate)."""
         return {}
 
     def train_loader(self, args, info, dataset, batch_per_rank: int, pin_memory: bool):
@@ -105,3 +113,6 @@ class ClassificationTask:
         opt = torch.optim.SGD(params, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=args.lr_decay_epochs, gamma=args.lr_decay_rate)
         return opt, sched
+
+
+from engine import metric_task  # noqa: E402,F401  (registers the 'metric' task)

@@ -104,7 +104,7 @@ def _record(method_name, entry, captured, params_before, method, trainer):
             "loss": captured["loss"].detach().double(), "tolerance": 1e-4, "extra": {}}
 
 
-METHODS = sorted(golden.TABLE)
+METHODS = sorted(m for m, e in golden.TABLE.items() if e.task == "classification")  # metric: test_metric.py
 
 
 @pytest.mark.parametrize("method_name", METHODS)

@@ -1,0 +1,33 @@
+"""Attention transfer of the metric scripts (lenscloth/RKD ``AttentionTransfer``; methods.md §6.5).
+
+a(F) = L2-normalise over positions of mean_c(F^2); term = mean over N*HW of (a_s - a_t)^2, one
+term per stage (default b2, b3, b4 = taps stage2..stage4), summed. Unlike ``at`` nothing is
+pooled: student and teacher maps must have the same spatial size (ResNet18/50 on the same input).
+"""
+import torch.nn.functional as F
+
+from distillers.base import Distiller, register_distiller
+from distillers.methods._pairs import METRIC_WEIGHTS, as_layers, tap_shape
+
+
+@register_distiller("metric_at", task="metric")
+class MetricAT(Distiller):
+    default_weights = METRIC_WEIGHTS
+    options = {"at_layers": "stage2,stage3,stage4", "p": 2}
+
+    def __init__(self, spec, **options):
+        super().__init__(spec, **options)
+        self.layers = as_layers("metric_at", self.at_layers)
+        for layer in self.layers:
+            s = tap_shape(spec.student, layer, "student", "metric_at")
+            t = tap_shape(spec.teacher, layer, "teacher", "metric_at")
+            if len(s) != 3 or len(t) != 3 or s[1:] != t[1:]:
+                raise ValueError(f"metric_at compares {layer} maps without pooling: student {s} and teacher {t} "
+                                 "must be (C, H, W) maps of the same H x W")
+        self.student_taps = self.teacher_taps = self.layers
+
+    def attention(self, f):
+        return F.normalize(f.pow(self.p).mean(1).flatten(1))
+
+    def forward(self, s, t, batch=None):
+        return {layer: (self.attention(s[layer]) - self.attention(t[layer])).pow(2).mean() for layer in self.layers}

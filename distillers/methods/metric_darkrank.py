@@ -1,0 +1,40 @@
+"""Hard DarkRank (Chen et al.; lenscloth/RKD ``HardDarkRank``; methods.md §6.4).
+
+Scores S = -alpha * d^beta from non-squared pairwise distances of the embeddings. For each
+anchor the teacher's ``permute_len`` best-scored other samples, best first, give a ranking;
+the loss is the negative Plackett-Luce log-likelihood of that ranking under the student's
+scores, averaged over anchors. CLI defaults alpha 2, beta 3 (``--dark_alpha``/``--dark_beta``).
+"""
+import torch
+
+from distillers.base import Distiller, register_distiller
+from distillers.methods._pairs import METRIC_WEIGHTS, as_number, pdist
+
+
+@register_distiller("darkrank", task="metric")
+class HardDarkRank(Distiller):
+    student_taps = ("logits",)
+    teacher_taps = ("logits",)
+    default_weights = METRIC_WEIGHTS
+    options = {"dark_alpha": 2.0, "dark_beta": 3.0, "permute_len": 4}
+
+    def __init__(self, spec, **options):
+        super().__init__(spec, **options)
+        self.dark_alpha = as_number("darkrank", "dark_alpha", self.dark_alpha)
+        self.dark_beta = as_number("darkrank", "dark_beta", self.dark_beta)
+        if isinstance(self.permute_len, bool) or not isinstance(self.permute_len, int) or self.permute_len < 1:
+            raise ValueError(f"darkrank: permute_len must be a positive integer, got {self.permute_len!r}")
+
+    def scores(self, x):
+        return -self.dark_alpha * pdist(x.flatten(1)).pow(self.dark_beta)
+
+    def forward(self, s, t, batch=None):
+        e_s, e_t = s["logits"], t["logits"]
+        if e_s.shape[0] <= self.permute_len:
+            raise ValueError(f"darkrank: a batch of {e_s.shape[0]} has no {self.permute_len} neighbours per "
+                             "sample; use a larger batch or a smaller permute_len")
+        with torch.no_grad():
+            permute_idx = self.scores(e_t).sort(dim=1, descending=True)[1][:, 1:self.permute_len + 1]
+        ordered = torch.gather(self.scores(e_s), 1, permute_idx)
+        normaliser = torch.stack([torch.logsumexp(ordered[:, i:], dim=1) for i in range(ordered.shape[1])], dim=1)
+        return {"darkrank": -(ordered - normaliser).sum(dim=1).mean()}

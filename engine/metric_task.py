@@ -1,0 +1,297 @@
+"""The metric-learning task: what the trainer optimises and reports on metric datasets.
+
+Chosen by the datasets' ``task="metric"`` metadata (:mod:`data.metric`); the loop, taps,
+checkpoints, resume, TensorBoard and DDP are the trainer's. This task decides:
+
+* defaults (:meth:`MetricTask.configure`, before anything is built): the seeds' backbones
+  (``--base``), ``--distill metric`` for students, the seeds' recipes (Adam, lr 1e-5 teacher /
+  1e-4 student, their decay epochs), the Recall@K values (1, 2, 4, 8; SOP 1, 10, 100, 1000);
+* the loss (:meth:`combine`): the distiller's weighted metric terms, no cross-entropy, no KD.
+  A teacher run (no distiller) trains with the ``metric`` objective at ``triplet_ratio`` 1
+  (``--loss``, ``--sample``, ``--margin``). A run in which no term reaches the student's
+  embedding head (AOMD or AT alone) is warned about: the head gets no gradient;
+* the loader: m images per class, ``--iter_per_epoch`` batches per epoch (:mod:`data.metric`);
+* evaluation: leave-one-out Recall@K in blocks (:func:`distillers.metrics.recall_at_k`) on the
+  test classes and, by default, on held-out training classes that select ``best.pth``
+  (``--select test`` selects on the test split, as the seeds did; the log says which). Each
+  evaluation also reports the test numbers of the best-selected epoch so far (``best_recall@K``);
+  the last epoch's are ``recall@K``;
+* the model arguments: ``--embedding_size``/``--l2normalize`` for the trained network,
+  ``--teacher_embedding_size``/``--teacher_l2normalize`` for the teacher (default: what its
+  checkpoint records; a size that does not match the checkpoint is an error).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Dict, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import data as datasets
+from data import metric as metric_data  # registers cub200, cars196, stanford, metric_folder
+from distillers import Distiller, ShapeSpec, build_distiller
+from distillers.metrics import recall_at_k
+from engine import checkpoint as ckpt
+from engine.config import ConfigError, method_options
+from engine.distributed import DistInfo
+from engine.loaders import eval_loader
+from engine.metric_config import DEFAULT_BASE, METRIC_RECIPES
+from engine.tasks import TASKS, unpack
+
+#: The teacher run's objective options that the teacher parser accepts.
+TEACHER_OPTIONS = ("loss", "triplet_sample", "margin")
+EMBEDDING_TAPS = ("logits", "embedding")
+
+
+def _gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's rows (unequal counts allowed); identity on one process."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    count = torch.tensor([tensor.shape[0]], device=tensor.device)
+    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, count)
+    most = int(max(c.item() for c in counts))
+    padded = tensor.new_zeros((most,) + tuple(tensor.shape[1:]))
+    padded[:tensor.shape[0]] = tensor
+    parts = [torch.zeros_like(padded) for _ in counts]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:int(c.item())] for p, c in zip(parts, counts)])
+
+
+def _classification_default(attr: str) -> Optional[str]:
+    from engine import config
+    parser = config.teacher_parser() if attr == "model" else config.student_parser()
+    return parser.get_default(attr)
+
+
+def _head_size(weights: Dict[str, torch.Tensor]) -> Optional[int]:
+    weight = weights.get("linear.weight")
+    return int(weight.shape[0]) if weight is not None else None
+
+
+@TASKS.register("metric")
+class MetricTask:
+    """Retrieval training: metric losses, m-per-class batches, Recall@K (module docstring)."""
+
+    train_accuracy = False
+
+    def __init__(self):
+        self.ks = metric_data.DEFAULT_KS
+        self.select = "val"
+        self.score_key = "val_recall@1"
+        self.selection_loader = None
+        self._objective: Optional[Distiller] = None
+        self._best: Dict[int, Any] = {}
+        self._checked = False
+
+    # ------------------------------------------------------------------ defaults
+    def configure(self, args, kind: str, log=print) -> None:
+        """Fill the metric defaults into ``args`` (kind: teacher, student or eval)."""
+        meta = datasets.dataset_info(args.dataset)
+        self.ks = tuple(getattr(args, "recall", None) or meta.get("recall_ks", metric_data.DEFAULT_KS))
+        self.select = getattr(args, "select", "val") or "val"
+        self.score_key = "recall@1" if self.select == "test" else "val_recall@1"
+        if kind == "eval":
+            return
+        if self.select == "test":
+            args.data_opts.setdefault("val_classes", 0)  # as the seeds: every training class trains
+        attr = "model" if kind == "teacher" else "model_s"
+        base = getattr(args, "base", None)
+        if base:
+            setattr(args, attr, base)
+        elif getattr(args, attr, None) in (None, _classification_default(attr)):
+            setattr(args, attr, DEFAULT_BASE[kind])
+            log(f"{attr.replace('_', ' ')} {DEFAULT_BASE[kind]} (the seeds' default --base)")
+        if getattr(args, "embedding_size", None) is None:
+            args.embedding_size = 128
+        if getattr(args, "l2normalize", None) is None:
+            args.l2normalize = True
+        if getattr(args, "iter_per_epoch", None) is None:
+            args.iter_per_epoch = 100
+        if getattr(args, "num_image_per_class", None) is None:
+            args.num_image_per_class = 5
+        for key, value in METRIC_RECIPES[kind].items():
+            if getattr(args, key, None) is None:
+                setattr(args, key, list(value) if isinstance(value, list) else value)
+        log(f"metric recipe: Adam (weight decay {args.weight_decay}), lr {args.learning_rate} x{args.lr_decay_rate} "
+            f"from epochs {args.lr_decay_epochs} on (the references' schedule), {args.iter_per_epoch} batches of "
+            f"{args.batch_size} ({args.num_image_per_class} images per class) per epoch")
+        if kind == "student":
+            self._configure_student(args, log)
+        else:
+            options = {k: v for k, v in method_options(args).items() if k in TEACHER_OPTIONS}
+            options.setdefault("triplet_sample", "all")  # run.py's default --sample
+            self._teacher_options = options
+            log(f"metric objective: {options.get('loss', 'l2_triplet')} with the '{options['triplet_sample']}' "
+                f"sampler, margin {options.get('margin', 0.2)}")
+
+    def _configure_student(self, args, log) -> None:
+        if args.distill == "kd":  # the classification default; metric datasets have no class logits
+            args.distill = "metric"
+        for flag, key in (("-a/--alpha (KD)", "alpha"), ("-r/--gamma (cross-entropy)", "gamma")):
+            if getattr(args, key, None):
+                raise ConfigError(f"{flag} does not apply to metric learning (no class logits): "
+                                  "the loss is the sum of the ratio-weighted metric terms")
+        if args.distill == "metric":
+            from distillers.methods.metric_objective import RATIOS
+            options = method_options(args)
+            if not any(float(options.get(r, 0) or 0) for r in RATIOS):
+                raise ConfigError("--distill metric needs at least one loss: set one of "
+                                  + ", ".join("--" + r for r in RATIOS)
+                                  + " (e.g. --dist_ratio 1 --angle_ratio 2 for RKD, --triplet_ratio 1)")
+
+    # ------------------------------------------------------------------ model arguments
+    def model_kwargs(self, args, role: str) -> Dict[str, Any]:
+        if role == "teacher":
+            return self._teacher_kwargs(args)
+        kwargs = {"embedding_size": args.embedding_size, "l2normalize": args.l2normalize,
+                  "pretrained": bool(getattr(args, "pretrained", True))}
+        if getattr(args, "path_s", None):  # the seeds' --load when training: starting weights
+            kwargs["init_weights"] = args.path_s
+        return kwargs
+
+    def _teacher_kwargs(self, args) -> Dict[str, Any]:
+        state = ckpt.load(args.path_t)
+        size = _head_size(ckpt.model_state(state))
+        recorded = state.get("config", {}) if isinstance(state.get("config"), dict) else {}
+        wanted = getattr(args, "teacher_embedding_size", None)
+        if wanted is not None and size is not None and wanted != size:
+            raise ConfigError(f"--teacher_embedding_size {wanted} does not match the teacher checkpoint "
+                              f"'{args.path_t}': its embedding head has {size} outputs (pass "
+                              f"--teacher_embedding_size {size}, or leave it unset to read it from the checkpoint)")
+        norm = getattr(args, "teacher_l2normalize", None)
+        if norm is None:
+            norm = recorded.get("l2normalize")
+            norm = True if norm is None else bool(norm)  # run_distill.py's default
+        return {"embedding_size": wanted or size or 128, "l2normalize": norm, "pretrained": False}
+
+    def eval_model_kwargs(self, args, state: Dict[str, Any]) -> Dict[str, Any]:
+        """Arguments to rebuild a saved network for ``--mode eval``: the checkpoint's, checked
+        against any ``--embedding_size``/``--l2normalize``/``--base`` given."""
+        path = args.path_s
+        size = _head_size(ckpt.model_state(state))
+        recorded = state.get("config", {}) if isinstance(state.get("config"), dict) else {}
+        wanted = getattr(args, "embedding_size", None)
+        if wanted is not None and size is not None and wanted != size:
+            raise ConfigError(f"--embedding_size {wanted} does not match '{path}': its embedding head has "
+                              f"{size} outputs")
+        base = getattr(args, "base", None)
+        if base and state.get("arch") and base != state["arch"]:
+            raise ConfigError(f"--base {base} does not match '{path}', a {state['arch']} checkpoint")
+        norm = getattr(args, "l2normalize", None)
+        if norm is None:
+            norm = recorded.get("l2normalize")
+            norm = True if norm is None else bool(norm)
+        return {"embedding_size": wanted or size or 128, "l2normalize": norm, "pretrained": False}
+
+    # ------------------------------------------------------------------ training
+    def train_loader(self, args, info: DistInfo, dataset, batch_per_rank: int, pin_memory: bool):
+        self.selection_loader = None
+        if self.select == "val":
+            root = args.data_root or datasets.default_data_root()
+            try:
+                val = metric_data.build_split(args.dataset, root, "val", **args.data_opts)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+            self.selection_loader = eval_loader(val, info, max(1, batch_per_rank // 2),
+                                                max(0, args.num_workers // 2), pin_memory)
+        try:
+            return metric_data.MetricTrainLoader(dataset, info.rank, batch_per_rank, args.num_image_per_class,
+                                                 args.iter_per_epoch, args.num_workers, args.seed, pin_memory)
+        except ValueError as err:  # e.g. --num_image_per_class 1, a one-class training split
+            raise ConfigError(str(err)) from None
+
+    def optimizer(self, args, params, lr: float):
+        """Adam (L2-style weight decay) and MultiStepLR; the trainer steps the schedule after each
+        epoch, so milestones move one epoch earlier to match the references' step at the start of
+        each epoch (the decayed rate applies from the milestone epoch on)."""
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=args.weight_decay)
+        milestones = [max(int(m) - 1, 1) for m in args.lr_decay_epochs]
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=args.lr_decay_rate)
+        return opt, sched
+
+    def _teacher_objective(self, trainer, embedding: torch.Tensor) -> Distiller:
+        if self._objective is None:
+            options = getattr(self, "_teacher_options", None) or {"triplet_sample": "all"}
+            spec = ShapeSpec(student={"logits": tuple(embedding.shape[1:])}, teacher={},
+                             batch_size=getattr(trainer, "batch_per_rank", None))
+            self._objective = build_distiller("metric", spec, triplet_ratio=1.0, **options).to(embedding.device)
+        return self._objective
+
+    def _check_method(self, method) -> None:
+        self._checked = True
+        reaches = getattr(method, "reaches_embedding", None)
+        reaches = reaches() if callable(reaches) else any(t in EMBEDDING_TAPS for t in method.student_taps)
+        if not reaches:
+            warnings.warn(
+                f"no loss term of --distill {getattr(method, 'registry_name', '?')} reaches the student's "
+                "embedding head (only stage features are distilled, e.g. AOMD or AT alone): the head gets "
+                "no gradient and only decays under weight decay, so retrieval runs through an untrained "
+                "projection. Add an embedding term, e.g. --triplet_ratio 1")
+
+    def combine(self, trainer, s: Dict[str, Any], t: Dict[str, Any], y: torch.Tensor,
+                out: Dict[str, torch.Tensor]):
+        embedding = s["logits"]
+        if trainer.kd is not None:
+            raise ConfigError("KD (-a/--alpha) does not apply to metric learning: embeddings have no classes")
+        if trainer.method is None:  # teacher run: the metric objective at triplet_ratio 1, no teacher
+            out = self._teacher_objective(trainer, embedding)(s, t, {"labels": y})
+            total = Distiller.total(out)
+        else:
+            if not self._checked:
+                self._check_method(trainer.method)
+            total = trainer.beta * Distiller.total(out)
+        return total.to(embedding.device), embedding, dict(out)
+
+    def train_correct(self, logits: torch.Tensor, y: torch.Tensor) -> int:
+        return 0
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def embed(self, model: nn.Module, loader, device: torch.device):
+        """Embeddings and labels of a (rank-sharded) evaluation loader, gathered over ranks."""
+        model.eval()
+        embeddings, labels = [], []
+        for batch in loader:
+            x, y, _ = unpack(batch, device)
+            embeddings.append(model(x).flatten(1).float())
+            labels.append(y)
+        if not embeddings:
+            embeddings, labels = [torch.zeros(0, 1, device=device)], [torch.zeros(0, dtype=torch.long, device=device)]
+        return _gather_rows(torch.cat(embeddings)), _gather_rows(torch.cat(labels))
+
+    def recall(self, model: nn.Module, loader, device: torch.device, prefix: str = "") -> Dict[str, float]:
+        embeddings, labels = self.embed(model, loader, device)
+        values = recall_at_k(embeddings, labels, self.ks)
+        return {f"{prefix}recall@{k}": 100.0 * float(v) for k, v in zip(self.ks, values)}
+
+    def evaluate(self, model: nn.Module, loader, device: torch.device,
+                 head: Optional[nn.Module] = None) -> Dict[str, float]:
+        """Recall@K (percent) on the test split, on the selection split, and the test numbers of
+        the best-selected evaluation of this model so far (``best_recall@K``)."""
+        result = self.recall(model, loader, device)
+        if self.selection_loader is not None:
+            result.update(self.recall(model, self.selection_loader, device, prefix="val_"))
+        if self.score_key not in result:  # --mode eval: no selection split, nothing to select
+            return result
+        test = {k: v for k, v in result.items() if k.startswith("recall@")}
+        best = self._best.get(id(model))
+        if best is None or result[self.score_key] > best[0]:
+            best = self._best[id(model)] = (result[self.score_key], test)
+        result.update({f"best_{k}": v for k, v in best[1].items()})
+        return result
+
+    def describe(self, metrics: Dict[str, float]) -> str:
+        ks = [k for k in self.ks if f"recall@{k}" in metrics]
+        text = "R@" + "/".join(str(k) for k in ks) + " " + " ".join(f"{metrics[f'recall@{k}']:.2f}" for k in ks)
+        if f"val_recall@{ks[0]}" in metrics:
+            text += f" | val R@{ks[0]} {metrics[f'val_recall@{ks[0]}']:.2f} (held-out training classes, selects best)"
+        elif self.select == "test":
+            text += " (best selected on the test split, as the seeds)"
+        best = [metrics.get(f"best_recall@{k}") for k in ks]
+        if best[0] is not None and best != [metrics[f"recall@{k}"] for k in ks]:
+            text += (" | at the best-selected epoch: R@" + "/".join(str(k) for k in ks) + " "
+                     + " ".join(f"{metrics[f'best_recall@{k}']:.2f}" for k in ks))
+        return text

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Every classification method on resnet32x4 -> resnet8x4 (results.md §1), with the reference
+# loss weights, TRIALS trials per method. distill_cifar100_cross.sh runs the cross-family pairs
+# (§2) through this script.
+#
+#   bash scripts/distill_cifar100.sh [extra train_student.py flags...]
+#
+# Weights: each method's registered reference values (methods.md §0.3-0.4; RepDistiller's
+# run_cifar_distill.sh -r/-a/-b, mdistiller for DKD/ReviewKD, SimKD's -c/-d/-b for SRRL, SemCKD,
+# SimKD); every checkpoint records the weights it used and scripts/collect_results.py prints them
+# per cell. A "+kd" method adds the KD term with weight 1 (-a 1: CRD+KD, DCD+KD, RRD+KD rows).
+#
+# Environment (all optional):
+#   DATA_ROOT     CIFAR-100 folder (default: $DISTILLERS_DATA or ~/.cache/distillers/data)
+#   SAVE_ROOT     run folders go to $SAVE_ROOT/students/ (default: save)
+#   TEACHER_ROOT  where the teachers are: <arch>_vanilla/latest.pth (train_cifar100_teachers.sh) or
+#                 RepDistiller's <arch>_vanilla/ckpt_epoch_240.pth (default: $SAVE_ROOT/teachers)
+#   GPU           CUDA devices, e.g. 0 (passed as --gpu_id)
+#   TRIALS        trials per (pair, method) (default 3; results.md asks for >= 3, preferably 5);
+#                 trial i runs with --seed i (the trial id alone only names the run)
+#   PAIRS         teacher:student pairs (default: resnet32x4:resnet8x4)
+#   METHODS       space-separated tokens method[+kd][,option=value...], e.g. "kd crd+kd simkd,factor=4"
+#                 (default: every classification method, plus CRD+KD, DCD+KD, RRD+KD)
+#   DATASET       dataset plugin (default cifar100; "synthetic" for a dry run without data)
+#   EPOCHS        override the recipe's 240 epochs (e.g. for a quick check)
+#   DRY_RUN=1     print the commands instead of running them
+# A folder that already has latest.pth is resumed (--resume; a finished run resumes to a no-op).
+# A failed run does not stop the others; the failures are listed at the end (exit status 1).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python}
+SAVE_ROOT=${SAVE_ROOT:-save}
+TEACHER_ROOT=${TEACHER_ROOT:-$SAVE_ROOT/teachers}
+DATASET=${DATASET:-cifar100}
+TRIALS=${TRIALS:-3}
+PAIRS=${PAIRS:-"resnet32x4:resnet8x4"}
+METHODS=${METHODS:-"kd fitnet at sp cc vid rkd pkt ab ft fsp nst crd crd+kd crd_queue dcd dcd+kd rrd rrd+kd kdsvd dkd reviewkd srrl semckd simkd"}
+
+common=(--dataset "$DATASET")
+[[ -n "${DATA_ROOT:-}" ]] && common+=(--data_root "$DATA_ROOT")
+[[ -n "${GPU:-}" ]] && common+=(--gpu_id "$GPU")
+[[ -n "${EPOCHS:-}" ]] && common+=(--epochs "$EPOCHS")
+EXTRA=("$@")
+
+teacher_ckpt() {  # teacher_ckpt <arch>: the checkpoint path, or an error saying where it looked
+    local arch=$1 f
+    for f in "$TEACHER_ROOT/${arch}_vanilla/latest.pth" "$TEACHER_ROOT/${arch}_vanilla/ckpt_epoch_240.pth"; do
+        if [[ -f "$f" ]]; then
+            echo "$f"
+            return 0
+        fi
+    done
+    if [[ "${DRY_RUN:-0}" == 1 ]]; then
+        echo "$TEACHER_ROOT/${arch}_vanilla/latest.pth"
+        return 0
+    fi
+    echo "no teacher checkpoint for $arch: looked for $TEACHER_ROOT/${arch}_vanilla/{latest.pth,ckpt_epoch_240.pth};" \
+         "train it with scripts/train_cifar100_teachers.sh or set TEACHER_ROOT" >&2
+    return 1
+}
+
+failed=()
+for pair in $PAIRS; do
+    t_arch=${pair%%:*}
+    s_arch=${pair##*:}
+    if ! path_t=$(teacher_ckpt "$t_arch"); then
+        failed+=("$pair (no teacher)")
+        continue
+    fi
+    for token in $METHODS; do
+        IFS=, read -r -a parts <<< "$token"
+        method=${parts[0]}
+        flags=()
+        if [[ "$method" == *+kd ]]; then
+            method=${method%+kd}
+            flags+=(-a 1)
+        fi
+        for option in "${parts[@]:1}"; do
+            flags+=("--${option%%=*}" "${option#*=}")
+        done
+        label=${token//+/_}
+        label=${label//[,=]/_}
+        for ((trial = 0; trial < TRIALS; trial++)); do
+            dir="$SAVE_ROOT/students/S_${s_arch}_T_${t_arch}_${DATASET}_${label}_trial_${trial}"
+            cmd=("$PYTHON" train_student.py --model_s "$s_arch" --path_t "$path_t" --distill "$method"
+                 ${flags[@]+"${flags[@]}"} --trial "$trial" --seed "$trial" "${common[@]}" --save_dir "$dir")
+            [[ -f "$dir/latest.pth" ]] && cmd+=(--resume)
+            cmd+=(${EXTRA[@]+"${EXTRA[@]}"})
+            echo "+ ${cmd[*]}"
+            [[ "${DRY_RUN:-0}" == 1 ]] && continue
+            if ! "${cmd[@]}"; then
+                failed+=("$dir")
+            fi
+        done
+    done
+done
+
+if ((${#failed[@]})); then
+    printf 'failed run: %s\n' "${failed[@]}" >&2
+    exit 1
+fi

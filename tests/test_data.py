@@ -1,0 +1,278 @@
+"""Data plugins on generated files: CIFAR pickles, image folders, synthetic, wrappers."""
+import os
+import pickle
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import data
+from data import WithContrast, WithIndex, build_dataset, dataset_info
+from data import cifar as cifar_mod
+from distillers.registry import UnknownNameError
+
+
+def _dump(path, obj):
+    with open(path, "wb") as f:
+        pickle.dump(obj, f)
+
+
+def _cifar100_tree(root, n_train=60, n_test=40, seed=0):
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    arrays = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        x = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        y = [int(v) for v in rng.integers(0, 100, n)]
+        _dump(folder / split, {"data": x, "fine_labels": y, "coarse_labels": [0] * n})
+        arrays[split] = (x, y)
+    _dump(folder / "meta", {"fine_label_names": [f"c{i}" for i in range(100)]})
+    return arrays
+
+
+def _cifar10_tree(root, per_batch=10, seed=0):
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    labels = []
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        y = [int(v) for v in rng.integers(0, 10, per_batch)]
+        _dump(folder / name, {"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                              "labels": y})
+        labels.append(y)
+    _dump(folder / "batches.meta", {"label_names": [f"c{i}" for i in range(10)]})
+    return labels
+
+
+def _offline(*args, **kwargs):
+    raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+
+# ---------------------------------------------------------------- registry
+def test_registry_and_info():
+    assert {"cifar10", "cifar100", "imagefolder", "synthetic"} <= set(data.DATASETS.names())
+    info = dataset_info("cifar100")
+    assert info["num_classes"] == 100 and info["family"] == "cifar" and info["input_size"] == 32
+    assert dataset_info("cifar10")["mean"] != info["mean"]  # §3.1: CIFAR-10 has its own stats
+    with pytest.raises(UnknownNameError, match="cifar100"):
+        build_dataset("cifar1000", "/nowhere", "train")
+    with pytest.raises(ValueError, match="split"):
+        build_dataset("synthetic", "", "val", train_size=10, test_size=10)
+
+
+def test_default_data_root(monkeypatch):
+    monkeypatch.setenv("DISTILLERS_DATA", "/data/here")
+    assert data.default_data_root() == "/data/here"
+    monkeypatch.delenv("DISTILLERS_DATA")
+    assert data.default_data_root().endswith(os.path.join(".cache", "distillers", "data"))
+
+
+# ---------------------------------------------------------------- CIFAR
+def test_cifar100_loads_and_normalises(tmp_path):
+    arrays = _cifar100_tree(tmp_path)
+    train = build_dataset("cifar100", str(tmp_path), "train")
+    test = build_dataset("cifar100", str(tmp_path), "test")
+    assert len(train) == 60 and len(test) == 40 and train.num_classes == 100
+    assert list(train.targets) == arrays["train"][1] and train.classes[3] == "c3"
+    img, y = test[5]
+    assert img.shape == (3, 32, 32) and img.dtype == torch.float32 and y == arrays["test"][1][5]
+
+    info = dataset_info("cifar100")
+    raw = arrays["test"][0].reshape(-1, 3, 32, 32).astype(np.float64) / 255
+    expected = (raw.mean(axis=(0, 2, 3)) - np.array(info["mean"])) / np.array(info["std"])
+    got = torch.stack([test[i][0] for i in range(len(test))]).double().mean((0, 2, 3))
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)
+    # pixel (0, 0, 0) of image 5: channel-major order of the pickle rows
+    assert img[0, 0, 0].item() == pytest.approx(
+        (arrays["test"][0][5, 0] / 255 - info["mean"][0]) / info["std"][0], abs=1e-5)
+
+
+def test_augmentation_only_when_asked(tmp_path):
+    _cifar100_tree(tmp_path)
+    test = build_dataset("cifar100", str(tmp_path), "test")
+    assert torch.equal(test[0][0], test[0][0])
+    train = build_dataset("cifar100", str(tmp_path), "train")
+    torch.manual_seed(0)
+    views = [train[0][0] for _ in range(8)]
+    assert any(not torch.equal(views[0], v) for v in views[1:])
+    plain = build_dataset("cifar100", str(tmp_path), "train", augment=False)
+    assert torch.equal(plain[0][0], plain[0][0])
+
+
+def test_cifar10_loads_with_its_own_constants(tmp_path):
+    labels = _cifar10_tree(tmp_path)
+    train = build_dataset("cifar10", str(tmp_path), "train")
+    test = build_dataset("cifar10", str(tmp_path), "test")
+    assert len(train) == 50 and len(test) == 10 and test.num_classes == 10
+    assert list(train.targets) == sum(labels[:5], []) and list(test.targets) == labels[5]
+    x = test.data[0].astype(np.float64) / 255  # HWC
+    mean, std = dataset_info("cifar10")["mean"], dataset_info("cifar10")["std"]
+    np.testing.assert_allclose(test[0][0].permute(1, 2, 0).numpy(),
+                               (x - np.array(mean)) / np.array(std), atol=1e-5)
+
+
+def test_missing_cifar_offline_names_expected_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(cifar_mod, "download_and_extract_archive", _offline)
+    with pytest.raises(FileNotFoundError) as err:
+        build_dataset("cifar100", str(tmp_path), "train")
+    msg = str(err.value)
+    for part in (str(tmp_path), "cifar-100-python", "train", "meta", "cifar-100-python.tar.gz",
+                 "download failed", "DISTILLERS_DATA"):
+        assert part in msg
+    with pytest.raises(FileNotFoundError, match="data_batch_5.*test_batch.*batches.meta"):
+        build_dataset("cifar10", str(tmp_path), "test", download=False)
+
+
+def test_malformed_cifar_is_a_value_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(cifar_mod, "download_and_extract_archive", _offline)
+    _cifar100_tree(tmp_path)
+    (tmp_path / "cifar-100-python" / "train").write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match="cifar-100-python.train.* malformed"):
+        build_dataset("cifar100", str(tmp_path), "train")
+    _dump(tmp_path / "cifar-100-python" / "test",
+          {"data": np.zeros((3, 100), np.uint8), "fine_labels": [0, 1, 2]})
+    with pytest.raises(ValueError, match=r"uint8 \[N, 3072\]"):
+        build_dataset("cifar100", str(tmp_path), "test")
+
+
+# ---------------------------------------------------------------- image folders
+def _image(path, size=40, mode="RGB", value=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(value)
+    shape = (size, size, 3) if mode == "RGB" else (size, size)
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(path)
+
+
+def test_imagefolder_nested_gray_and_val(tmp_path):
+    # Tiny-ImageNet style train tree (images/ one level down), a flat class, a grayscale JPEG
+    _image(tmp_path / "train" / "n01" / "images" / "a.JPEG")
+    _image(tmp_path / "train" / "n01" / "images" / "b.png", value=1)
+    _image(tmp_path / "train" / "n02" / "c.jpg", mode="L", value=2)
+    (tmp_path / "train" / "n02" / "notes.txt").write_text("not an image")
+    _image(tmp_path / "val" / "n02" / "d.jpg", size=64, value=3)  # no test/: val/ is used
+    train = build_dataset("imagefolder", str(tmp_path), "train")
+    test = build_dataset("imagefolder", str(tmp_path), "test")
+    assert len(train) == 3 and train.num_classes == 2 and list(train.targets) == [0, 0, 1]
+    assert len(test) == 1 and list(test.targets) == [1] and test.num_classes == 2
+    for ds in (train, test):
+        for i in range(len(ds)):
+            assert ds[i][0].shape == (3, 32, 32)
+    big = build_dataset("imagefolder", str(tmp_path), "test", image_size=48)
+    assert big[0][0].shape == (3, 48, 48)
+
+
+def test_imagefolder_layout_errors(tmp_path):
+    _image(tmp_path / "train" / "a.jpg")
+    with pytest.raises(FileNotFoundError, match="no class sub-folders.*expected layout"):
+        build_dataset("imagefolder", str(tmp_path), "train")
+    _image(tmp_path / "train" / "cat" / "a.jpg")
+    with pytest.raises(FileNotFoundError, match="'test/' or 'val/'"):
+        build_dataset("imagefolder", str(tmp_path), "test")
+    _image(tmp_path / "val" / "images" / "v.jpg")  # unsorted Tiny-ImageNet val/
+    with pytest.raises(ValueError, match="val_annotations"):
+        build_dataset("imagefolder", str(tmp_path), "test")
+    (tmp_path / "empty" / "train" / "cat").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="no image files"):
+        build_dataset("imagefolder", str(tmp_path / "empty"), "train")
+
+
+# ---------------------------------------------------------------- synthetic
+def test_synthetic_deterministic_and_configurable():
+    opts = dict(num_classes=7, train_size=140, test_size=70)
+    a = build_dataset("synthetic", "", "train", **opts)
+    b = build_dataset("synthetic", "", "train", **opts)
+    c = build_dataset("synthetic", "", "train", seed=1, **opts)
+    test = build_dataset("synthetic", "", "test", **opts)
+    assert torch.equal(a.images, b.images) and torch.equal(a.targets, b.targets)
+    assert not torch.equal(a.images, c.images)
+    assert len(a) == 140 and len(test) == 70 and a.num_classes == 7
+    assert torch.bincount(a.targets, minlength=7).tolist() == [20] * 7
+    assert not any(torch.equal(test.images[0], x) for x in a.images)  # disjoint draws
+    img, y = test[0]
+    assert img.shape == (3, 32, 32) and img.dtype == torch.float32 and 0 <= y < 7
+    assert torch.equal(test[0][0], test[0][0])
+
+
+def test_synthetic_default_size_and_stats():
+    info = dataset_info("synthetic")
+    ds = build_dataset("synthetic", "", "train")
+    assert len(ds) == 10000 and ds.num_classes == info["num_classes"] == 10
+    counts = torch.bincount(ds.targets, minlength=10)
+    assert counts.min() == counts.max() == 1000
+    x = ds.images[:2000].float() / 255
+    # the registered mean/std describe the data closely enough to normalise it
+    np.testing.assert_allclose(x.mean((0, 2, 3)).numpy(), info["mean"], atol=0.03)
+    np.testing.assert_allclose(x.std((0, 2, 3)).numpy(), info["std"], atol=0.03)
+
+
+# ---------------------------------------------------------------- wrappers
+class _Toy(torch.utils.data.Dataset):
+    def __init__(self, labels):
+        self.targets = torch.tensor(labels)
+        self.num_classes = int(max(labels)) + 1
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        return torch.zeros(1), int(self.targets[i])
+
+
+LABELS = [i % 4 for i in range(40)] + [4] * 5  # 4 classes of 10, one of 5
+
+
+def test_with_index():
+    ds = WithIndex(_Toy(LABELS))
+    assert ds[7][2] == 7 and ds[7][1] == 3 and len(ds) == 45
+    assert ds.num_classes == 5 and ds.targets is ds.dataset.targets
+
+
+def test_with_contrast_exact_and_relax():
+    labels = np.array(LABELS)
+    exact = WithContrast(_Toy(LABELS), k=8, mode="exact")
+    relax = WithContrast(_Toy(LABELS), k=8, mode="relax")
+    for i in range(len(labels)):
+        _, y, idx, c = exact[i]
+        assert idx == i and c.dtype == torch.long and c.shape == (9,) and c[0] == i
+        assert (labels[c[1:]] != y).all() and len(set(c[1:].tolist())) == 8
+        c = relax[i][3]
+        assert labels[c[0]] == labels[i] and (labels[c[1:]] != labels[i]).all()
+    assert len({WithContrast(_Toy(LABELS), 8, "relax", seed=s)[0][3][0].item()
+                for s in range(20)}) > 1
+
+
+def test_with_contrast_pool_edges_and_determinism():
+    labels = np.array(LABELS)
+    big = WithContrast(_Toy(LABELS), k=100)  # pool of class 0 is 35: with replacement
+    c = big[0][3]
+    assert c.shape == (101,) and (labels[c[1:]] != 0).all()
+    small = WithContrast(_Toy(LABELS), k=50, percent=0.2)  # 2 per class of 10, 1 of class 4
+    pools = {}
+    for i in range(len(labels)):
+        negs = small[i][3][1:]
+        assert (labels[negs] != labels[i]).all()
+        for j in negs.tolist():
+            pools.setdefault(labels[j], set()).add(j)
+    assert {k: len(v) for k, v in pools.items()} == {0: 2, 1: 2, 2: 2, 3: 2, 4: 1}
+
+    a, b = WithContrast(_Toy(LABELS), 5, seed=3), WithContrast(_Toy(LABELS), 5, seed=3)
+    assert torch.equal(a[11][3], b[11][3]) and torch.equal(a[11][3], a[11][3])
+    other = WithContrast(_Toy(LABELS), 5, seed=4)
+    assert not all(torch.equal(a[i][3], other[i][3]) for i in range(10))
+    before = [a[i][3] for i in range(10)]
+    a.set_epoch(1)
+    assert not all(torch.equal(x, a[i][3]) for i, x in enumerate(before))
+    with pytest.raises(ValueError, match="mode"):
+        WithContrast(_Toy(LABELS), 5, mode="soft")
+
+
+def test_with_contrast_same_in_workers():
+    ds = WithContrast(_Toy(LABELS), k=6, mode="relax", seed=1)
+    ds.set_epoch(2)
+    direct = torch.stack([ds[i][3] for i in range(len(ds))])
+    loader = torch.utils.data.DataLoader(ds, batch_size=8, num_workers=2)
+    via_workers = torch.cat([batch[3] for batch in loader])
+    assert torch.equal(direct, via_workers)

@@ -1,0 +1,270 @@
+"""Smoke matrix: one real training step of every registered classification method on every family pair.
+
+The pairs are the CIFAR-100 pairs of the literature (results.md §1-2). For each
+(method, pair) cell a :class:`Trainer` is built from command-line flags on
+``--dataset synthetic`` (10 classes, one batch of training data) with a teacher of
+random weights saved as a checkpoint, and one step goes through ``Trainer.losses``,
+backward and the optimizer step: the loss and every term must be finite and the
+step must change the student's weights. Methods with an initialisation stage
+(AB, FT, FSP) take one init-stage step, finish the stage as the trainer does, then
+one main-stage step.
+
+Batch: 2 (the smallest BatchNorm trains on), 8 for SemCKD (its MLPs are sized by the
+batch and need B/4 >= 2); memory and queue sizes ``--nce_k`` are 2x the batch.
+
+Cells where a method cannot apply are listed in ``INAPPLICABLE`` with the substring
+of the error that says why; building the trainer must raise exactly that. Any other
+error fails. ``HEAVY`` cells (SemCKD with a ResNet50 teacher: 0.85 billion extra
+parameters, ~11.5 GB for one step) run their step only with
+``DISTILLERS_SMOKE_HEAVY=1``; their size is checked on the meta device always.
+
+Time: 264 cells (14 of them inapplicable), one torch thread (``SMOKE_THREADS`` to change):
+2 min 45 s on 2 cores shared with a load of ~5, teachers built once per architecture. Every
+cell but the two HEAVY ones runs by default (CI included); none is marked slow except those.
+"""
+import os
+import re
+import warnings
+
+import pytest
+import torch
+
+import data as datasets
+from distillers import build_distiller, list_distillers
+from distillers.base import DISTILLERS, ShapeSpec
+from engine import cli, config
+from engine.config import ConfigError
+from engine.checkpoint import save_atomic
+from engine.distributed import DistInfo
+from engine.trainer import Trainer, shape_spec
+from models import create_model
+
+try:  # the loop's batch unpacking (moved to engine.tasks by the task refactor)
+    from engine.tasks import unpack
+except ImportError:  # pragma: no cover
+    from engine.trainer import _unpack as unpack
+
+#: (teacher, student): results.md §1.1/1.2 (same family) and §2 (cross family).
+PAIRS = [
+    ("resnet56", "resnet20"), ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"),
+    ("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1"), ("vgg13", "vgg8"),
+    ("vgg13", "MobileNetV2"), ("ResNet50", "MobileNetV2"), ("ResNet50", "vgg8"),
+    ("resnet32x4", "ShuffleV1"), ("resnet32x4", "ShuffleV2"), ("wrn_40_2", "ShuffleV1"),
+]
+#: The metric-learning losses (methods.md §6) train embedding models on metric datasets, not
+#: classifiers; a registry entry with ``task="metric"`` metadata is excluded the same way.
+METRIC_LEARNING = {"aomd", "contrastive", "darkrank", "metric", "metric_at", "metric_fitnet", "metric_rkd",
+                   "metric_sp", "triplet"}
+
+
+def classification_methods():
+    return [name for name in list_distillers() if name not in METRIC_LEARNING
+            and DISTILLERS.meta(name).get("task", "classification") == "classification"]
+
+
+METHODS = classification_methods()
+NUM_CLASSES = 10
+BATCH = 2
+#: Methods that need a larger batch than BATCH.
+MIN_BATCH = {"semckd": 8}
+
+_FSP = "FSP needs equal student and teacher channels at every level; "
+_SVD = "KDSVD needs equal student and teacher channels per stage; "
+#: (method, teacher, student) -> substring of the error that says why it cannot apply.
+INAPPLICABLE = {
+    ("fsp", "wrn_40_2", "wrn_40_1"): _FSP + "stage1 has 16 (student) vs 32 (teacher) channels",
+    ("fsp", "vgg13", "MobileNetV2"): _FSP + "stem has 16 (student) vs 64 (teacher) channels",
+    ("fsp", "ResNet50", "MobileNetV2"): _FSP + "stem has 16 (student) vs 64 (teacher) channels",
+    ("fsp", "ResNet50", "vgg8"): _FSP + "stage1 has 128 (student) vs 256 (teacher) channels",
+    ("fsp", "resnet32x4", "ShuffleV1"): _FSP + "stem has 24 (student) vs 32 (teacher) channels",
+    ("fsp", "resnet32x4", "ShuffleV2"): _FSP + "stem has 24 (student) vs 32 (teacher) channels",
+    ("fsp", "wrn_40_2", "ShuffleV1"): _FSP + "stem has 24 (student) vs 16 (teacher) channels",
+    ("kdsvd", "wrn_40_2", "wrn_40_1"): _SVD + "stage1 has 16 (student) vs 32 (teacher) channels",
+    ("kdsvd", "vgg13", "MobileNetV2"): _SVD + "stage1 has 12 (student) vs 128 (teacher) channels",
+    ("kdsvd", "ResNet50", "MobileNetV2"): _SVD + "stage1 has 12 (student) vs 256 (teacher) channels",
+    ("kdsvd", "ResNet50", "vgg8"): _SVD + "stage1 has 128 (student) vs 256 (teacher) channels",
+    ("kdsvd", "resnet32x4", "ShuffleV1"): _SVD + "stage1 has 240 (student) vs 64 (teacher) channels",
+    ("kdsvd", "resnet32x4", "ShuffleV2"): _SVD + "stage1 has 116 (student) vs 64 (teacher) channels",
+    ("kdsvd", "wrn_40_2", "ShuffleV1"): _SVD + "stage1 has 240 (student) vs 32 (teacher) channels",
+}
+#: Cells too large for a CI runner: (method, teacher, student) -> extra trainable parameters
+#: (SemCKD regresses every student stage onto every teacher stage through 2*C_t-wide 3x3 convs;
+#: with ResNet50's 2048-channel stage that is ~0.85 billion parameters, ~11.5 GB for one SGD step).
+HEAVY = {
+    ("semckd", "ResNet50", "MobileNetV2"): 848_660_848,
+    ("semckd", "ResNet50", "vgg8"): 857_661_808,
+}
+RUN_HEAVY = os.environ.get("DISTILLERS_SMOKE_HEAVY", "") not in ("", "0")
+
+CELLS = [(m, t, s) for t, s in PAIRS for m in METHODS]
+
+
+def _cell_id(cell):
+    m, t, s = cell
+    return f"{m}-{t}-{s}"
+
+
+def _marks(cell):
+    if cell in HEAVY:
+        return [pytest.mark.slow, pytest.mark.skipif(
+            not RUN_HEAVY, reason=f"{cell[0]} on {cell[1]}->{cell[2]} builds {HEAVY[cell] / 1e6:.0f}M extra "
+                                  "parameters (~11.5 GB per step): set DISTILLERS_SMOKE_HEAVY=1")]
+    return []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    """Batches of 2-8 on CIFAR models: extra threads buy nothing, and on shared cores
+    (CI runners, this machine) spinning OpenMP threads made the matrix ~10x slower."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("SMOKE_THREADS", "1")))
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+    """Teacher checkpoints, one per architecture, built on first use.
+
+    Random weights, with BatchNorm statistics taken from one synthetic batch (a fresh
+    net in eval mode has unit running variances, so deep ResNets blow features up to
+    1e20 and the smoke step would only test float overflow).
+    """
+    folder = tmp_path_factory.mktemp("teachers")
+    paths = {}
+    images = None
+
+    def get(arch):
+        nonlocal images
+        if arch not in paths:
+            if images is None:
+                train = datasets.build_dataset("synthetic", "", "train", augment=False, train_size=32)
+                images = torch.stack([train[i][0] for i in range(len(train))])
+            torch.manual_seed(1)
+            model = create_model(arch, num_classes=NUM_CLASSES)
+            for module in model.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.reset_running_stats()
+                    module.momentum = None  # cumulative average over the calibration batch
+            model.train()
+            with torch.no_grad():
+                model(images)
+            path = folder / f"{arch}.pth"
+            save_atomic({"arch": arch, "model": model.state_dict()}, str(path))
+            paths[arch] = str(path)
+        return paths[arch]
+
+    return get
+
+
+def build_trainer(method, teacher_path, student, tmp_path):
+    batch = MIN_BATCH.get(method, BATCH)
+    argv = ["--dataset", "synthetic", "--data_opt", f"train_size={batch}", "--data_opt", "test_size=2",
+            "--batch_size", str(batch), "--num_workers", "0", "--no_tensorboard", "--epochs", "1",
+            "--model_s", student, "--path_t", teacher_path, "--distill", method, "--save_dir", str(tmp_path)]
+    if "nce_k" in DISTILLERS.get(method).option_names():
+        argv += ["--nce_k", str(2 * batch)]  # memory/queue: a multiple of the batch, smaller than 16384
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*has no main-stage loss.*")
+        return Trainer(config.parse(config.student_parser(), argv), DistInfo(), "student")
+
+
+def _snapshot(params):
+    return [p.detach().clone() for p in params]
+
+
+def _changed(params, before):
+    return sum(not torch.equal(p.detach(), b) for p, b in zip(params, before))
+
+
+def _step(trainer, optimizer, stage=None):
+    """The body of the trainer's loop: losses, backward, optimizer step. Returns the loss."""
+    trainer.model.train()
+    if trainer.method is not None:
+        trainer.method.train()
+    x, y, extras = unpack(next(iter(trainer.train_loader)), trainer.device)
+    loss, logits, terms = trainer.losses(x, y, extras, stage)
+    assert torch.isfinite(loss), f"loss {loss.item()}, terms {({k: float(v) for k, v in terms.items()})}"
+    for key, value in terms.items():
+        assert torch.isfinite(value).all(), f"term {key} is {value}"
+    assert logits.shape == (y.shape[0], NUM_CLASSES)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def _init_optimizer(trainer, stage):
+    """The init stage's own SGD, built as ``Trainer._run_init_stage`` builds it."""
+    params = list(stage.parameters) + (list(trainer.model.parameters()) if stage.trains_student else [])
+    lr = stage.lr if stage.lr is not None else trainer.args.learning_rate
+    return params, torch.optim.SGD(params, lr=lr, momentum=trainer.args.momentum,
+                                   weight_decay=trainer.args.weight_decay)
+
+
+def test_matrix_covers_registry_and_lists_are_consistent():
+    assert set(METHODS) | METRIC_LEARNING >= set(list_distillers())
+    assert len(METHODS) >= 22, METHODS  # the 22 classification methods of methods.md §1-5
+    for table in (INAPPLICABLE, HEAVY):
+        for method, t, s in table:
+            assert method in METHODS and (t, s) in PAIRS, (method, t, s)
+    assert not set(INAPPLICABLE) & set(HEAVY)
+
+
+@pytest.mark.parametrize("cell", [pytest.param(c, id=_cell_id(c), marks=_marks(c)) for c in CELLS])
+def test_one_step(cell, teachers, tmp_path):
+    method, t_arch, s_arch = cell
+    path = teachers(t_arch)
+    if cell in INAPPLICABLE:
+        # a ConfigError: train_student.py prints it as one line, naming the method and the pair
+        with pytest.raises(ConfigError, match=re.escape(INAPPLICABLE[cell])) as err:
+            build_trainer(method, path, s_arch, tmp_path)
+        assert f"--distill {method} with teacher {t_arch} and student {s_arch}" in str(err.value)
+        return
+    trainer = build_trainer(method, path, s_arch, tmp_path)
+    try:
+        student = list(trainer.model.parameters())
+        if trainer.method is None:  # kd: the trainer carries it as trainer.kd
+            assert method == "kd" and trainer.kd is not None
+        stage = trainer.method.init_stage() if trainer.phase == "init" else None
+        if stage is not None:
+            trainer._build_taps(stage)
+            params, optimizer = _init_optimizer(trainer, stage)
+            before = _snapshot(params)
+            _step(trainer, optimizer, stage)
+            assert _changed(params, before), f"the {method} init-stage step changed nothing"
+            trainer.method.finish_init_stage()
+            trainer.optimizer, trainer.scheduler = trainer._optimizer(trainer._main_parameters(),
+                                                                      trainer.args.learning_rate)
+            trainer._build_taps()
+        before = _snapshot(student)
+        _step(trainer, trainer.optimizer)
+        assert _changed(student, before), f"the {method} step did not change the student"
+    finally:
+        for taps in (trainer.s_taps, trainer.t_taps):
+            if taps is not None:
+                taps.close()
+
+
+def test_inapplicable_cell_is_one_line_on_the_command_line(teachers, tmp_path, capsys):
+    method, t_arch, s_arch = cell = ("fsp", "wrn_40_2", "wrn_40_1")
+    argv = ["--dataset", "synthetic", "--data_opt", "train_size=2", "--data_opt", "test_size=2", "--batch_size", "2",
+            "--num_workers", "0", "--no_tensorboard", "--model_s", s_arch, "--path_t", teachers(t_arch),
+            "--distill", method, "--save_dir", str(tmp_path), "--device", "cpu"]
+    assert cli.student(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("train_student.py: error: ") and INAPPLICABLE[cell] in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("cell", sorted(HEAVY), ids=_cell_id)
+def test_heavy_cells_are_what_they_claim(cell):
+    """The HEAVY cells build (on the meta device: no memory) and are as large as recorded."""
+    method, t_arch, s_arch = cell
+    batch = MIN_BATCH.get(method, BATCH)
+    example = torch.zeros(2, 3, 32, 32)
+    spec = ShapeSpec(student=shape_spec(create_model(s_arch, num_classes=NUM_CLASSES), example),
+                     teacher=shape_spec(create_model(t_arch, num_classes=NUM_CLASSES), example),
+                     num_classes=NUM_CLASSES, num_data=batch, batch_size=batch)
+    with torch.device("meta"):
+        distiller = build_distiller(method, spec)
+    assert sum(p.numel() for p in distiller.parameters() if p.requires_grad) == HEAVY[cell]
