@@ -21,7 +21,7 @@ TEACHER, STUDENT = "resnet20", "resnet8"
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=6, help="epochs of each of the three runs")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs of each of the three runs")
     parser.add_argument("--save_root", default="save/quickstart", help="where the three run folders go")
     parser.add_argument("--num_workers", type=int, default=0, help="DataLoader workers")
     args = parser.parse_args()
