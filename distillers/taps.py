@@ -51,6 +51,24 @@ class TapPoint:
 TapMap = Mapping[str, TapPoint]
 
 
+def head_taps(classifier: str, pool: str = "avgpool", pooled_from: str = "") -> Dict[str, TapPoint]:
+    """The taps every classifier shares: the pooled map, the penultimate vector, logits, fc."""
+    return {"last_map": TapPoint(pool, "input"), "pooled": TapPoint(pooled_from or classifier, "input"),
+            "logits": TapPoint("", "output"), "classifier": TapPoint(classifier, "module")}
+
+
+def residual_stage_taps(stem_relu: str, layers: Iterable[nn.Sequential]) -> Dict[str, TapPoint]:
+    """Stem and ``layer{k}`` stages whose last block ends in a ReLU module named ``relu``.
+
+    Pre-activations are that ReLU's inputs (cloned by the taps, so in-place is safe).
+    """
+    points = {"stem": TapPoint(stem_relu), "stem_preact": TapPoint(stem_relu, "input")}
+    for k, layer in enumerate(layers, start=1):
+        points[f"stage{k}"] = TapPoint(f"layer{k}")
+        points[f"stage{k}_preact"] = TapPoint(f"layer{k}.{len(layer) - 1}.relu", "input")
+    return points
+
+
 class TapError(ValueError):
     """A tap name or module path that a model cannot provide."""
 

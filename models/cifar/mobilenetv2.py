@@ -18,7 +18,7 @@ from typing import Dict
 
 from torch import Tensor, nn
 
-from distillers.taps import TapPoint
+from distillers.taps import TapPoint, head_taps
 from models.registry import register_model
 
 STAGE_BLOCKS = (1, 2, 4, 6)  # blocks whose outputs are the reference's feat[1:-1]
@@ -104,12 +104,7 @@ class MobileNetV2(nn.Module):
         points = {"stem": TapPoint("conv1"), "stem_preact": TapPoint("conv1")}
         for k, b in enumerate(STAGE_BLOCKS, start=1):
             points[f"stage{k}"] = points[f"stage{k}_preact"] = TapPoint(f"blocks.{b}")
-        points.update(
-            last_map=TapPoint("avgpool", "input"),
-            pooled=TapPoint("classifier", "input"),
-            logits=TapPoint("", "output"),
-            classifier=TapPoint("classifier.0", "module"),
-        )
+        points.update(head_taps("classifier.0", pooled_from="classifier"))
         return points
 
 

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional
 
 from torch import Tensor, nn
 
-from distillers.taps import TapPoint
+from distillers.taps import TapPoint, head_taps, residual_stage_taps
 from models.registry import register_model
 
 
@@ -85,17 +85,7 @@ class ResNet(nn.Module):
         return self.fc(self.flatten(self.avgpool(x)))
 
     def tap_points(self) -> Dict[str, TapPoint]:
-        points = {"stem": TapPoint("relu"), "stem_preact": TapPoint("relu", "input")}
-        for k, layer in enumerate((self.layer1, self.layer2, self.layer3), start=1):
-            points[f"stage{k}"] = TapPoint(f"layer{k}")
-            points[f"stage{k}_preact"] = TapPoint(f"layer{k}.{len(layer) - 1}.relu", "input")
-        points.update(
-            last_map=TapPoint("avgpool", "input"),
-            pooled=TapPoint("fc", "input"),
-            logits=TapPoint("", "output"),
-            classifier=TapPoint("fc", "module"),
-        )
-        return points
+        return {**residual_stage_taps("relu", (self.layer1, self.layer2, self.layer3)), **head_taps("fc")}
 
 
 _NARROW = [16, 16, 32, 64]

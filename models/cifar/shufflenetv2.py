@@ -20,7 +20,7 @@ from typing import Dict
 import torch
 from torch import Tensor, nn
 
-from distillers.taps import TapPoint
+from distillers.taps import TapPoint, head_taps, residual_stage_taps
 from models.registry import register_model
 
 
@@ -132,17 +132,7 @@ class ShuffleNetV2(nn.Module):
         return self.linear(self.flatten(self.avgpool(out)))
 
     def tap_points(self) -> Dict[str, TapPoint]:
-        points = {"stem": TapPoint("relu1"), "stem_preact": TapPoint("relu1", "input")}
-        for k, layer in enumerate((self.layer1, self.layer2, self.layer3), start=1):
-            points[f"stage{k}"] = TapPoint(f"layer{k}")
-            points[f"stage{k}_preact"] = TapPoint(f"layer{k}.{len(layer) - 1}.relu", "input")
-        points.update(
-            last_map=TapPoint("avgpool", "input"),
-            pooled=TapPoint("linear", "input"),
-            logits=TapPoint("", "output"),
-            classifier=TapPoint("linear", "module"),
-        )
-        return points
+        return {**residual_stage_taps("relu1", (self.layer1, self.layer2, self.layer3)), **head_taps("linear")}
 
 
 @register_model("ShuffleV2", family="cifar")

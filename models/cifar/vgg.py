@@ -14,7 +14,7 @@ from typing import Dict, List, Sequence
 
 from torch import Tensor, nn
 
-from distillers.taps import TapPoint
+from distillers.taps import TapPoint, head_taps
 from models.registry import register_model
 
 CFG = {
@@ -78,12 +78,7 @@ class VGG(nn.Module):
         for k in range(1, 5):
             points[f"stage{k}"] = TapPoint(f"relu{k}")
             points[f"stage{k}_preact"] = TapPoint(f"relu{k}", "input")
-        points.update(
-            last_map=TapPoint("pool4", "input"),
-            pooled=TapPoint("classifier", "input"),
-            logits=TapPoint("", "output"),
-            classifier=TapPoint("classifier", "module"),
-        )
+        points.update(head_taps("classifier", pool="pool4"))
         return points
 
 

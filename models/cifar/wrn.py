@@ -21,7 +21,7 @@ from typing import Dict
 import torch
 from torch import Tensor, nn
 
-from distillers.taps import TapPoint
+from distillers.taps import TapPoint, head_taps
 from models.registry import register_model
 
 
@@ -109,10 +109,7 @@ class WideResNet(nn.Module):
             "stage1_preact": TapPoint("block2.layer.0.relu1", "input"),
             "stage2_preact": TapPoint("block3.layer.0.relu1", "input"),
             "stage3_preact": TapPoint("relu", "input"),
-            "last_map": TapPoint("avgpool", "input"),
-            "pooled": TapPoint("fc", "input"),
-            "logits": TapPoint("", "output"),
-            "classifier": TapPoint("fc", "module"),
+            **head_taps("fc"),
         }
 
 
