@@ -45,7 +45,8 @@ class RKD(Distiller):
                 raise ValueError(f"rkd: {name} must be a non-negative number, got {value!r}")
 
     def forward(self, s, t, batch=None):
-        x_s, x_t = s["pooled"].flatten(1), t["pooled"].flatten(1)
+        tap = self.student_taps[0]  # pooled here; the embedding for metric learning
+        x_s, x_t = s[tap].flatten(1), t[tap].flatten(1)
         terms = {}
         if self.distance_weight:
             terms["distance"] = self.distance_weight * F.smooth_l1_loss(
