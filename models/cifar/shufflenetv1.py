@@ -18,19 +18,6 @@ from distillers.taps import TapPoint, head_taps, residual_stage_taps
 from models.registry import register_model
 
 
-class ShuffleBlock(nn.Module):
-    """Channel shuffle: [N, g*c, H, W] -> interleave the g groups."""
-
-    def __init__(self, groups: int):
-        super().__init__()
-        self.groups = groups
-
-    def forward(self, x: Tensor) -> Tensor:
-        n, c, h, w = x.shape
-        g = self.groups
-        return x.view(n, g, c // g, h, w).transpose(1, 2).reshape(n, c, h, w)
-
-
 class Bottleneck(nn.Module):
     """Grouped 1x1 - shuffle - depthwise 3x3 - grouped 1x1, then add (stride 1) or concat
     with a 3x3 average-pooled shortcut (stride 2), then ``relu``."""
@@ -43,7 +30,7 @@ class Bottleneck(nn.Module):
         self.conv1 = nn.Conv2d(in_planes, mid_planes, 1, groups=g, bias=False)
         self.bn1 = nn.BatchNorm2d(mid_planes)
         self.relu1 = nn.ReLU(inplace=True)
-        self.shuffle1 = ShuffleBlock(groups=g)
+        self.shuffle1 = nn.ChannelShuffle(g)
         self.conv2 = nn.Conv2d(mid_planes, mid_planes, 3, stride=stride, padding=1,
                                groups=mid_planes, bias=False)
         self.bn2 = nn.BatchNorm2d(mid_planes)

@@ -24,19 +24,6 @@ from distillers.taps import TapPoint, head_taps, residual_stage_taps
 from models.registry import register_model
 
 
-class ShuffleBlock(nn.Module):
-    """Channel shuffle: [N, g*c, H, W] -> interleave the g groups."""
-
-    def __init__(self, groups: int = 2):
-        super().__init__()
-        self.groups = groups
-
-    def forward(self, x: Tensor) -> Tensor:
-        n, c, h, w = x.shape
-        g = self.groups
-        return x.view(n, g, c // g, h, w).transpose(1, 2).reshape(n, c, h, w)
-
-
 class SplitBlock(nn.Module):
     def __init__(self, ratio: float):
         super().__init__()
@@ -62,7 +49,7 @@ class BasicBlock(nn.Module):
         self.conv3 = nn.Conv2d(c, c, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(c)
         self.relu = nn.ReLU()
-        self.shuffle = ShuffleBlock()
+        self.shuffle = nn.ChannelShuffle(2)
 
     def forward(self, x: Tensor) -> Tensor:
         x1, x2 = self.split(x)
@@ -92,7 +79,7 @@ class DownBlock(nn.Module):
         self.conv5 = nn.Conv2d(mid, mid, 1, bias=False)
         self.bn5 = nn.BatchNorm2d(mid)
         self.relu5 = nn.ReLU(inplace=True)
-        self.shuffle = ShuffleBlock()
+        self.shuffle = nn.ChannelShuffle(2)
 
     def forward(self, x: Tensor) -> Tensor:
         left = self.relu2(self.bn2(self.conv2(self.bn1(self.conv1(x)))))
