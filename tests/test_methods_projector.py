@@ -1,54 +1,15 @@
-"""SRRL, SemCKD and SimKD: golden parity, trained parts, zoo pairs, the frozen teacher classifier, errors."""
+"""SRRL, SemCKD and SimKD: zoo pairs, the frozen teacher classifier, errors (golden parity for
+every method: test_golden.py and test_methods_training.py)."""
 import copy
 
 import pytest
 import torch
 from torch import nn
 
-from distillers import golden
 from distillers.base import DISTILLERS, PREDICTION, Distiller, ShapeSpec, build_distiller
 from distillers.taps import FeatureTaps, standard_taps
 from models import create_model
-from conftest import GOLDEN
 
-METHODS = ("srrl", "semckd", "simkd")
-
-
-def _golden_path(method):
-    path = GOLDEN / f"{method}.pt"
-    if not path.exists():
-        pytest.skip(f"no golden file {path}")
-    return path
-
-
-# golden ----------------------------------------------------------------------
-@pytest.mark.parametrize("method", METHODS)
-def test_golden_file_passes(method):
-    outcome = golden.check_file(str(_golden_path(method)))
-    assert outcome.ok, outcome.problems
-
-
-@pytest.mark.parametrize("method", METHODS)
-def test_every_reference_trained_parameter_is_trained(method):
-    """Every ``params.*`` in the file's grads gets a non-zero gradient and moves under SGD."""
-    record = torch.load(_golden_path(method), weights_only=True)
-    case = golden.GoldenCase(record)
-    distiller = case.build()
-    s, t, batch = case.features(record["inputs"])
-    Distiller.total(distiller(s, t, batch)).backward()
-    params = dict(distiller.named_parameters())
-    names = [golden._rename(k[len("params."):], case.entry.renames)
-             for k in record["grads"] if k.startswith("params.")]
-    assert names
-    before = {n: params[n].detach().clone() for n in names}
-    for n in names:
-        assert params[n].grad is not None and params[n].grad.abs().sum() > 0, n
-    torch.optim.SGD(distiller.parameters(), lr=0.1).step()
-    for n in names:
-        assert not torch.equal(params[n].detach(), before[n]), n
-    # what the reference leaves untrained is not built, or frozen (simkd's classifier copy)
-    untrained = {n for n, p in params.items() if n not in names}
-    assert all(not params[n].requires_grad for n in untrained), untrained
 
 
 # real zoo pairs --------------------------------------------------------------

@@ -1,9 +1,8 @@
-"""ab, ft, fsp, kdsvd, reviewkd: golden parity, initialisation stages, real zoo pairs, errors."""
+"""ab, ft, fsp, kdsvd, reviewkd: initialisation stages, real zoo pairs, errors (golden parity for
+every method: test_golden.py and test_methods_training.py)."""
 import pytest
 import torch
 
-from conftest import GOLDEN
-from distillers import golden
 from distillers.base import ShapeSpec, build_distiller
 from distillers.taps import FeatureTaps, standard_taps
 from models import create_model
@@ -25,41 +24,6 @@ MISMATCHED = {
     "reviewkd": (("wrn_40_2", "vgg8"), "student has 4 stages, the teacher 3"),
 }
 LIGHT = ("resnet56", "resnet20")
-
-
-def _record(method):
-    path = GOLDEN / f"{method}.pt"
-    if not path.exists():
-        pytest.skip(f"no golden file {path}")
-    return path, torch.load(path, weights_only=True)
-
-
-@pytest.mark.parametrize("method", METHODS)
-def test_golden_file_passes(method):
-    path, record = _record(method)
-    assert record["method"] == method
-    outcome = golden.check_file(str(path))
-    assert outcome.ok, outcome.problems
-
-
-@pytest.mark.parametrize("method", METHODS)
-def test_listed_parameters_get_gradients_and_move(method):
-    _, record = _record(method)
-    case = golden.GoldenCase(record)
-    distiller = case.build()
-    listed = {golden._rename(k[len("params."):], case.entry.renames)
-              for k in record["grads"] if k.startswith("params.")}
-    params = dict(distiller.named_parameters())
-    assert listed == set(params)
-    before = {k: v.detach().clone() for k, v in params.items()}
-    s, t, batch = case.features(record["inputs"])
-    distiller.total(getattr(distiller, case.entry.call)(s, t, batch)).backward()
-    for name in listed:
-        assert params[name].grad is not None and params[name].grad.abs().sum() > 0, name
-    if params:
-        torch.optim.SGD(distiller.parameters(), lr=0.1).step()
-        for name in listed:
-            assert not torch.equal(params[name], before[name]), name
 
 
 # -- real zoo pairs ----------------------------------------------------------------------------
