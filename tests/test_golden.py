@@ -7,9 +7,9 @@ import torch
 
 from distillers import golden
 from distillers.base import DISTILLERS
-from conftest import GOLDEN, REPO
+from conftest import GOLDEN, REPO, golden_files
 
-GOLDEN_FILES = sorted(GOLDEN.glob("*.pt"))
+GOLDEN_FILES = golden_files()
 pytestmark = pytest.mark.skipif(not GOLDEN_FILES, reason=f"no golden files under {GOLDEN}")
 
 

@@ -20,7 +20,7 @@ from engine.distributed import DistInfo
 from engine.tasks import unpack
 from engine.trainer import Trainer
 from models import create_model
-from conftest import GOLDEN
+from conftest import golden_file
 
 BATCH = 16
 MEMORY = {"nce_k": 32}  # small memories/queues (a multiple of the batch for the queues)
@@ -143,7 +143,7 @@ def test_training_step_matches_adapter_and_trains_golden_params(method_name, tea
     outcome = GoldenCase(record).run()
     assert outcome.ok, outcome.problems
 
-    reference = torch.load(GOLDEN / f"{method_name}.pt", weights_only=True)
+    reference = torch.load(golden_file(method_name), weights_only=True)
     listed = [golden._rename(k[len("params."):], entry.renames) for k in reference["grads"]
               if k.startswith("params.")]
     for name in listed:
@@ -172,7 +172,7 @@ def test_parts_and_buffers_survive_checkpoint_and_resume(method_name, teacher_pa
     resumed.resume(str(tmp_path / "latest.pth"))
     restored = resumed.method.state_dict()
     assert saved.keys() == restored.keys()
-    has_state = bool(torch.load(GOLDEN / f"{method_name}.pt", weights_only=True)["params"])
+    has_state = bool(torch.load(golden_file(method_name), weights_only=True)["params"])
     assert bool(saved) == has_state
     for key in saved:
         assert torch.equal(saved[key], restored[key]), key
