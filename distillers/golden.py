@@ -187,6 +187,11 @@ TABLE: Dict[str, GoldenEntry] = {
                         options={"aomd_mode": 2, "aomd_global": 1.0, "aomd_local": 1.0},
                         hparam_options={"aomd_mode": "mode"},
                         variants={"mode1": {"options": {"aomd_mode": 1}}}, task="metric"),
+    # logit methods and logit standardisation (tests/golden/, made by tests/golden/make_logit_goldens.py)
+    "kd_ls": GoldenEntry("kd", LOGITS, options={"kd_T": 2.0, "logit_std": True}),
+    "dkd_ls": GoldenEntry("dkd", {**LOGITS, "target": "batch:labels"},
+                          options={"dkd_alpha": 9.0, "dkd_beta": 72.0, "kd_T": 2.0, "logit_std": True},
+                          outputs={"tckd": "alpha_tckd", "nckd": "beta_nckd"}),
     # ---- end of table ----
 }
 

@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from distillers.base import Distiller, register_distiller
+from distillers.methods._logits import check_flag, logit_pair
 
 #: mdistiller ``configs/cifar100/dkd/*.yaml`` DKD.BETA per (teacher, student); other pairs use 8.
 BETA_PER_PAIR = {
@@ -31,14 +32,17 @@ class DKD(Distiller):
     ``epoch``. ``dkd_beta`` None (the default) means mdistiller's value for the pair from
     ``spec.extra['teacher_arch'/'student_arch']`` (:data:`BETA_PER_PAIR`), else 8. CE weight 1 and no
     separate KD term (mdistiller's DKD recipe). Binary probabilities are formed in log space (the
-    reference takes the log of summed probabilities: same value, no underflow).
+    reference takes the log of summed probabilities: same value, no underflow). ``logit_std`` (off by
+    default) z-scores both logits per sample before everything above (:mod:`distillers.methods._logits`);
+    the logit-standardisation paper's CIFAR-100 recipe is ``--logit_std true --kd_T 2`` with
+    ``dkd_alpha`` and ``dkd_beta`` nine times their DKD values.
     """
 
     student_taps = ("logits",)
     teacher_taps = ("logits",)
     batch_keys = ("labels",)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
-    options = {"dkd_alpha": 1.0, "dkd_beta": None, "kd_T": 4.0, "warmup": 20}
+    options = {"dkd_alpha": 1.0, "dkd_beta": None, "kd_T": 4.0, "warmup": 20, "logit_std": False}
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)
@@ -51,6 +55,7 @@ class DKD(Distiller):
                 raise ValueError(f"dkd: {name} must be a non-negative number, got {value!r}")
         if self.kd_T == 0:
             raise ValueError("dkd: kd_T must be positive")
+        check_flag("dkd", "logit_std", self.logit_std)
         n_s, n_t = tuple(spec.student["logits"]), tuple(spec.teacher["logits"])
         if n_s != n_t:
             raise ValueError(
@@ -63,7 +68,8 @@ class DKD(Distiller):
         return min(float(epoch) / self.warmup, 1.0)
 
     def forward(self, s, t, batch=None):
-        z_s, z_t, T = s["logits"], t["logits"], self.kd_T
+        z_s, z_t = logit_pair(s["logits"], t["logits"], self.logit_std)
+        T = self.kd_T
         target = F.one_hot(batch["labels"].reshape(-1).long(), z_s.shape[1]).to(torch.bool)
         log_s, log_t = F.log_softmax(z_s / T, dim=1), F.log_softmax(z_t / T, dim=1)
         tckd = _kl(self._binary(log_s, target), self._binary(log_t, target), T)

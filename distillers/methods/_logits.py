@@ -1,0 +1,56 @@
+"""What the logit methods (KD, DKD, DIST, WSLD, NKD) share: logit standardisation and option checks.
+
+Logit standardisation (Sun et al., "Logit Standardization in Knowledge Distillation", CVPR 2024;
+reference sunshangquan/logit-standardization-KD@f6e5aa5, ``normalize`` in
+``mdistiller/distillers/KD.py`` and ``DKD.py``) replaces each sample's logits by their z-score,
+``(z - mean(z)) / (1e-7 + std(z))`` over the classes, with Bessel's correction in ``std`` (torch's
+default, as the reference), before the method divides them by its temperature. A sample's
+standardised logits do not change when its raw logits are scaled by a positive factor or shifted,
+so the student is asked to match the teacher's logit relations, not their range.
+
+The reference applies it at the top of its loss functions, so everything the loss computes (DKD's
+target masks included) sees standardised logits; every method here does the same through
+:func:`logit_pair`. The method's temperature is then the reference's *base temperature*: its
+CIFAR-100 recipe (``--logit-stand --base-temp 2 --kd-weight 9``) uses T = 2 for KD and DKD, the
+loss still multiplied by T^2, with the KD weight 9 (CE 0.1) and DKD's alpha and beta times 9.
+The option is off by default, so every method keeps its own paper's behaviour.
+"""
+import torch
+
+#: Added to the standard deviation, as in the reference (it guards constant logits).
+STD_EPS = 1e-7
+
+
+def standardize(logits: torch.Tensor) -> torch.Tensor:
+    """Per-sample z-score over the last dimension (classes); unbiased std, as the reference."""
+    mean = logits.mean(dim=-1, keepdim=True)
+    std = logits.std(dim=-1, keepdim=True)
+    return (logits - mean) / (STD_EPS + std)
+
+
+def logit_pair(logit_s: torch.Tensor, logit_t: torch.Tensor, logit_std: bool):
+    """The student and teacher logits a method's loss sees: standardised when ``logit_std``."""
+    if logit_std:
+        return standardize(logit_s), standardize(logit_t)
+    return logit_s, logit_t
+
+
+def check_flag(method: str, name: str, value) -> None:
+    """A boolean option (``--logit_std true``); 1 or "yes" are refused rather than guessed."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{method}: {name} must be true or false, got {value!r}")
+
+
+def check_number(method: str, name: str, value, positive: bool = False) -> None:
+    """A non-negative (or, with ``positive``, strictly positive) number such as a temperature."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and (value > 0 if positive else value >= 0)
+    if not ok:
+        kind = "a positive" if positive else "a non-negative"
+        raise ValueError(f"{method}: {name} must be {kind} number, got {value!r}")
+
+
+def check_same_classes(method: str, spec) -> None:
+    """Logit methods compare the two predictions class by class."""
+    n_s, n_t = tuple(spec.student["logits"]), tuple(spec.teacher["logits"])
+    if n_s != n_t:
+        raise ValueError(f"{method} needs student and teacher logits over the same classes; got {n_s} and {n_t}")
