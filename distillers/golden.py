@@ -192,6 +192,11 @@ TABLE: Dict[str, GoldenEntry] = {
     "dkd_ls": GoldenEntry("dkd", {**LOGITS, "target": "batch:labels"},
                           options={"dkd_alpha": 9.0, "dkd_beta": 72.0, "kd_T": 2.0, "logit_std": True},
                           outputs={"tckd": "alpha_tckd", "nckd": "beta_nckd"}),
+    "dist": GoldenEntry("dist", LOGITS, options={"dist_beta": 1.0, "dist_gamma": 1.0, "dist_tau": 4.0},
+                        outputs={"dist_inter": "inter", "dist_intra": "intra"}),
+    "dist_ls": GoldenEntry("dist", LOGITS, options={"dist_beta": 1.0, "dist_gamma": 1.0, "dist_tau": 4.0,
+                                                    "logit_std": True},
+                           outputs={"dist_inter": "inter", "dist_intra": "intra"}),
     # ---- end of table ----
 }
 
