@@ -197,6 +197,8 @@ TABLE: Dict[str, GoldenEntry] = {
     "dist_ls": GoldenEntry("dist", LOGITS, options={"dist_beta": 1.0, "dist_gamma": 1.0, "dist_tau": 4.0,
                                                     "logit_std": True},
                            outputs={"dist_inter": "inter", "dist_intra": "intra"}),
+    "wsld": GoldenEntry("wsld", {**LOGITS, "target": "batch:labels"}, options={"wsld_T": 2.0}),
+    "wsld_ls": GoldenEntry("wsld", {**LOGITS, "target": "batch:labels"}, options={"wsld_T": 2.0, "logit_std": True}),
     # ---- end of table ----
 }
 
