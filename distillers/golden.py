@@ -199,6 +199,11 @@ TABLE: Dict[str, GoldenEntry] = {
                            outputs={"dist_inter": "inter", "dist_intra": "intra"}),
     "wsld": GoldenEntry("wsld", {**LOGITS, "target": "batch:labels"}, options={"wsld_T": 2.0}),
     "wsld_ls": GoldenEntry("wsld", {**LOGITS, "target": "batch:labels"}, options={"wsld_T": 2.0, "logit_std": True}),
+    "nkd": GoldenEntry("nkd", {**LOGITS, "target": "batch:labels"}, options={"nkd_T": 3.0, "nkd_gamma": 3.5},
+                       outputs={"nkd_target": "target", "nkd_non_target": "non_target"}),
+    "nkd_ls": GoldenEntry("nkd", {**LOGITS, "target": "batch:labels"},
+                          options={"nkd_T": 3.0, "nkd_gamma": 3.5, "logit_std": True},
+                          outputs={"nkd_target": "target", "nkd_non_target": "non_target"}),
     # ---- end of table ----
 }
 

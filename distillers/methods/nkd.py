@@ -1,0 +1,49 @@
+"""Yang et al., "From Knowledge Distillation to Self-Knowledge Distillation: A Unified Approach with
+Normalized Loss and Customized Soft Labels" (NKD, ICCV 2023)."""
+import torch
+import torch.nn.functional as F
+
+from distillers.base import Distiller, register_distiller
+from distillers.methods._logits import check_flag, check_number, check_same_classes, logit_pair
+
+
+@register_distiller("nkd")
+class NKD(Distiller):
+    """Normalised KD: the target class and the renormalised non-target classes as two terms.
+
+    nkd_target = -mean_i p_t,i[y_i] log p_s,i[y_i] at temperature 1 (the teacher's target
+    probability weighting the student's target log-likelihood); nkd_non_target =
+    -nkd_gamma * nkd_T^2 * mean_i sum_{j != y_i} q_t,ij log q_s,ij, with q = softmax(z / nkd_T) over
+    the non-target logits only (the target logit removed, so the non-target distribution is
+    normalised to sum 1 whatever the target's share). Their sum is the reference
+    (yzd-v/cls_KD@1e5d48f ``mmcls/models/dis_losses/nkd.py`` NKDLoss, after its fix 9466b3f that
+    made the mask drop the target). Defaults are that repository's CIFAR-100 config
+    (``configs/distillers/cifar100/res34_distill_res18_cifar.py``): T 3, gamma 3.5, CE weight 1 and
+    NKD weight 1 (ImageNet: T 1, gamma 1.5). ``logit_std`` z-scores the logits first, for both terms
+    (:mod:`distillers.methods._logits`).
+    """
+
+    student_taps = ("logits",)
+    teacher_taps = ("logits",)
+    batch_keys = ("labels",)
+    default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
+    options = {"nkd_T": 3.0, "nkd_gamma": 3.5, "logit_std": False}
+
+    def __init__(self, spec, **options):
+        super().__init__(spec, **options)
+        check_number("nkd", "nkd_T", self.nkd_T, positive=True)
+        check_number("nkd", "nkd_gamma", self.nkd_gamma)
+        check_flag("nkd", "logit_std", self.logit_std)
+        check_same_classes("nkd", spec)
+
+    def forward(self, s, t, batch=None):
+        z_s, z_t = logit_pair(s["logits"], t["logits"], self.logit_std)
+        n, c = z_s.shape
+        target = F.one_hot(batch["labels"].reshape(-1).long(), c).to(torch.bool)
+        log_p_s = F.log_softmax(z_s, dim=1)[target]
+        p_t = F.softmax(z_t, dim=1)[target].detach()
+        target_term = -(p_t * log_p_s).mean()
+        T = self.nkd_T
+        others_s, others_t = z_s[~target].reshape(n, c - 1), z_t[~target].reshape(n, c - 1)
+        cross = (F.softmax(others_t / T, dim=1) * F.log_softmax(others_s / T, dim=1)).sum(1).mean()
+        return {"nkd_target": target_term, "nkd_non_target": -self.nkd_gamma * T * T * cross}
