@@ -13,12 +13,12 @@ from typing import Any, Dict, Optional
 
 from torch.utils.data import Dataset
 
-from data.registry import DATASETS, check_split, register_dataset
+from data.registry import DATASETS, BadImageError, DataError, check_split, register_dataset
 from data import cifar, folder, imagenet, synthetic  # noqa: F401  (register the plugins)
 from data.wrappers import WithContrast, WithIndex
 
 __all__ = ["DATASETS", "register_dataset", "build_dataset", "dataset_info",
-           "default_data_root", "WithIndex", "WithContrast"]
+           "default_data_root", "WithIndex", "WithContrast", "BadImageError", "DataError"]
 
 
 def default_data_root() -> str:
@@ -33,8 +33,18 @@ def dataset_info(name: str) -> Dict[str, Any]:
 
 def build_dataset(name: str, root: str, split: str, augment: Optional[bool] = None,
                   **options: Any) -> Dataset:
-    """Build ``split`` ('train'/'test') of dataset ``name``; augment defaults to train only."""
+    """Build ``split`` ('train'/'test') of dataset ``name``; augment defaults to train only.
+
+    ``skip_bad_images`` (``--skip_bad_images``) reaches only datasets registered with
+    ``image_files=True``; asking it of one that holds no image files (CIFAR's pickles,
+    ``synthetic``) is an error rather than a silent no-op, so nobody believes a check ran.
+    """
     check_split(split)
     if augment is None:
         augment = split == "train"
+    if "skip_bad_images" in options and not DATASETS.meta(name).get("image_files"):
+        if options.pop("skip_bad_images"):
+            readers = ", ".join(DATASETS.names(image_files=True))
+            raise DataError(f"--skip_bad_images applies to datasets read from image files ({readers}); "
+                            f"'{name}' reads none, so there is nothing to skip: drop the flag")
     return DATASETS.build(name, root, split, augment, **options)

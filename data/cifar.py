@@ -4,6 +4,10 @@ torchvision's CIFAR classes md5-check every file, which rejects any locally made
 copy (tests, re-packed mirrors). Reading the pickles takes a few lines, so they
 are read here; torchvision supplies only the layout constants and the downloader.
 Missing or malformed files end in one error that says what belongs where.
+
+``pickle.load`` runs whatever code a crafted file names (a ``__reduce__`` payload), and
+data roots are shared and downloaded: the files are read with :class:`CifarUnpickler`,
+which builds only what the official files hold.
 """
 from __future__ import annotations
 
@@ -22,6 +26,28 @@ from data.transforms import cifar_transform
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """An unpickler that admits only the globals of the official CIFAR python files.
+
+    Dicts, lists, strings, bytes and ints need no global. The numpy array under 'data'
+    needs its reconstruction (the Python 2 files name ``numpy.core``; numpy >= 2 and
+    protocol 5 re-packs use ``numpy._core`` and ``_frombuffer``), and Python 3 protocol-2
+    pickles spell bytes as ``_codecs.encode``. None of these runs code chosen by the file;
+    any other global (``os.system``, ``builtins.eval``, ...) is refused before it loads.
+    """
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed in a CIFAR file")
+        return super().find_class(module, name)
 
 
 def _layout(tv_class) -> List[str]:
@@ -86,7 +112,7 @@ class CifarPickles(Dataset):
         """The values of ``keys`` in the pickled dict at ``path``."""
         try:
             with open(path, "rb") as f:
-                entry = pickle.load(f, encoding="latin1")
+                entry = CifarUnpickler(f, encoding="latin1").load()
             return [entry[k] for k in keys]
         except Exception as err:
             raise ValueError(

@@ -12,7 +12,9 @@ normalise; test: Resize(val_resize) -> CenterCrop(crop) -> normalise. The same
 paths crop alike. Options (``--data_opt key=value``): ``crop`` (224; Tiny-ImageNet
 runs at 64), ``val_resize`` (crop x 8/7, i.e. 256 for 224), ``rrc_scale`` /
 ``rrc_ratio`` (torchvision's 0.08-1 and 3/4-4/3), ``reference_rrc=true`` for the
-SimKD/GD DALI values 0.1-1 and 0.8-1.25 (explicit ``rrc_*`` values still win).
+SimKD/GD DALI values 0.1-1 and 0.8-1.25 (explicit ``rrc_*`` values still win), and
+``skip_bad_images`` (unreadable files: :class:`data.folder.ImageFiles`; the torchvision
+path only, DALI decodes the files itself).
 """
 from __future__ import annotations
 
@@ -93,16 +95,20 @@ class ImageNetFolder(ImageFolderSplit):
 
     test_dirs = ("val",)
 
-    def __init__(self, root: str, split: str, augment: bool, geometry: Geometry = Geometry()):
+    def __init__(self, root: str, split: str, augment: bool, geometry: Geometry = Geometry(),
+                 skip_bad_images: bool = False):
         root = os.path.expanduser(root)
         _check_layout(root, split)
         self.geometry = geometry
-        super().__init__(root, split, augment, transform=geometry.transform(augment))
+        super().__init__(root, split, augment, transform=geometry.transform(augment),
+                         skip_bad_images=skip_bad_images)
 
 
 @register_dataset("imagenet", family="imagenet", num_classes=None, input_size=224,
-                  mean=IMAGENET_MEAN, std=IMAGENET_STD)
-def imagenet(root: str, split: str, augment: bool, **options) -> ImageNetFolder:
-    """Options: ``crop``, ``val_resize``, ``rrc_scale``, ``rrc_ratio``, ``reference_rrc`` (module
-    docstring). ``num_classes`` is the number of class folders in ``train/``."""
-    return ImageNetFolder(root, split, augment, geometry(**options))
+                  mean=IMAGENET_MEAN, std=IMAGENET_STD, image_files=True)
+def imagenet(root: str, split: str, augment: bool, skip_bad_images: bool = False,
+             **options) -> ImageNetFolder:
+    """Options: ``crop``, ``val_resize``, ``rrc_scale``, ``rrc_ratio``, ``reference_rrc``,
+    ``skip_bad_images`` (module docstring). ``num_classes`` is the number of class folders in
+    ``train/``."""
+    return ImageNetFolder(root, split, augment, geometry(**options), skip_bad_images)

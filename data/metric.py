@@ -25,6 +25,7 @@ Transforms (§5.2): train Resize((resize, resize)) -> RandomCrop(crop) -> flip; 
 Resize((resize, resize)) -> CenterCrop(crop); ImageNet mean/std (ResNet backbones). Options
 ``resize`` (256) and ``crop`` (224). ``metric_folder`` uses the CIFAR-style pipeline at its
 ``image_size`` (64: Tiny-ImageNet's native size; random crop with 4-pixel padding and flip).
+Every dataset takes ``skip_bad_images`` (unreadable files: :class:`data.folder.ImageFiles`).
 
 The reference download URLs are dead: files are read from the data root, and a missing file
 is an error that says which files are expected where and names the dataset's official page.
@@ -44,9 +45,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
-from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
 
-from data.folder import IMAGENET_MEAN, IMAGENET_STD
+from data.folder import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, image_paths
 from data.registry import DATASETS
 from data.transforms import cifar_transform
 
@@ -62,11 +62,11 @@ PAGES = {
 }
 
 
-class MetricImages(Dataset):
+class MetricImages(ImageFiles, Dataset):
     """``(image, global label)`` pairs of one class-disjoint split; ``targets`` lists the labels."""
 
     def __init__(self, samples: List[Tuple[str, int]], transform: Callable, name: str, split: str,
-                 classes: Optional[Dict[int, str]] = None):
+                 classes: Optional[Dict[int, str]] = None, skip_bad_images: bool = False):
         if not samples:
             raise FileNotFoundError(f"{name}: the {split} split has no images")
         self.samples = samples
@@ -75,13 +75,14 @@ class MetricImages(Dataset):
         self.name, self.split = name, split
         self.class_names = classes or {}
         self.num_classes = len(set(self.targets))
+        self._init_image_files(skip_bad_images)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int):
-        path, label = self.samples[index]
-        return self.transform(default_loader(path)), label
+        image, label = self.read(index)
+        return self.transform(image), label
 
     def __repr__(self) -> str:
         return f"{self.name}[{self.split}]: {len(self)} images, {self.num_classes} classes"
@@ -137,14 +138,6 @@ LAYOUTS = {
 }
 
 
-def _images_under(directory: str) -> List[str]:
-    found = []
-    for folder, dirs, files in os.walk(directory, followlinks=True):
-        dirs.sort()
-        found += [os.path.join(folder, f) for f in sorted(files) if f.lower().endswith(IMG_EXTENSIONS)]
-    return found
-
-
 def _pick(samples: List[Tuple[str, int]], ids: Sequence[int]) -> List[Tuple[str, int]]:
     keep = set(ids)
     return [(p, label) for p, label in samples if label in keep]
@@ -155,12 +148,12 @@ def _register(name: str, num_classes: Optional[int], input_size: int, ks: Sequen
     # register_dataset() has no task argument; the registry takes any metadata.
     return DATASETS.register(name, family="metric", task="metric", num_classes=num_classes,
                              input_size=input_size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                             recall_ks=tuple(ks))
+                             recall_ks=tuple(ks), image_files=True)
 
 
 @_register("cub200", num_classes=100, input_size=224)
 def cub200(root: str, split: str, augment: bool, val_classes: int = 20, resize: int = 256,
-           crop: int = 224) -> MetricImages:
+           crop: int = 224, skip_bad_images: bool = False) -> MetricImages:
     """CUB-200-2011: first 100 classes train (val = classes 80..99 by default), last 100 test."""
     _check_split("cub200", split)
     root = os.path.expanduser(root)
@@ -172,9 +165,9 @@ def cub200(root: str, split: str, augment: bool, val_classes: int = 20, resize: 
         raise FileNotFoundError(f"cub200: expected 200 class folders in '{images}', found {len(folders)}; "
                                 f"{LAYOUTS['cub200']} ({PAGES['cub200']})")
     ids = class_split(range(100), range(100, 200), split, val_classes, "cub200")
-    samples = [(path, c) for c in ids for path in _images_under(os.path.join(images, folders[c]))]
+    samples = [(path, c) for c in ids for path in image_paths(os.path.join(images, folders[c]))]
     return MetricImages(samples, reference_transform(augment, resize, crop), "cub200", split,
-                        {c: folders[c] for c in ids})
+                        {c: folders[c] for c in ids}, skip_bad_images)
 
 
 def _scalar(value):
@@ -184,7 +177,7 @@ def _scalar(value):
 
 @_register("cars196", num_classes=98, input_size=224)
 def cars196(root: str, split: str, augment: bool, val_classes: int = 20, resize: int = 256,
-            crop: int = 224) -> MetricImages:
+            crop: int = 224, skip_bad_images: bool = False) -> MetricImages:
     """Cars196: classes 1..98 train (val = the last 20 of them by default), 99..196 test."""
     _check_split("cars196", split)
     root = os.path.expanduser(os.path.join(root, "Cars196"))
@@ -209,12 +202,12 @@ def cars196(root: str, split: str, augment: bool, val_classes: int = 20, resize:
     if missing:
         raise _missing("cars196", f"image '{missing[0]}' (listed in cars_annos.mat)", os.path.dirname(root))
     return MetricImages(picked, reference_transform(augment, resize, crop), "cars196", split,
-                        {c: names[c] for c in ids if c < len(names)})
+                        {c: names[c] for c in ids if c < len(names)}, skip_bad_images)
 
 
 @_register("stanford", num_classes=11318, input_size=224, ks=SOP_KS)
 def stanford(root: str, split: str, augment: bool, val_classes: int = 2264, resize: int = 256,
-             crop: int = 224) -> MetricImages:
+             crop: int = 224, skip_bad_images: bool = False) -> MetricImages:
     """Stanford Online Products: Ebay_train.txt (11,318 classes; val = the last 2,264 of them by
     default, 20%) and Ebay_test.txt (11,316 classes)."""
     _check_split("stanford", split)
@@ -235,12 +228,14 @@ def stanford(root: str, split: str, augment: bool, val_classes: int = 2264, resi
     picked = _pick(lists["test" if split == "test" else "train"], ids)
     if picked and not os.path.isfile(picked[0][0]):
         raise _missing("stanford", f"image '{picked[0][0]}' (listed in Ebay_{split}.txt)", root)
-    return MetricImages(picked, reference_transform(augment, resize, crop), "stanford", split)
+    return MetricImages(picked, reference_transform(augment, resize, crop), "stanford", split,
+                        skip_bad_images=skip_bad_images)
 
 
 @_register("metric_folder", num_classes=None, input_size=64)
 def metric_folder(root: str, split: str, augment: bool, train_classes: Optional[int] = None,
-                  val_classes: Optional[int] = None, image_size: int = 64) -> MetricImages:
+                  val_classes: Optional[int] = None, image_size: int = 64,
+                  skip_bad_images: bool = False) -> MetricImages:
     """Any class-folder tree split by class: sorted class folders, the first ``train_classes``
     (default half) train, the rest test; ``val_classes`` (default 20% of the training classes)
     held out of train. CIFAR-style transforms at ``image_size``."""
@@ -262,13 +257,14 @@ def metric_folder(root: str, split: str, augment: bool, train_classes: Optional[
     ids = class_split(range(n_train), range(n_train, len(classes)), split, val_classes, "metric_folder")
     samples = []
     for c in ids:
-        files = _images_under(os.path.join(root, classes[c]))
+        files = image_paths(os.path.join(root, classes[c]))
         if not files:
             raise FileNotFoundError(f"metric_folder: class folder '{os.path.join(root, classes[c])}' "
                                     f"has no images; {layout}")
         samples += [(p, c) for p in files]
     transform = cifar_transform(IMAGENET_MEAN, IMAGENET_STD, augment, size=int(image_size), resize=True)
-    return MetricImages(samples, transform, "metric_folder", split, {c: classes[c] for c in ids})
+    return MetricImages(samples, transform, "metric_folder", split, {c: classes[c] for c in ids},
+                        skip_bad_images)
 
 
 def build_split(name: str, root: str, split: str, **options) -> MetricImages:

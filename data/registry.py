@@ -1,8 +1,9 @@
 """The dataset registry: name -> factory ``f(root, split, augment, **options) -> Dataset``.
 
 Each entry carries the metadata a trainer needs before it opens any file:
-``family`` (which model zoo fits), ``num_classes``, ``input_size`` and the
-normalisation ``mean``/``std``.
+``family`` (which model zoo fits), ``num_classes``, ``input_size``, the
+normalisation ``mean``/``std``, and ``image_files``: whether the dataset decodes image
+files as it reads (and so accepts ``skip_bad_images``).
 """
 from __future__ import annotations
 
@@ -14,14 +15,32 @@ DATASETS = Registry("dataset")
 SPLITS = ("train", "test")
 
 
+class DataError(ValueError):
+    """A data file or dataset option the user must fix; the CLI prints it as one ``error:`` line."""
+
+    def __str__(self) -> str:
+        # A DataLoader worker's exception is re-raised in the main process as the same type,
+        # with the worker's whole traceback as its message: keep only the original message,
+        # the traceback's last line ("data.registry.BadImageError: <message>").
+        text = super().__str__()
+        if "Original Traceback" in text:
+            return text.rstrip().splitlines()[-1].split(": ", 1)[-1]
+        return text
+
+
+class BadImageError(DataError):
+    """An image file that cannot be opened or decoded; the message names the file."""
+
+
 def register_dataset(name: str, *, family: str, num_classes: Optional[int], input_size: int,
-                     mean: Sequence[float], std: Sequence[float]):
+                     mean: Sequence[float], std: Sequence[float], image_files: bool = False):
     """Register a dataset factory with the metadata listed in the module docstring.
 
     ``num_classes`` is None when only the data on disk can tell (``imagefolder``).
+    ``image_files=True`` declares that the factory takes ``skip_bad_images``.
     """
-    return DATASETS.register(name, family=family, num_classes=num_classes,
-                             input_size=input_size, mean=tuple(mean), std=tuple(std))
+    return DATASETS.register(name, family=family, num_classes=num_classes, input_size=input_size,
+                             mean=tuple(mean), std=tuple(std), image_files=image_files)
 
 
 def check_split(split: str) -> None:

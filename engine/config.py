@@ -87,6 +87,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--data_opt", dest="data_opts", action="append", type=_data_option, default=[],
                       metavar="KEY=VALUE", help="dataset option, repeatable (e.g. train_size=2000 for synthetic)")
     data.add_argument("--num_workers", type=int, default=2, help="DataLoader workers per process")
+    data.add_argument("--skip_bad_images", action="store_true",
+                      help="image-folder datasets: skip files that cannot be decoded (each is replaced by the "
+                           "next readable sample, warned about once and counted) instead of stopping with the "
+                           "file's path; scripts/verify_images.py ROOT lists them before a run")
     data.add_argument("--dali", choices=["cpu", "gpu"], default=None,
                       help="read ImageNet-style folders with NVIDIA DALI pipelines on the CPU or GPU "
                            "(pip install -e .[dali]); default: torchvision DataLoader")
@@ -241,6 +245,8 @@ def parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None)
         except argparse.ArgumentTypeError as err:
             parser.error(str(err))
     args.data_opts = dict(args.data_opts) if isinstance(args.data_opts, list) else dict(args.data_opts or {})
+    if args.skip_bad_images:  # a dataset option; datasets without image files reject it by name
+        args.data_opts["skip_bad_images"] = True
     return args
 
 
