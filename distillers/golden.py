@@ -204,6 +204,16 @@ TABLE: Dict[str, GoldenEntry] = {
     "nkd_ls": GoldenEntry("nkd", {**LOGITS, "target": "batch:labels"},
                           options={"nkd_T": 3.0, "nkd_gamma": 3.5, "logit_std": True},
                           outputs={"nkd_target": "target", "nkd_non_target": "non_target"}),
+    # CTKD, MLKD, DOT (tests/golden/, made by tests/golden/make_ctkd_mlkd_dot_goldens.py)
+    "ctkd": GoldenEntry("ctkd", {**LOGITS, "target": "batch:labels", "epoch": "batch:epoch"},
+                        variants={"dkd_base": {"options": {"ctkd_base": "dkd", "dkd_beta": 2.0}}}),
+    "mlkd": GoldenEntry("mlkd", LOGITS, options={"kd_T": 4.0},
+                        outputs={"mlkd_instance": "loss_kd", "mlkd_batch": "loss_bc", "mlkd_class": "loss_cc"}),
+    "dot": GoldenEntry("", {k: f"arg:{k}" for k in ("x", "y", "feat_t", "w_shared", "b_shared", "w_task", "w_kd")},
+                       function="distillers.optim:dot_trajectory",
+                       hparam_options={k: k for k in ("lr", "momentum", "delta", "weight_decay", "steps")},
+                       outputs={"1": "params", "2": "momentum_buffer", "3": "momentum_kd_buffer"},
+                       task="optimizer"),  # an optimiser: no trainer task runs it yet (the --dot flag is to come)
     # ---- end of table ----
 }
 
@@ -429,6 +439,8 @@ class GoldenCase:
                 self.step(distiller, self.record["inputs"], self.record, cmp, "")
                 step2 = self.record.get("extra", {}).get("step2")
                 if step2:
+                    if "sgd" in step2:  # the reference's optimiser stepped the method's parameters in between
+                        torch.optim.SGD(distiller.parameters(), **step2["sgd"]).step()
                     self.step(distiller, step2["inputs"], {**step2, "extra": {}}, cmp, "step2 ")
             for key, variant in self.entry.variants.items():
                 self.variant_step(key, variant, cmp)

@@ -1,0 +1,140 @@
+"""Li et al., "Curriculum Temperature for Knowledge Distillation" (CTKD, AAAI 2023), as in zhengli97/CTKD.
+
+The KD temperature is a trained parameter that plays against the student: it is read through a
+gradient-reversal layer, so the optimiser step that lowers the student's KD loss raises the loss
+w.r.t. the temperature, and the reversal strength grows along an easy-to-hard curriculum.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distillers.base import Distiller, register_distiller
+from distillers.methods.dkd import BETA_PER_PAIR, DEFAULT_BETA, DKD, _kl
+from distillers.methods.kd import kd_loss
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward; the backward multiplies the gradient by ``lambda_`` (the reference's
+    ``GradientReversalFunction``: it multiplies by lambda, and its schedule makes lambda <= 0)."""
+
+    @staticmethod
+    def forward(ctx, x, lambda_):
+        ctx.lambda_ = lambda_
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.lambda_, None
+
+
+def reversal_lambda(epoch, decay_max=0.0, decay_min=-1.0, decay_loops=10.0, cosine_decay=1):
+    """The reference's per-epoch gradient factor (``train_student.py`` CosineDecay / LinearDecay).
+
+    cosine: i = clamp(epoch, 0, decay_loops), (cos(pi i / decay_loops) + 1) / 2 * (max - min) + min,
+    from decay_max (0) at epoch 0 to decay_min (-1) at epoch decay_loops, then constant.
+    linear (``cosine_decay 0``, as the reference codes it): -i (max - min) / decay_loops with
+    i = clamp(epoch, 0, decay_loops - 1).
+    """
+    if cosine_decay:
+        i = min(max(epoch, 0), decay_loops)
+        return (math.cos(i * math.pi / decay_loops) + 1.0) * 0.5 * (decay_max - decay_min) + decay_min
+    i = min(max(epoch, 0), decay_loops - 1)
+    return -i * (decay_max - decay_min) / decay_loops
+
+
+def instance_kd_loss(logit_s, logit_t, T):
+    """KD with one temperature per sample (``T`` [B, 1]), the reference README's ``KL_Loss``:
+    mean_i T_i^2 sum_c q_ic (log q_ic - log_softmax(z_s,i / T_i)_c), q = softmax(z_t / T) + 1e-7."""
+    q = F.softmax(logit_t / T, dim=1) + 1e-7
+    per_sample = (q * (q.log() - F.log_softmax(logit_s / T, dim=1))).sum(1, keepdim=True)
+    return (per_sample * T * T).mean()
+
+
+def dkd_at(logit_s, logit_t, labels, T, dkd_alpha, dkd_beta):
+    """DKD's (tckd, nckd) at a tensor temperature, from dkd.py's pieces (CTKD's DKD has no warm-up)."""
+    target = F.one_hot(labels.reshape(-1).long(), logit_s.shape[1]).to(torch.bool)
+    log_s, log_t = F.log_softmax(logit_s / T, dim=1), F.log_softmax(logit_t / T, dim=1)
+    tckd = _kl(DKD._binary(log_s, target), DKD._binary(log_t, target), T)
+    mask = 1000.0 * target.to(logit_s.dtype)
+    nckd = _kl(F.log_softmax(logit_s / T - mask, dim=1), F.log_softmax(logit_t / T - mask, dim=1), T)
+    return dkd_alpha * tckd, dkd_beta * nckd
+
+
+@register_distiller("ctkd")
+class CTKD(Distiller):
+    """KD at a learned, adversarial temperature T = t_start + t_end * sigmoid(theta), so T stays in
+    (t_start, t_start + t_end) = (1, 21).
+
+    ``mlp_name global`` (default): theta is one scalar parameter ``global_T`` (initialised to 1, as
+    the reference's ``Global_T``). ``mlp_name instance``: theta = MLP([z_t, z_s]) per sample
+    (Linear(2C, 256), ReLU, Linear(256, 1), on detached logits) with the README's per-sample KL;
+    the reference distributes that module only as a download, so this MLP is this project's own
+    construction (not golden-checked), and it works with ``ctkd_base kd`` only.
+
+    The gradient reaching theta is multiplied by lambda = :func:`reversal_lambda` at the integer
+    epoch floor(``batch["epoch"]``) (1-based; the reference sets it once per epoch), defaults
+    ``decay_max 0 decay_min -1 decay_loops 10 cosine_decay 1`` (its CIFAR script): 0 at epoch 0,
+    -1 from epoch 10 on, i.e. the paper's reversal -lambda with lambda rising 0 -> 1. Without an
+    epoch the end of the curriculum is used. theta is the distiller's own parameter: the trainer's
+    SGD (momentum, weight decay) updates, checkpoints and resumes it, as the reference's optimiser does.
+
+    ``ctkd_base kd`` returns ``ctkd`` = KD(T) (reference: -r 0.1 -a 0.9 -b 0 with the learned T in
+    its KD term; here gamma 0.1, beta 0.9, alpha 0 since the trainer's own KD term has a fixed T).
+    ``ctkd_base dkd`` returns DKD's ``tckd``/``nckd`` at T with ``dkd_alpha`` 1, ``dkd_beta`` (None:
+    mdistiller's per-pair value, 8 otherwise; the CTKD script uses 2 for resnet56/resnet20) and no
+    warm-up; set ``-r 1 -b 1`` as the reference's DKD+CTKD command does.
+    """
+
+    student_taps = ("logits",)
+    teacher_taps = ("logits",)
+    batch_keys = ("labels",)
+    default_weights = {"gamma": 0.1, "alpha": 0.0, "beta": 0.9}
+    options = {"ctkd_base": "kd", "mlp_name": "global", "t_start": 1.0, "t_end": 20.0,
+               "cosine_decay": 1, "decay_max": 0.0, "decay_min": -1.0, "decay_loops": 10.0,
+               "dkd_alpha": 1.0, "dkd_beta": None}
+
+    def __init__(self, spec, **options):
+        super().__init__(spec, **options)
+        if self.ctkd_base not in ("kd", "dkd"):
+            raise ValueError(f"ctkd: ctkd_base must be 'kd' or 'dkd', got {self.ctkd_base!r}")
+        if self.mlp_name not in ("global", "instance"):
+            raise ValueError(f"ctkd: mlp_name must be 'global' or 'instance', got {self.mlp_name!r}")
+        if self.mlp_name == "instance" and self.ctkd_base != "kd":
+            raise ValueError("ctkd: the instance-wise temperature works with ctkd_base kd only")
+        if not self.decay_loops > 0 or self.t_start <= 0 or self.t_end < 0:
+            raise ValueError("ctkd: decay_loops must be positive, t_start positive, t_end non-negative")
+        n_s, n_t = tuple(spec.student["logits"]), tuple(spec.teacher["logits"])
+        if n_s != n_t:
+            raise ValueError(f"ctkd needs student and teacher logits over the same classes; got {n_s} and {n_t}")
+        if self.dkd_beta is None:
+            pair = (spec.extra.get("teacher_arch"), spec.extra.get("student_arch"))
+            self.dkd_beta = BETA_PER_PAIR.get(pair, DEFAULT_BETA)
+        if self.mlp_name == "global":
+            self.global_T = nn.Parameter(torch.ones(1))
+        else:
+            self.mlp = nn.Sequential(nn.Linear(2 * n_s[0], 256), nn.ReLU(inplace=True), nn.Linear(256, 1))
+
+    def grl_lambda(self, batch) -> float:
+        epoch = (batch or {}).get("epoch")
+        epoch = self.decay_loops if epoch is None else math.floor(float(epoch))
+        return reversal_lambda(epoch, self.decay_max, self.decay_min, self.decay_loops, self.cosine_decay)
+
+    def temperature(self, logit_s, logit_t, lambda_):
+        """T ([1], or [B, 1] instance-wise); its gradient to the parameters is scaled by ``lambda_``."""
+        if self.mlp_name == "global":
+            theta = self.global_T
+        else:
+            theta = self.mlp(torch.cat([logit_t, logit_s], dim=1).detach())
+        return self.t_start + self.t_end * torch.sigmoid(_ScaleGradient.apply(theta, lambda_))
+
+    def forward(self, s, t, batch=None):
+        z_s, z_t = s["logits"], t["logits"]
+        T = self.temperature(z_s, z_t, self.grl_lambda(batch))
+        if self.ctkd_base == "dkd":
+            tckd, nckd = dkd_at(z_s, z_t, batch["labels"], T, self.dkd_alpha, self.dkd_beta)
+            return {"tckd": tckd, "nckd": nckd}
+        if self.mlp_name == "instance":
+            return {"ctkd": instance_kd_loss(z_s, z_t, T)}
+        return {"ctkd": kd_loss(z_s, z_t, T)}

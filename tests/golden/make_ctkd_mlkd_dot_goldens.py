@@ -1,0 +1,299 @@
+"""Generate tests/golden/{ctkd,mlkd,dot}.pt from the reference code (see tests/golden/README.md).
+
+    python tests/golden/make_ctkd_mlkd_dot_goldens.py --ctkd CTKD_DIR --mlkd MLKD_DIR \
+        --mdistiller MDISTILLER_DIR [--out tests/golden]
+
+The directories are checkouts of zhengli97/CTKD, Jin-Ying/Multi-Level-Logit-Distillation and
+megvii-research/mdistiller (commits below). Their code is imported from there, never copied:
+packages under private aliases (the references' ``models``/``mdistiller`` names clash with this
+project's and with each other), and CTKD's ``CosineDecay`` class read out of ``train_student.py``
+(whose imports need the ImageNet/DALI stack). CPU, float64, fixed seed; ``.cuda()`` is a no-op.
+"""
+import argparse
+import ast
+import contextlib
+import hashlib
+import importlib
+import importlib.util
+import io
+import math
+import sys
+import types
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+COMMITS = {
+    "ctkd": "zhengli97/CTKD@7d5252241259ae70d38a832371fed9697d15fc14",
+    "mlkd": "Jin-Ying/Multi-Level-Logit-Distillation@5ee473fcf193dfb00a0598b64d0acfe6ad58a482",
+    "dot": "megvii-research/mdistiller@a08d46f10d6102bd6e3f258ca5ac880b020ea259",
+}
+#: git blob ids, at those commits, of the files imported (checked before anything runs)
+BLOBS = {
+    "ctkd": {"models/temp_global.py": "1c1459144f01705e7115e17f2e65cfb53f327db5",
+             "distiller_zoo/KD.py": "e11a51527b268411f7b5e95ad2b0947dc3e7201a",
+             "distiller_zoo/DKD.py": "4a051bf31feaae2f24d3f351b205039c6b7c3f09",
+             "helper/loops.py": "2fc215e8f58f4c5978957147b25faca80da11ce2",
+             "helper/util.py": "6fed5a616760449f92cc22e58916930e09c7eb9b",
+             "train_student.py": "44d63b5f5aee795d08992f896d0aea49c57d3cde"},
+    "mlkd": {"mdistiller/distillers/KD_ours.py": "2eedc85c91018bba920834e25c8e3cbfe434682e",
+             "mdistiller/distillers/_base.py": "901ddcf9002c725f946a8459dbecc9fe038efe2c"},
+    "dot": {"mdistiller/engine/dot.py": "16197810d4f5c4df8c439835eae87e485bf05aae"},
+}
+SEED = 0
+B, C = 8, 10
+
+
+def check_blobs(name: str, root: Path) -> None:
+    for rel, expected in BLOBS[name].items():
+        data = (root / rel).read_bytes()
+        blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        if blob != expected:
+            raise SystemExit(f"{root / rel} is not the file of {COMMITS[name]} (blob {blob}, expected {expected})")
+
+
+def alias_package(alias: str, directory: Path) -> None:
+    """Make ``alias.<module>`` import ``directory/<module>.py`` (relative imports work, no __init__ runs)."""
+    package = types.ModuleType(alias)
+    package.__path__ = [str(directory)]
+    sys.modules[alias] = package
+
+
+def load_file(alias: str, path: Path):
+    spec = importlib.util.spec_from_file_location(alias, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[alias] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def class_from_script(path: Path, name: str, namespace: dict):
+    """One top-level class of a script whose imports cannot run here, executed from its source."""
+    tree = ast.parse(path.read_text(), str(path))
+    node = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name)
+    scope = dict(namespace)
+    exec(compile(ast.Module([node], type_ignores=[]), str(path), "exec"), scope)
+    return scope[name]
+
+
+class FixedLogits(nn.Module):
+    """A model whose output is a fixed logit tensor (a parameter for the student, so it gets a gradient)."""
+
+    def __init__(self, logits, trainable):
+        super().__init__()
+        if trainable:
+            self.logits = nn.Parameter(logits.clone())
+        else:
+            self.register_buffer("logits", logits.clone())
+
+    def forward(self, x, is_feat=False):
+        return [x], self.logits
+
+
+# ---------------------------------------------------------------------------- CTKD
+def make_ctkd(root: Path):
+    alias_package("ref_ctkd_models", root / "models")
+    alias_package("ref_ctkd_zoo", root / "distiller_zoo")
+    alias_package("ref_ctkd_helper", root / "helper")
+    Global_T = importlib.import_module("ref_ctkd_models.temp_global").Global_T
+    DistillKL = importlib.import_module("ref_ctkd_zoo.KD").DistillKL
+    DKDloss = importlib.import_module("ref_ctkd_zoo.DKD").DKDloss
+    train_distill = importlib.import_module("ref_ctkd_helper.loops").train_distill
+    CosineDecay = class_from_script(root / "train_student.py", "CosineDecay", {"math": math})
+    # the CIFAR script: --t_start 1 --t_end 20 (defaults) --cosine_decay 1 --decay_max 0 --decay_min -1 --decay_loops 10
+    hp = dict(t_start=1.0, t_end=20.0, decay_max=0.0, decay_min=-1.0, decay_loops=10.0,
+              lr=0.05, momentum=0.9, weight_decay=5e-4, epoch=3, epoch2=4, dkd_alpha=1.0, dkd_beta=2.0)
+    schedule = CosineDecay(max_value=hp["decay_max"], min_value=hp["decay_min"], num_loops=hp["decay_loops"])
+
+    g = torch.Generator().manual_seed(SEED)
+    logit_s = torch.randn(B, C, generator=g) * 2
+    logit_t = [torch.randn(B, C, generator=g) * 3 for _ in range(2)]
+    target = [torch.randint(0, C, (B,), generator=g) for _ in range(2)]
+
+    def run(distill, gamma, alpha, beta, epochs):
+        """The reference's train_distill, one batch per epoch; -> per epoch (inputs, loss, grads, T before)."""
+        student, mlp = FixedLogits(logit_s, True), Global_T()
+        opt = SimpleNamespace(distill=distill, gamma=gamma, alpha=alpha, beta=beta, have_mlp=1,
+                              t_start=hp["t_start"], t_end=hp["t_end"], kd_T=4, gpu=None,
+                              multiprocessing_distributed=False, print_freq=1, batch_size=B,
+                              dkd_alpha=hp["dkd_alpha"], dkd_beta=hp["dkd_beta"])
+        criteria = nn.ModuleList([nn.CrossEntropyLoss(), DistillKL(), DKDloss() if distill == "dkd" else DistillKL()])
+        optimizer = torch.optim.SGD(nn.ModuleList([student, mlp]).parameters(), lr=hp["lr"],
+                                    momentum=hp["momentum"], weight_decay=hp["weight_decay"])
+        out = []
+        for k, epoch in enumerate(epochs):
+            teacher = FixedLogits(logit_t[k], False)
+            before = {"logit_s": student.logits.detach().clone(), "global_T": mlp.global_T.detach().clone()}
+            loader = [(torch.zeros(B, 1), target[k])]
+            with contextlib.redirect_stdout(io.StringIO()):
+                _, _, loss, _ = train_distill(epoch, loader, nn.ModuleList([student, teacher]), mlp,
+                                              schedule.get_value(epoch), criteria, optimizer, opt)
+            grads = {"logit_s": student.logits.grad.clone(), "params.global_T": mlp.global_T.grad.clone()}
+            inputs = {"logit_s": before["logit_s"], "logit_t": logit_t[k], "target": target[k],
+                      "epoch": torch.tensor(float(epoch))}
+            out.append((inputs, torch.tensor(loss), grads, before["global_T"], schedule.get_value(epoch)))
+        return out
+
+    # -r 0 -a 1 -b 0: the loss is the KD term at the learned temperature alone
+    (inputs, loss, grads, theta, lam), (inputs2, loss2, grads2, _, lam2) = run("kd", 0.0, 1.0, 0.0,
+                                                                             [hp["epoch"], hp["epoch2"]])
+    # -r 0 -a 0 -b 1 --distill dkd: DKD at the learned temperature alone, same first batch
+    (_, loss_dkd, grads_dkd, _, _), = run("dkd", 0.0, 0.0, 1.0, [hp["epoch"]])
+    if grads_dkd["params.global_T"].isnan().all():  # 0 * log 0 in its probability-space KL: not comparable
+        del grads_dkd["params.global_T"]
+    return {
+        "method": "ctkd",
+        "reference": f"{COMMITS['ctkd']} models/temp_global.py Global_T + distiller_zoo/KD.py DistillKL "
+                     "(DKD.py DKDloss) + helper/loops.py train_distill + train_student.py CosineDecay",
+        "hparams": hp, "inputs": inputs, "params": {"global_T": theta}, "trainable": ["global_T"],
+        "loss": loss, "grads": grads, "state_after": {},
+        "extra": {
+            "step2": {"inputs": inputs2, "loss": loss2, "grads": grads2,
+                      "sgd": {"lr": hp["lr"], "momentum": hp["momentum"], "weight_decay": hp["weight_decay"]}},
+            "dkd_base": {"loss": loss_dkd, "grads": grads_dkd},
+            "lambda": torch.tensor([lam, lam2]),
+            "temperature": hp["t_start"] + hp["t_end"] * torch.sigmoid(theta),
+        },
+        "notes": "One batch per epoch through the reference's own train_distill with mock models "
+                 "returning fixed logits (the student's are a parameter). loss = the KD term at the "
+                 "learned T (-r 0 -a 1 -b 0); grads.params.global_T is the reversed gradient "
+                 "(lambda = CosineDecay(0, -1, 10).get_value(epoch) < 0). step2: the next epoch after "
+                 "the reference's SGD step (lr 0.05, momentum 0.9, wd 5e-4; its first step, so the "
+                 "update is lr (g + wd theta)); its logit_s input is the student's logits after that "
+                 "step. dkd_base: --distill dkd -r 0 -a 0 -b 1 --dkd_beta 2 at the first epoch; its temperature "
+                 "gradient is NaN in the reference (the masked teacher probability of the target class "
+                 "underflows to 0 and the KL's target-side derivative log 0 + 1 meets d p / d T = 0), so "
+                 "only loss and logit_s are recorded for it.",
+    }
+
+
+# ---------------------------------------------------------------------------- MLKD
+def make_mlkd(root: Path):
+    alias_package("ref_mlkd", root / "mdistiller" / "distillers")
+    KD_ours = importlib.import_module("ref_mlkd.KD_ours").KD_ours
+    cfg = SimpleNamespace(KD=SimpleNamespace(TEMPERATURE=4.0, LOSS=SimpleNamespace(CE_WEIGHT=0.1, KD_WEIGHT=1.0)))
+
+    g = torch.Generator().manual_seed(SEED + 1)
+    weak_s, weak_t = torch.randn(B, C, generator=g) * 2, torch.randn(B, C, generator=g) * 3
+    strong_s, strong_t = torch.randn(B, C, generator=g) * 2, torch.randn(B, C, generator=g) * 3
+    target = torch.randint(0, C, (B,), generator=g)
+
+    class ByImage(nn.Module):
+        """The image tensor selects the view: 0 = weak, 1 = strong."""
+
+        def __init__(self, views):
+            super().__init__()
+            self.views = views
+
+        def forward(self, image):
+            return self.views[int(image.reshape(-1)[0])], None
+
+    def run(views_s, views_t, strong_image):
+        leaves = [v.clone().requires_grad_(True) for v in views_s]
+        distiller = KD_ours(ByImage(leaves), ByImage(views_t), cfg)
+        distiller.train()
+        weak, strong = torch.zeros(B, 1), torch.full((B, 1), float(strong_image))
+        _, losses = distiller.forward_train(image_weak=weak, image_strong=strong, target=target)
+        loss = losses["loss_kd"] + losses["loss_cc"] + losses["loss_bc"]
+        loss.backward()
+        terms = {k: losses[k].detach() for k in ("loss_kd", "loss_cc", "loss_bc")}
+        return loss.detach(), [leaf.grad for leaf in leaves], terms
+
+    # one view: the strong image is the weak one (the single-view data path)
+    loss, (grad_s, _), terms = run([weak_s, strong_s], [weak_t, strong_t], strong_image=0)
+    loss2, (grad_weak, grad_strong), terms2 = run([weak_s, strong_s], [weak_t, strong_t], strong_image=1)
+    return {
+        "method": "mlkd",
+        "reference": f"{COMMITS['mlkd']} mdistiller/distillers/KD_ours.py KD_ours.forward_train (kd_loss, cc_loss, bc_loss)",
+        "hparams": {"temperature": 4.0, "temperatures": [4.0, 3.0, 5.0, 2.0, 6.0], "kd_weight": 1.0,
+                    "kd_weight_reference": 0.9, "ce_weight_reference": 0.1},
+        "inputs": {"logit_s": weak_s, "logit_t": weak_t}, "params": {}, "trainable": [],
+        "loss": loss, "grads": {"logit_s": grad_s}, "state_after": {},
+        "extra": {
+            **terms,
+            "two_views": {"inputs": {"logit_s_strong": strong_s, "logit_t_strong": strong_t},
+                          "loss": loss2, "grads": {"logit_s": grad_weak, "logit_s_strong": grad_strong},
+                          **terms2},
+        },
+        "notes": "forward_train of the reference on mock student/teacher returning fixed logits per view, "
+                 "KD.LOSS.KD_WEIGHT 1 (reference 0.9) so the loss is unweighted; loss = loss_kd + loss_cc + "
+                 "loss_bc (loss_ce left out). Main record: image_strong = image_weak (one view). "
+                 "extra.two_views: distinct strong logits; the reference's strong KD at T 2 and 6 reads the "
+                 "weak logits, and its strong cc/bc terms are computed but not returned.",
+    }
+
+
+# ---------------------------------------------------------------------------- DOT
+def make_dot(root: Path):
+    DOT = load_file("ref_mdistiller_dot", root / "mdistiller" / "engine" / "dot.py").DistillationOrientedTrainer
+    hp = {"lr": 0.1, "momentum": 0.9, "delta": 0.075, "weight_decay": 5e-4, "steps": 3}
+    g = torch.Generator().manual_seed(SEED + 2)
+    n, d, h, classes, f = 6, 5, 4, 3, 2
+    inputs = {"x": torch.randn(n, d, generator=g), "y": torch.randint(0, classes, (n,), generator=g),
+              "feat_t": torch.randn(n, f, generator=g),
+              "w_shared": torch.randn(h, d, generator=g) * 0.5, "b_shared": torch.randn(h, generator=g) * 0.5,
+              "w_task": torch.randn(classes, h, generator=g) * 0.5, "w_kd": torch.randn(f, h, generator=g) * 0.5}
+    params = [nn.Parameter(inputs[k].clone()) for k in ("w_shared", "b_shared", "w_task", "w_kd")]
+    # mdistiller/engine/trainer.py DOT.init_optimizer
+    opt = DOT(params, lr=hp["lr"], momentum=hp["momentum"] - hp["delta"], momentum_kd=hp["momentum"] + hp["delta"],
+              weight_decay=hp["weight_decay"])
+    losses, trajectory = [], []
+    for _ in range(hp["steps"]):
+        hidden = torch.tanh(inputs["x"] @ params[0].t() + params[1])
+        loss_task = F.cross_entropy(hidden @ params[2].t(), inputs["y"])
+        loss_kd = F.mse_loss(hidden @ params[3].t(), inputs["feat_t"])
+        # mdistiller/engine/trainer.py DOT.train_iter
+        opt.zero_grad(set_to_none=True)
+        loss_kd.backward(retain_graph=True)
+        opt.step_kd()
+        opt.zero_grad(set_to_none=True)
+        loss_task.backward()
+        opt.step()
+        losses.append(torch.stack([loss_task.detach(), loss_kd.detach()]))
+        trajectory.append([p.detach().clone() for p in params])
+    return {
+        "method": "dot",
+        "reference": f"{COMMITS['dot']} mdistiller/engine/dot.py DistillationOrientedTrainer "
+                     "(built and stepped as mdistiller/engine/trainer.py DOT does)",
+        "hparams": hp, "inputs": inputs, "params": {}, "trainable": [],
+        "loss": torch.stack(losses), "grads": {}, "state_after": {},
+        "extra": {"params": trajectory,
+                  "momentum_buffer": [opt.state[p]["momentum_buffer"].clone() for p in params[:3]],
+                  "momentum_kd_buffer": [opt.state[p]["momentum_kd_buffer"].clone()
+                                         for p in (params[0], params[1], params[3])]},
+        "notes": "An optimiser, not a loss. Tiny model h = tanh(x w_shared^T + b_shared), task loss "
+                 "CE(h w_task^T, y), distillation loss MSE(h w_kd^T, feat_t); momentum 0.9 -/+ delta 0.075. "
+                 "loss = [steps, 2] (task, distillation) before each update; extra.params = [w_shared, "
+                 "b_shared, w_task, w_kd] after each update; buffers after the last update: "
+                 "momentum_buffer of (w_shared, b_shared, w_task), momentum_kd_buffer of (w_shared, b_shared, w_kd).",
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ctkd", type=Path, required=True, help="zhengli97/CTKD checkout")
+    parser.add_argument("--mlkd", type=Path, required=True, help="Jin-Ying/Multi-Level-Logit-Distillation checkout")
+    parser.add_argument("--mdistiller", type=Path, required=True, help="megvii-research/mdistiller checkout")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
+    args = parser.parse_args()
+
+    for name, root in (("ctkd", args.ctkd), ("mlkd", args.mlkd), ("dot", args.mdistiller)):
+        check_blobs(name, root)
+    torch.set_default_dtype(torch.float64)
+    torch.manual_seed(SEED)
+    torch.Tensor.cuda = lambda self, *a, **k: self  # the references call .cuda() on CPU tensors
+    nn.Module.cuda = lambda self, *a, **k: self
+    common = {"dtype": "float64", "split": "public", "seed": SEED, "torch_version": str(torch.__version__),
+              "tolerance": 1e-10}
+    for record in (make_ctkd(args.ctkd), make_mlkd(args.mlkd), make_dot(args.mdistiller)):
+        record = {**common, **record}
+        path = args.out / f"{record['method']}.pt"
+        torch.save(record, path)
+        print(f"wrote {path}: loss {record['loss'].reshape(-1)[:4].tolist()}")
+
+
+if __name__ == "__main__":
+    main()
