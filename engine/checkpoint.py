@@ -2,9 +2,13 @@
 
 A checkpoint is a plain dict of tensors and primitives::
 
-    format, arch, num_classes, dataset, model, epoch, step, phase, optimizer,
-    scheduler, distiller, distiller_name, shape_spec, rng, config, code_version,
-    acc, best_acc
+    format, arch, num_classes, dataset, model, epoch, step, phase, init_done, optimizer,
+    scheduler, distiller, distiller_name, distiller_options, shape_spec, world_size,
+    ranks (per rank: rng, epoch_totals, buffers that differ from rank 0's), rng (rank 0's),
+    config, weights, code_version, acc, best_acc, finished
+
+``epoch``/``step`` name the next batch to train: every checkpoint is taken at a moment
+where the weights, buffers, optimizer, scheduler and RNG states all describe that point.
 
 Teachers load from this format or from RepDistiller's ``{'model': state_dict}``.
 """
@@ -21,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine.interrupts import fault_point
+
 FORMAT = "distillers/1"
 
 
@@ -28,33 +34,83 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable or does not fit its architecture."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_atomic(state: Dict[str, Any], path: str) -> None:
-    """Write to a temporary file in the same folder, then rename over ``path``."""
+    """Write to a temporary file in the same folder, then rename over ``path``.
+
+    The old file stays intact until the new one is complete; a write that fails (a full
+    disk, a lost mount) is a :class:`CheckpointError` naming the file. The file gets the
+    permissions of the umask, like any file the user creates.
+    """
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
+    except OSError as err:
+        raise CheckpointError(f"cannot write checkpoint '{path}': {err.strerror or err}") from None
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             torch.save(state, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        fault_point("save")
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        _discard(tmp)
+        reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
+        raise CheckpointError(f"cannot write checkpoint '{path}': {reason}. Is the disk full? "
+                              "The previous checkpoint there, if any, is intact") from None
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _discard(tmp)
         raise
 
 
+def _discard(tmp: str) -> None:
+    if os.path.exists(tmp):
+        os.unlink(tmp)
+
+
+#: First bytes of what torch.save writes: a zip archive, or a legacy pickle (protocol 2+).
+_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
 def load(path: str) -> Dict[str, Any]:
+    """A checkpoint as a plain dict, read with ``weights_only=True`` (no code runs from the file)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint '{path}' does not exist")
     try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as err:
+        raise CheckpointError(f"cannot read checkpoint '{path}': {err.strerror}") from None
+    if not head.startswith(_MAGIC):
+        raise CheckpointError(f"'{path}' is not a PyTorch checkpoint (a file written by torch.save); "
+                              f"it starts with {head!r}")
+    try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"cannot read checkpoint '{path}': {err}") from None
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            raise CheckpointError(f"refusing to load '{path}': it holds Python objects beyond tensors and plain "
+                                  f"values, which could run code ({first})") from None
+        raise CheckpointError(f"cannot read checkpoint '{path}' (truncated or corrupt?): {first}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint '{path}' holds a {type(state).__name__}, expected a dict")
     return state
+
+
+def require(state: Dict[str, Any], path: str, keys) -> None:
+    """A resumable checkpoint has every key the trainer restores."""
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise CheckpointError(f"'{path}' cannot be resumed: it lacks {', '.join(missing)} (a checkpoint of "
+                              "another tool or an older version?); start a new run instead")
 
 
 def model_state(state: Dict[str, Any]) -> Dict[str, torch.Tensor]:

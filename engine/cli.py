@@ -1,4 +1,9 @@
-"""Entry points shared by train_teacher.py and train_student.py: parse, launch, report errors."""
+"""Entry points shared by train_teacher.py and train_student.py: parse, launch, report errors.
+
+A user's mistake (a bad flag, a missing dataset, a checkpoint that does not fit) and an
+interrupted run end in one ``error:`` / ``stopped`` line and a non-zero exit code, never a
+traceback: 2 for an error, 128 + the signal for an interrupt (130 SIGINT, 143 SIGTERM).
+"""
 from __future__ import annotations
 
 import importlib
@@ -11,9 +16,17 @@ from distillers.registry import UnknownNameError
 from engine import config
 from engine.checkpoint import CheckpointError
 from engine.distributed import DistInfo, launch
+from engine.interrupts import STOP, RunInterrupted
 
 #: Errors that are the user's input, printed as one line instead of a traceback.
 USER_ERRORS = (config.ConfigError, CheckpointError, UnknownNameError, FileNotFoundError)
+
+
+def user_errors():
+    """USER_ERRORS plus the error types of the data and trainer modules (imported lazily)."""
+    from data.registry import DataError
+    from engine.trainer import TrainingError
+    return USER_ERRORS + (DataError, TrainingError)
 
 
 def load_plugins(plugins: Sequence[str]) -> None:
@@ -29,6 +42,33 @@ def load_plugins(plugins: Sequence[str]) -> None:
             spec.loader.exec_module(module)
         else:
             importlib.import_module(plugin)
+
+
+class _Guarded:
+    """A rank's main: ``body(info, args)`` with deferred signals; returns the exit code.
+    (A class, not a closure, so that ``torch.multiprocessing.spawn`` can pickle it.)"""
+
+    def __init__(self, prog: str, body):
+        self.prog, self.body = prog, body
+
+    def __call__(self, info: DistInfo, args) -> int:
+        STOP.install()
+        try:
+            self.body(info, args)
+        except RunInterrupted as stop:
+            if info.is_main:
+                print(f"{self.prog}: {stop}", file=sys.stderr, flush=True)
+            return stop.exit_code
+        except user_errors() as err:
+            where = "" if info.is_main else f"[rank {info.rank}] "
+            print(f"{self.prog}: error: {where}{err}", file=sys.stderr, flush=True)
+            return 2
+        except KeyboardInterrupt:
+            return 130
+        finally:
+            STOP.uninstall()
+            STOP.signal = None
+        return 0
 
 
 def _teacher_main(info: DistInfo, args) -> None:
@@ -54,15 +94,12 @@ def _student_main(info: DistInfo, args) -> None:
 
 
 def _run(parser, main, argv) -> int:
-    args = config.parse(parser, argv)
     try:
-        launch(main, args)
-    except USER_ERRORS as err:
+        args = config.parse(parser, argv)
+    except config.ConfigError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return launch(_Guarded(parser.prog, main), args)
 
 
 def teacher(argv: Optional[Sequence[str]] = None) -> int:

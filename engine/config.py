@@ -50,6 +50,13 @@ class ConfigError(ValueError):
     """A bad flag, config key or flag combination, reported before training starts."""
 
 
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (the full usage is what ``--help`` is for)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _milestones(values: Sequence[str]) -> List[int]:
     """Accept both ``150,180,210`` and ``150 180 210``."""
     out: List[int] = []
@@ -116,7 +123,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
                      help="folder for run folders, outside the code")
     run.add_argument("--save_dir", default=None, help="exact run folder (default: <save_root>/<kind>/<run name>)")
     run.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
-                     help="continue a run exactly: from CKPT, or from <run folder>/latest.pth")
+                     help="continue a run exactly: from CKPT, or from <run folder>/latest.pth (a run that has "
+                          "none yet starts from the beginning); the run's recorded hyper-parameters must not change")
+    run.add_argument("--overwrite", action="store_true",
+                     help="start over in a run folder that already holds a run (its checkpoints and logs "
+                          "are deleted); without it such a folder is refused unless --resume continues it")
     run.add_argument("--config", default=None, help="YAML file of flag values; the command line wins")
     run.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE_OR_FILE",
                      help="import a module or .py file first, e.g. one that registers your own "
@@ -144,7 +155,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def teacher_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="train_teacher.py",
         description="Train a model from scratch (a teacher, or a vanilla student baseline).",
         formatter_class=HelpFormatter)
@@ -168,7 +179,7 @@ def _method_option_help() -> Dict[str, str]:
 def student_parser() -> argparse.ArgumentParser:
     from distillers import list_distillers
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="train_student.py",
         description="Distil a teacher into a student with any registered method.",
         formatter_class=HelpFormatter)
@@ -211,8 +222,17 @@ def load_yaml(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
     """Read a YAML config; keys are flag names (``lr_decay_epochs``, ``nce_k``, ``data-root``...)."""
     if not os.path.isfile(path):
         raise ConfigError(f"--config {path}: no such file")
-    with open(path, encoding="utf-8") as fh:
-        values = yaml.safe_load(fh) or {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            values = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"--config {path}: not valid YAML{where}: {problem} (only plain values are read: "
+                          "no Python tags)") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"--config {path}: cannot read it ({err})") from None
     if not isinstance(values, dict):
         raise ConfigError(f"--config {path}: expected a mapping of flag names to values")
     dests = _dests(parser)
@@ -233,17 +253,14 @@ def parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None)
     """Parse flags, layering: parser defaults < YAML config < command line."""
     first, _ = parser.parse_known_args(argv)
     if first.config:
-        try:
-            parser.set_defaults(**load_yaml(first.config, parser))
-        except ConfigError as err:
-            parser.error(str(err))
+        parser.set_defaults(**load_yaml(first.config, parser))
     args = parser.parse_args(argv)
     if args.lr_decay_epochs is not None:
         try:
             args.lr_decay_epochs = _milestones(args.lr_decay_epochs if isinstance(args.lr_decay_epochs, list)
                                                else [args.lr_decay_epochs])
         except argparse.ArgumentTypeError as err:
-            parser.error(str(err))
+            raise ConfigError(str(err)) from None
     args.data_opts = dict(args.data_opts) if isinstance(args.data_opts, list) else dict(args.data_opts or {})
     if args.skip_bad_images:  # a dataset option; datasets without image files reject it by name
         args.data_opts["skip_bad_images"] = True
@@ -267,3 +284,77 @@ def apply_recipe(args: argparse.Namespace, family: str, model_name: str, log=pri
         args.learning_rate = SMALL_LR
         log(f"learning rate {SMALL_LR} for {model_name} (the reference recipe for MobileNet/ShuffleNet "
             "students; set --learning_rate to override)")
+
+
+def validate_numbers(args: argparse.Namespace, world_size: int = 1, log=print) -> None:
+    """The optimisation flags (after the recipe) make sense, before any data is read or folder made."""
+    def bad(flag: str, value, accepted: str) -> ConfigError:
+        return ConfigError(f"{flag} {value}: {accepted}")
+
+    if not isinstance(args.batch_size, int) or args.batch_size < 1:
+        raise bad("--batch_size", args.batch_size, "must be a positive integer (the global batch)")
+    if args.batch_size % world_size:
+        raise ConfigError(f"--batch_size {args.batch_size} is not divisible by the {world_size} processes")
+    if not isinstance(args.epochs, int) or args.epochs < 1:
+        raise bad("--epochs", args.epochs, "must be a positive integer")
+    if not args.learning_rate > 0:
+        raise bad("--learning_rate", args.learning_rate, "must be positive")
+    if not args.lr_decay_rate > 0:
+        raise bad("--lr_decay_rate", args.lr_decay_rate, "must be positive (the lr is multiplied by it)")
+    if args.weight_decay < 0:
+        raise bad("--weight_decay", args.weight_decay, "must be 0 or positive")
+    if not 0 <= args.momentum < 1:
+        raise bad("--momentum", args.momentum, "must be in [0, 1)")
+    if args.eval_freq < 1:
+        raise bad("--eval_freq", args.eval_freq, "must be a positive integer")
+    if args.num_workers < 0:
+        raise bad("--num_workers", args.num_workers, "must be 0 (load in the main process) or more")
+    if getattr(args, "nprocs", None) is not None and args.nprocs < 1:
+        raise bad("--nprocs", args.nprocs, "must be a positive integer")
+    milestones = list(args.lr_decay_epochs or [])
+    if any(m < 1 for m in milestones) or milestones != sorted(set(milestones)):
+        raise bad("--lr_decay_epochs", ",".join(map(str, milestones)),
+                  "must be increasing positive epoch numbers, e.g. 150,180,210")
+    late = [m for m in milestones if m > args.epochs]
+    if late:
+        log(f"note: lr decay epochs {late} lie beyond --epochs {args.epochs} and are never reached")
+
+
+#: Flags that may change when a run is resumed because they do not change what it computes.
+RESUME_FREE = frozenset({
+    "resume", "overwrite", "config", "plugins", "no_tensorboard", "save_root", "save_dir", "gpu_id", "device",
+    "dist_url", "rank", "dist_backend", "multiprocessing_distributed", "nprocs", "world_size", "evaluate",
+    "path_s", "skip_bad_images", "trial",
+})
+#: Flags that may change with a warning: they alter the run, but a user may mean it.
+RESUME_WARN = {
+    "epochs": "the run's length changes (the lr schedule does not)",
+    "eval_freq": "evaluations (and so best.pth) follow the new frequency",
+    "num_workers": "the loader's worker streams change, so augmentations are no longer those of the first run",
+    "path_t": "the teacher is read from the new path; it must be the same teacher",
+    "data_root": "the data are read from the new folder; they must be the same data",
+}
+
+
+def resume_conflicts(recorded: Dict[str, Any], current: Dict[str, Any]):
+    """(errors, warnings) for flags whose value differs from the run's recorded config."""
+    def comparable(key, values):
+        value = values.get(key)
+        if key == "data_opts" and isinstance(value, dict):  # skipping bad images may be switched on later
+            value = {k: v for k, v in value.items() if k != "skip_bad_images"}
+        return value
+
+    errors, warnings = [], []
+    method_keys = {k for k in set(recorded) | set(current) if k.startswith("method__")}  # set only when given
+    for key in sorted((set(recorded) & set(current)) | method_keys):
+        old, new = comparable(key, recorded), comparable(key, current)
+        if key in RESUME_FREE or old == new:
+            continue
+        flag = "--" + key.replace("method__", "")
+        said = lambda v: "its default" if v is None else repr(v)  # noqa: E731
+        text = f"{flag} is {said(new)} here, the run was started with {said(old)}"
+        if key in RESUME_WARN:
+            warnings.append(f"{text}: {RESUME_WARN[key]}")
+        else:
+            errors.append(text)
+    return errors, warnings

@@ -11,9 +11,12 @@ One code path from one process to many nodes:
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import signal
+import sys
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -52,35 +55,60 @@ def _init_group(args, rank: int, world_size: int, local_rank: int, init_method: 
     return DistInfo(rank, world_size, local_rank, device)
 
 
-def _spawned(local_rank: int, per_node: int, args, main: Callable[[DistInfo, object], None]) -> None:
+def _spawned(local_rank: int, per_node: int, args, main: Callable[[DistInfo, object], int]) -> None:
+    """A spawned rank: its exit code is what ``main`` returns (errors are reported by ``main``)."""
     rank = args.rank * per_node + local_rank
     info = _init_group(args, rank, args.world_size * per_node, local_rank, args.dist_url)
     try:
-        main(info, args)
+        code = main(info, args)
     finally:
         dist.destroy_process_group()
+    if code:
+        sys.exit(code)
 
 
-def launch(main: Callable[[DistInfo, object], None], args) -> None:
-    """Run ``main(DistInfo, args)`` in as many processes as the flags ask for."""
+def _spawn(per_node: int, args, main: Callable[[DistInfo, object], int]) -> int:
+    """Start the ranks and wait; SIGTERM to this parent is passed on to every rank (a scheduler
+    may signal only the parent), SIGINT is not (a terminal's Ctrl-C already reached them all)."""
+    context = torch.multiprocessing.start_processes(_spawned, nprocs=per_node, args=(per_node, args, main),
+                                                    join=False, start_method="spawn")
+
+    def forward(signum, frame):
+        if signum == signal.SIGTERM:
+            for process in context.processes:
+                if process.is_alive():
+                    os.kill(process.pid, signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not context.join(grace_period=10):  # a failed rank's peers get 10 s to end cleanly
+            pass
+    except torch.multiprocessing.ProcessExitedException as err:
+        return err.exit_code if err.exit_code and err.exit_code > 0 else 128 + abs(err.exit_code or 1)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def launch(main: Callable[[DistInfo, object], int], args) -> int:
+    """Run ``main(DistInfo, args)`` in as many processes as the flags ask for; the exit code."""
     if args.gpu_id is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu_id)
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # torchrun
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         info = _init_group(args, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), local_rank, "env://")
         try:
-            main(info, args)
+            return main(info, args)
         finally:
             dist.destroy_process_group()
-        return
     if args.multiprocessing_distributed or args.nprocs:
         use_cuda = args.device != "cpu" and torch.cuda.is_available()
         per_node = torch.cuda.device_count() if use_cuda else (args.nprocs or 1)
         if use_cuda and args.nprocs:
             per_node = min(per_node, args.nprocs)
-        torch.multiprocessing.spawn(_spawned, nprocs=per_node, args=(per_node, args, main))
-        return
-    main(DistInfo(device=_device(args, 0)), args)
+        return _spawn(per_node, args, main)
+    return main(DistInfo(device=_device(args, 0)), args)
 
 
 class EpochSampler(DistributedSampler):
@@ -132,3 +160,67 @@ def average_gradients(params) -> None:
         if p.grad is not None:
             dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
             p.grad.div_(world)
+
+
+def _group_ready() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def gather_to_main(obj: Any) -> Optional[List[Any]]:
+    """Every rank's ``obj`` as a list on rank 0 (None elsewhere); ``[obj]`` on one process."""
+    if not _group_ready():
+        return [obj]
+    out = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def broadcast_result(fn: Optional[Callable[[], Any]]) -> Any:
+    """Run ``fn`` on rank 0 and give every rank its result, or its user error raised on every
+    rank (so that no rank waits forever for one that failed)."""
+    from engine.config import ConfigError
+
+    if not _group_ready():
+        return fn() if fn is not None else None
+    box: List[Any] = [None]
+    if dist.get_rank() == 0:
+        try:
+            box[0] = ("ok", fn() if fn is not None else None)
+        except ConfigError as err:
+            box[0] = ("error", str(err))
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise ConfigError(value)
+    return value
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op on one process)."""
+    if _group_ready():
+        dist.barrier()
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm statistics drift per rank between DDP forwards)."""
+    if _group_ready():
+        for buffer in module.buffers():
+            dist.broadcast(buffer.data, src=0)
+
+
+def _digest(tensor: torch.Tensor) -> str:
+    data = tensor.detach().cpu().contiguous().reshape(-1)
+    return hashlib.sha1(data.view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def rank_differences(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The entries of ``state`` that differ from rank 0's (always empty on rank 0): what a
+    checkpoint must keep per rank, e.g. BatchNorm statistics of a distiller's connectors.
+    Shared memories (CRD's banks, queues) are identical on every rank and are not repeated."""
+    if not _group_ready():
+        return {}
+    digests = [{k: _digest(v) for k, v in state.items()} if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(digests, src=0)
+    if dist.get_rank() == 0:
+        return {}
+    return {k: v.detach().cpu().clone() for k, v in state.items() if _digest(v) != digests[0].get(k)}

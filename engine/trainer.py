@@ -4,10 +4,15 @@ A teacher run is a student run without a teacher and without a distiller. A
 student step taps the student (and, under ``no_grad``, the teacher) with forward
 hooks, hands the features to the distiller, and minimises
 ``gamma * CE + alpha * KD + beta * method``. Initialisation stages (AB, FT, FSP)
-run first through the same epoch loop. Every epoch ends with ``latest.pth`` (and
-``best.pth``); Ctrl-C writes ``latest.pth`` at the exact batch reached, and
-``--resume`` continues from it bit for bit on CPU (mid-epoch: with ``--num_workers 0``,
-since worker processes draw their augmentation from per-epoch seeds).
+run first through the same epoch loop.
+
+Nothing is lost and nothing is trained twice: SIGINT and SIGTERM are deferred to the
+next safe point (:mod:`engine.interrupts`): after an optimizer step, or after an epoch's
+evaluation and checkpoint. There ``latest.pth`` is written, holding every rank's RNG
+state, the per-rank buffers that differ from rank 0's and the epoch's running train
+metrics, and the run stops. ``--resume`` continues from it bit for bit on CPU, on one
+process or K (the same K). Mid-epoch that needs ``--num_workers 0``: worker processes
+draw augmentations from per-worker streams that a resume cannot line up again.
 """
 from __future__ import annotations
 
@@ -31,32 +36,46 @@ from distillers import Distiller, FeatureTaps, ShapeSpec, build_distiller
 from distillers.base import DISTILLERS
 from distillers.taps import standard_taps
 from engine import checkpoint as ckpt
-from engine.config import ConfigError, apply_recipe, method_options
-from engine.distributed import DistInfo, all_reduce_sum, average_gradients
+from engine.config import ConfigError, apply_recipe, method_options, resume_conflicts, validate_numbers
+from engine.distributed import (DistInfo, all_reduce_sum, average_gradients, barrier, broadcast_buffers, broadcast_result,
+                                gather_to_main, rank_differences)
+from engine.interrupts import STOP, RunInterrupted, fault_point
+from engine.run_folder import RunFolder
 from engine.loaders import eval_loader
 from engine.tasks import TASKS, unpack
 from models import create_model
 from models.registry import resolve_model
 
 
+class TrainingError(ValueError):
+    """The run cannot go on (a non-finite loss); the message says where and what to do."""
+
+
 class Logger:
-    """Rank-0 printing and TensorBoard scalars; silent on other ranks."""
+    """Rank-0 printing and TensorBoard scalars; silent on other ranks.
+
+    The event file is opened at the first scalar, so a run that fails before it
+    leaves no ``tb/`` folder; a resumed run purges events written after its checkpoint.
+    """
 
     def __init__(self, info: DistInfo, run_dir: Optional[str], tensorboard: bool):
         self.info = info
+        self.run_dir, self.tensorboard = run_dir, tensorboard
         self.writer = None
-        if info.is_main and run_dir and tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(os.path.join(run_dir, "tb"))
+        self.purge_step: Optional[int] = None
 
     def __call__(self, *msg: Any) -> None:
         if self.info.is_main:
             print(*msg, flush=True)
 
     def scalars(self, prefix: str, values: Dict[str, float], step: int) -> None:
-        if self.writer:
-            for key, value in values.items():
-                self.writer.add_scalar(f"{prefix}/{key}", value, step)
+        if not (self.info.is_main and self.run_dir and self.tensorboard):
+            return
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(os.path.join(self.run_dir, "tb"), purge_step=self.purge_step)
+        for key, value in values.items():
+            self.writer.add_scalar(f"{prefix}/{key}", value, step)
 
     def close(self) -> None:
         if self.writer:
@@ -87,6 +106,35 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class EpochTotals:
+    """Running sums of one epoch's train metrics, kept in checkpoints so that an epoch
+    resumed in the middle still reports over all of its batches."""
+
+    def __init__(self, values: Optional[Dict[str, float]] = None):
+        self.values: Dict[str, float] = dict(values or {})
+
+    def add(self, n: int, correct: int, loss: float, terms: Dict[str, float], seconds: float) -> None:
+        v = self.values
+        for key, value in (("seen", n), ("correct", correct), ("seconds", seconds), ("loss", loss * n)):
+            v[key] = v.get(key, 0.0) + value
+        for key, value in terms.items():
+            v["term/" + key] = v.get("term/" + key, 0.0) + value * n
+
+    def metrics(self, train_accuracy: bool) -> Dict[str, float]:
+        """Per-sample means over every rank, top-1 if the task has one, and images per second."""
+        keys = sorted(self.values)
+        totals = all_reduce_sum(torch.tensor([self.values[k] for k in keys], dtype=torch.float64))
+        summed = dict(zip(keys, totals.tolist()))
+        seen = max(summed.get("seen", 0.0), 1.0)
+        out = {k[len("term/"):]: v / seen for k, v in summed.items() if k.startswith("term/")}
+        out["loss"] = summed.get("loss", 0.0) / seen
+        if train_accuracy:
+            out["top1"] = 100.0 * summed.get("correct", 0.0) / seen
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        out["images_per_s"] = summed.get("seen", 0.0) / max(summed.get("seconds", 0.0) / world, 1e-9)
+        return out
+
+
 def load_teacher(path: str, model_t: Optional[str], family: str, num_classes: int, **model_kwargs) -> nn.Module:
     """Teacher from our checkpoint or a RepDistiller one; architecture recorded, given or parsed."""
     state = ckpt.load(path)
@@ -113,7 +161,9 @@ class Trainer:
         self.phase = "main"
         self.init_done = 0      # init-stage epochs completed
         self.best_acc = 0.0
-        self._rng_at_step = None  # RNG state after the last optimizer step (mid-epoch saves)
+        self.last_acc = float("nan")  # score of the last evaluation (recorded in checkpoints)
+        self.epoch_totals = EpochTotals()
+        self.saved_any = False  # whether this run wrote a checkpoint (else its new folder is removed)
         self.log = Logger(info, None, False)
         self._build()
 
@@ -126,16 +176,14 @@ class Trainer:
         self.task.configure(args, self.kind, log=self.log)  # task defaults (metric: model, method, recipe)
         self._check_names()
         self.family = meta["family"]
+        model_name = args.model if self.kind == "teacher" else args.model_s
+        apply_recipe(args, self.family, model_name, log=self.log)
+        validate_numbers(args, self.info.world_size, log=self.log)  # before any data is read or folder made
+        self.batch_per_rank = args.batch_size // self.info.world_size
         root = args.data_root or datasets.default_data_root()
         self.train_set = datasets.build_dataset(args.dataset, root, "train", **args.data_opts)
         self.test_set = datasets.build_dataset(args.dataset, root, "test", **args.data_opts)
         self.num_classes = self.train_set.num_classes
-        model_name = args.model if self.kind == "teacher" else args.model_s
-        apply_recipe(args, self.family, model_name, log=self.log)
-        if args.batch_size % self.info.world_size:
-            raise ConfigError(f"--batch_size {args.batch_size} is not divisible by the "
-                              f"{self.info.world_size} processes")
-        self.batch_per_rank = args.batch_size // self.info.world_size
         example = torch.zeros((2,) + tuple(self.test_set[0][0].shape))
 
         self.model = create_model(model_name, num_classes=self.num_classes,
@@ -146,11 +194,22 @@ class Trainer:
         if self.kind == "student":
             self._build_distillation(example)
         self.run_dir = args.save_dir or os.path.join(args.save_root, f"{self.kind}s", self.run_name())
+        self._check_run_folder()
         self.log = Logger(self.info, self.run_dir, not args.no_tensorboard)
         self._build_loaders()
         self._build_taps()
         self.optimizer, self.scheduler = self._optimizer(self._main_parameters(), args.learning_rate)
         seed_everything(args.seed + self.info.rank)  # distinct augmentation streams per rank
+
+    def _check_run_folder(self) -> None:
+        """Refuse, before any data loader starts, a folder that cannot take this run."""
+        RunFolder.check_writable(self.run_dir)
+        holds_run = os.path.isfile(os.path.join(self.run_dir, "latest.pth"))
+        if holds_run and not self.args.resume and not self.args.overwrite:
+            raise ConfigError(f"run folder '{self.run_dir}' already holds a run (latest.pth): continue it with "
+                              "--resume, start it over with --overwrite, or choose another --save_dir / --trial")
+        if self.args.resume and self.args.overwrite:
+            raise ConfigError("--resume and --overwrite contradict each other: continue the run, or start it over")
 
     def _check_names(self) -> None:
         """Fail on an unknown method, model or dataset before any data is read."""
@@ -200,8 +259,9 @@ class Trainer:
             except (ValueError, TypeError) as err:  # the method's own message says why
                 raise ConfigError(f"--distill {args.distill} with teacher {spec.extra['teacher_arch']} and "
                                   f"student {args.model_s}: {err}") from None
-        if self.alpha:
-            self.kd = build_distiller("kd", spec, kd_T=args.kd_T).to(self.device)
+        if self.alpha:  # --distill kd's own options (logit_std) apply to its term
+            kd_options = options if args.distill == "kd" else {"kd_T": args.kd_T}
+            self.kd = build_distiller("kd", spec, **kd_options).to(self.device)
         if self.method is not None and self.method.init_stage() is not None:
             self.phase = "init"
         if self.method is not None and self.method.init_stage() is not None and not self.method.student_taps \
@@ -263,11 +323,12 @@ class Trainer:
     def run_name(self) -> str:
         a = self.args
         clean = lambda s: str(s).replace(":", "-").replace("/", "-")  # noqa: E731
+        seed = "" if str(a.seed) == str(a.trial) else f"_seed_{a.seed}"  # two seeds, two folders
         if self.kind == "teacher":
-            return clean(f"{a.model}_{a.dataset}_lr_{a.learning_rate}_decay_{a.weight_decay}_trial_{a.trial}")
+            return clean(f"{a.model}_{a.dataset}_lr_{a.learning_rate}_decay_{a.weight_decay}_trial_{a.trial}{seed}")
         t_arch = getattr(self.teacher, "arch", "teacher")
         return clean(f"S_{a.model_s}_T_{t_arch}_{a.dataset}_{a.distill}_r_{self.gamma}_a_{self.alpha}"
-                     f"_b_{self.beta}_trial_{a.trial}")
+                     f"_b_{self.beta}_trial_{a.trial}{seed}")
 
     # ------------------------------------------------------------------ steps
     def losses(self, x, y, extras, stage=None) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
@@ -284,121 +345,202 @@ class Trainer:
         out = self.method(s, t, batch) if self.method is not None else {}
         return self.task.combine(self, s, t, y, out)
 
+    def _check_finite(self, loss: torch.Tensor, terms: Dict[str, torch.Tensor], stage) -> None:
+        """Stop before a non-finite loss reaches the weights; the last checkpoint stays the last good one."""
+        if torch.isfinite(loss):
+            return
+        where = f"{'init ' if stage else ''}epoch {self.epoch}, batch {self.step_in_epoch + 1}"
+        values = ", ".join(f"{k} {float(v):.4g}" for k, v in terms.items() if k != "logits")
+        saved = os.path.join(self.run_dir, "latest.pth")
+        kept = (f"'{saved}' (the last finite state) is kept" if os.path.isfile(saved)
+                else "no checkpoint was written yet")
+        raise TrainingError(f"the loss is {float(loss)} at {where} (terms: {values}); stopped before the bad step, "
+                            f"{kept}. Lower --learning_rate or check the data and the loss weights")
+
     def _train_epoch(self, optimizer, stage=None) -> Dict[str, float]:
         self.model.train()
         if self.method is not None:
             self.method.train()
         # an initialisation epoch gets its own shuffle (negative epoch ids)
         self.train_loader.set_epoch(self.epoch if stage is None else -self.epoch, skip=self.step_in_epoch)
-        sums: Dict[str, float] = {}
-        seen = correct = 0
-        started = time.perf_counter()
+        totals = self.epoch_totals
         show = self.info.is_main and sys.stderr.isatty()
         name = f"init {self.epoch}/{stage.epochs}" if stage else f"epoch {self.epoch}/{self.args.epochs}"
-        bar = tqdm(self.train_loader, desc=name, disable=not show, leave=False, dynamic_ncols=True)
+        bar = tqdm(self.train_loader, desc=name, disable=not show, leave=False, dynamic_ncols=True,
+                   initial=self.step_in_epoch, total=self.step_in_epoch + len(self.train_loader))
         extra_params = [p for p in self.method.parameters() if p.requires_grad] if self.method else []
+        started = time.perf_counter()
         for batch in bar:
             x, y, extras = unpack(batch, self.device)
             loss, logits, terms = self.losses(x, y, extras, stage)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {self.epoch}: "
-                                         f"terms {({k: float(v) for k, v in terms.items()})}")
+            self._check_finite(loss, terms, stage)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             average_gradients(extra_params)
             optimizer.step()
             self.step_in_epoch += 1
-            self._rng_at_step = ckpt.rng_state()  # before the next batch draws its augmentation
-            n = y.shape[0]
-            seen += n
-            correct += self.task.train_correct(logits.detach(), y)
-            for key, value in terms.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach()) * n
-            sums["loss"] = sums.get("loss", 0.0) + loss.item() * n
+            now = time.perf_counter()
+            totals.add(y.shape[0], self.task.train_correct(logits.detach(), y), loss.item(),
+                       {k: float(v.detach()) for k, v in terms.items()}, now - started)
+            started = now
             bar.set_postfix(loss=f"{loss.item():.3f}")
-        elapsed = time.perf_counter() - started
-        totals = all_reduce_sum(torch.tensor([seen, correct] + list(sums.values()), dtype=torch.float64))
-        seen_all = max(totals[0].item(), 1.0)
-        metrics = {k: totals[i + 2].item() / seen_all for i, k in enumerate(sums)}
-        if self.task.train_accuracy:
-            metrics["top1"] = 100.0 * totals[1].item() / seen_all
-        metrics["images_per_s"] = totals[0].item() / max(elapsed, 1e-9)
-        self.step_in_epoch = 0
-        return metrics
+            fault_point("init_step" if stage else "train_step", self.epoch, self.step_in_epoch, self.info.rank)
+            if STOP.agreed():  # a safe point: the step is complete
+                self._stop(f"{'init ' if stage else ''}epoch {self.epoch}, batch {self.step_in_epoch}")
+        bar.close()
+        return totals.metrics(self.task.train_accuracy)
 
     def evaluate(self, model: Optional[nn.Module] = None, head: Optional[nn.Module] = None) -> Dict[str, float]:
-        return self.task.evaluate(model or self.model, self.test_loader, self.device, head)
+        model = model or self.model
+        if model is self.model:  # every rank evaluates with rank 0's BatchNorm statistics
+            broadcast_buffers(self.model)
+        return self.task.evaluate(model, self.test_loader, self.device, head)
 
     # ------------------------------------------------------------- checkpoints
     def state(self, acc: float) -> Dict[str, Any]:
+        """This moment of the run as one checkpoint dict (a collective under DDP: every rank
+        contributes its RNG state, its running train metrics and the buffers it holds alone)."""
         a = self.args
+        own = self.method.state_dict() if self.method is not None else {}
+        per_rank = gather_to_main({"rng": ckpt.rng_state(), "epoch_totals": dict(self.epoch_totals.values),
+                                   "buffers": rank_differences(own)})
+        if not self.info.is_main:
+            return {}
         return {
             "format": ckpt.FORMAT, "arch": getattr(self.model, "arch", a.model if self.kind == "teacher" else a.model_s),
             "num_classes": self.num_classes, "dataset": a.dataset, "model": self.model.state_dict(),
             "epoch": self.epoch, "step": self.step_in_epoch, "phase": self.phase, "init_done": self.init_done,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "distiller": self.method.state_dict() if self.method is not None else {},
+            "distiller": own,
             "distiller_name": a.distill if self.kind == "student" else "",
             "distiller_options": {k: v for k, v in vars(self.method).items() if k in type(self.method).option_names()}
             if self.method is not None else {},
             "shape_spec": spec_to_dict(self.spec) if self.method is not None else {},
-            "rng": self._rng_at_step if self.step_in_epoch else ckpt.rng_state(), "config": {k: v for k, v in vars(a).items()},
+            "world_size": self.info.world_size, "ranks": per_rank, "rng": per_rank[0]["rng"],
+            "config": {k: v for k, v in vars(a).items()},
             "weights": {"gamma": self.gamma, "alpha": self.alpha, "beta": self.beta},
             "code_version": ckpt.code_version(), "acc": acc, "best_acc": self.best_acc,
+            "finished": self.phase == "main" and self.epoch > a.epochs,
         }
 
     def save(self, name: str, acc: float) -> str:
+        """Write a checkpoint (every rank must call: the per-rank state is gathered)."""
         path = os.path.join(self.run_dir, name)
+        state = self.state(acc)
         if self.info.is_main:
-            ckpt.save_atomic(self.state(acc), path)
+            ckpt.save_atomic(state, path)
+        self.saved_any = True
+        return path
+
+    def _stop(self, where: str) -> None:
+        """Write ``latest.pth`` at this safe point and end the run with a one-line message."""
+        path = self.save("latest.pth", self.last_acc)
+        barrier()  # every rank leaves together, after rank 0 wrote the file
+        raise RunInterrupted(f"stopped by {STOP.signal} at {where}: state saved to {path}; "
+                             "continue with --resume", STOP.signal)
+
+    def _resume_path(self) -> Optional[str]:
+        """The checkpoint to continue from, or None for a fresh start (said when --resume finds none)."""
+        if not self.args.resume:
+            return None
+        if self.args.resume != "auto":
+            return self.args.resume
+        path = os.path.join(self.run_dir, "latest.pth")
+        if not os.path.isfile(path):
+            self.log(f"--resume: no latest.pth in {self.run_dir} yet: starting the run from the beginning")
+            return None
         return path
 
     def resume(self, path: str) -> None:
         state = ckpt.load(path)
         if state.get("format") != ckpt.FORMAT:
             raise ckpt.CheckpointError(f"'{path}' is not a distillers training checkpoint")
+        ckpt.require(state, path, ("model", "epoch", "step", "phase", "init_done", "best_acc", "optimizer",
+                                   "scheduler", "distiller", "rng", "config"))
         arch = getattr(self.model, "arch", None)
         if state.get("arch") != arch:
             raise ckpt.CheckpointError(f"'{path}' was trained as '{state.get('arch')}', this run builds '{arch}'")
-        self.model.load_state_dict(state["model"])
+        name = self.args.distill if self.kind == "student" else ""
+        if state.get("distiller_name", "") != name:
+            raise ckpt.CheckpointError(f"'{path}' is a {state.get('distiller_name') or 'teacher/vanilla'} run, "
+                                       f"this run is {name or 'a teacher/vanilla run'}: resume it with its own "
+                                       "method, or start a new run")
+        recorded_world = int(state.get("world_size", 1))
+        if recorded_world != self.info.world_size:
+            raise ckpt.CheckpointError(
+                f"'{path}' was written by {recorded_world} process(es), this run has {self.info.world_size}: "
+                f"every rank's data shard and random streams belong to that count; resume with "
+                f"{recorded_world} process(es)")
+        changed, warnings_ = resume_conflicts(state["config"], vars(self.args))
+        if changed:
+            raise ConfigError(f"--resume: {'; '.join(changed)}. A resumed run keeps the values it started with "
+                              "(drop these flags), or start a new run (--overwrite or another --save_dir)")
+        for text in warnings_:
+            self.log(f"warning: --resume: {text}")
+        ckpt.load_weights(self.model, state["model"], f"checkpoint '{path}'")
         self.epoch, self.step_in_epoch = state["epoch"], state["step"]
         self.phase, self.init_done, self.best_acc = state["phase"], state["init_done"], state["best_acc"]
+        self.last_acc = state.get("acc", float("nan"))
         if self.method is not None:
             stage = self.method.init_stage()
             if stage is not None and self.phase == "main":
                 self.method.finish_init_stage()
                 self.optimizer, self.scheduler = self._optimizer(self._main_parameters(), self.args.learning_rate)
-            self.method.load_state_dict(state["distiller"])
+            try:
+                self.method.load_state_dict(state["distiller"])
+            except RuntimeError as err:
+                raise ckpt.CheckpointError(f"'{path}': the {name} parts do not fit this run: "
+                                           f"{str(err).splitlines()[0]}") from None
         if self.phase == "main":
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
+        mine = (state.get("ranks") or [{"rng": state["rng"]}])[self.info.rank]
+        if self.method is not None and mine.get("buffers"):
+            self.method.load_state_dict({**self.method.state_dict(), **mine["buffers"]})
+        self.epoch_totals = EpochTotals(mine.get("epoch_totals"))
+        ckpt.set_rng_state(mine["rng"])
         self._resume_state = state
-        ckpt.set_rng_state(state["rng"])
+        self.log.purge_step = self.epoch  # TensorBoard drops events written after this checkpoint
         self.log(f"resumed from {path}: {self.phase} epoch {self.epoch}, batch {self.step_in_epoch}")
 
     # -------------------------------------------------------------------- run
     def fit(self) -> Dict[str, float]:
-        args = self.args
-        if self.info.is_main:
-            os.makedirs(self.run_dir, exist_ok=True)
+        """Run (or continue) the run in its locked folder; see the module docstring for interrupts."""
+        folder = RunFolder(self.run_dir, log=self.log) if self.info.is_main else None
+        broadcast_result(folder.acquire if folder else None)  # every rank fails if the folder is taken
         self._resume_state = None
-        if args.resume:
-            self.resume(os.path.join(self.run_dir, "latest.pth") if args.resume == "auto" else args.resume)
-        self.describe()
         try:
+            fault_point("start", rank=self.info.rank)
+            if self.args.overwrite and folder is not None:
+                folder.start_over()
+            path = self._resume_path()
+            if path:
+                self.resume(path)
+                if self.phase == "main" and self.epoch > self.args.epochs:
+                    return self._finished()
+            self.describe()
+            if STOP.agreed():  # asked to stop before the first step: nothing to save
+                raise RunInterrupted(f"stopped by {STOP.signal} before the first step; nothing was trained",
+                                     STOP.signal)
             if self.phase == "init":
                 self._run_init_stage()
-            result = self._run_main()
-        except KeyboardInterrupt:
-            path = self.save("latest.pth", float("nan"))
-            self.log(f"\ninterrupted: state saved to {path}; continue with --resume")
+            return self._run_main()
+        except KeyboardInterrupt:  # a second Ctrl-C: out at once, the last checkpoint stays valid
+            self.log("\ninterrupted immediately: nothing was written; the last checkpoint on disk is intact")
             raise
         finally:
             self.log.close()
             for taps in (self.s_taps, self.t_taps):
                 if taps is not None:
                     taps.close()
-        return result
+            if folder is not None:
+                folder.release(keep=self.saved_any)
+
+    def _finished(self) -> Dict[str, float]:
+        key = self.task.score_key
+        self.log(f"the run in {self.run_dir} is finished ({self.args.epochs} epochs): final test {key} "
+                 f"{self.last_acc:.2f} (best {self.best_acc:.2f}); nothing to do (raise --epochs to train longer)")
+        return {key: self.last_acc, f"best_{key}": self.best_acc}
 
     def describe(self) -> None:
         a = self.args
@@ -413,7 +555,8 @@ class Trainer:
             method = f" + {self.beta} * {a.distill}" if self.method is not None else ""
             self.log(f"distill {a.distill}: loss = {self.gamma} * CE + {self.alpha} * KD(T={a.kd_T}){method}; "
                      f"{extra} extra trainable parameters (weights: command line, else the reference's)")
-            if self.epoch == 1 and self.step_in_epoch == 0:
+            if self._resume_state is None:  # a fresh start (a resumed run showed it when it started)
+                fault_point("teacher_eval", rank=self.info.rank)
                 acc = self.evaluate(self.teacher)
                 self.log(f"teacher {getattr(self.teacher, 'arch', '')} test {self.task.describe(acc)}")
 
@@ -436,8 +579,10 @@ class Trainer:
             self.init_done += 1
             self.log(f"init epoch {self.init_done}/{stage.epochs}: loss {metrics['loss']:.4f}")
             self.log.scalars("init", metrics, self.init_done)
-            self.epoch = self.init_done + 1
+            self.epoch, self.step_in_epoch, self.epoch_totals = self.init_done + 1, 0, EpochTotals()
             self.save("latest.pth", float("nan"))
+            if STOP.agreed():
+                self._stop(f"the end of init epoch {self.init_done}")
         self.method.finish_init_stage()
         self.phase, self.epoch = "main", 1
         self.optimizer, self.scheduler = self._optimizer(self._main_parameters(), self.args.learning_rate)
@@ -446,16 +591,23 @@ class Trainer:
 
     def _run_main(self) -> Dict[str, float]:
         args, key = self.args, self.task.score_key
-        acc = {key: float("nan")}
+        acc = {key: self.last_acc}
         while self.epoch <= args.epochs:
             lr = self.optimizer.param_groups[0]["lr"]
+            resumed_at_end = self.step_in_epoch == len(self.train_loader) and self.step_in_epoch > 0
             metrics = self._train_epoch(self.optimizer)
-            self.scheduler.step()
+            # From here to the checkpoint the epoch ends as one unit: a signal waits for it.
+            with warnings.catch_warnings():
+                if resumed_at_end:  # no step in this process yet; torch would warn about the order
+                    warnings.simplefilter("ignore", UserWarning)
+                self.scheduler.step()
             metrics["lr"] = lr
             self.log.scalars("train", metrics, self.epoch)
             evaluated = self.epoch % args.eval_freq == 0 or self.epoch == args.epochs
             if evaluated:
+                fault_point("eval", self.epoch, rank=self.info.rank)
                 acc = self.evaluate(head=self._inference_head())
+                self.last_acc = acc[key]
                 self.log.scalars("test", acc, self.epoch)
                 train = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k not in ("images_per_s", "lr"))
                 self.log(f"epoch {self.epoch}/{args.epochs} lr {lr:.4g} | train {train} | test "
@@ -463,12 +615,23 @@ class Trainer:
             improved = evaluated and acc[key] > self.best_acc
             if improved:
                 self.best_acc = acc[key]
-            self.epoch += 1
+            self.epoch, self.step_in_epoch, self.epoch_totals = self.epoch + 1, 0, EpochTotals()
             if improved:
                 self.save("best.pth", acc[key])
             self.save("latest.pth", acc[key])
+            fault_point("epoch_end", self.epoch - 1, rank=self.info.rank)
+            if STOP.agreed() and self.epoch <= args.epochs:
+                self._stop(f"the end of epoch {self.epoch - 1}")
         self.log(f"final test {key} {acc[key]:.2f} (best {self.best_acc:.2f}), checkpoints in {self.run_dir}")
+        self._report_skipped_images()
         return {**acc, f"best_{key}": self.best_acc}
+
+    def _report_skipped_images(self) -> None:
+        """--skip_bad_images: say at the end how many unreadable files were replaced (this process's)."""
+        skipped = sorted({*getattr(self.train_set, "bad_images", ()), *getattr(self.test_set, "bad_images", ())})
+        if skipped:
+            self.log(f"skipped {len(skipped)} unreadable image file(s) (--skip_bad_images): "
+                     f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}")
 
     def _inference_head(self) -> Optional[nn.Module]:
         return self.method.inference_head() if self.method is not None else None

@@ -177,7 +177,6 @@ def test_cli_bad_image_fails_with_its_path_or_is_skipped(tree, tmp_path, capsys)
     assert config.parse(config.teacher_parser(), argv).data_opts == {}
     assert config.parse(config.teacher_parser(), argv + ["--skip_bad_images"]).data_opts == {"skip_bad_images": True}
 
-    # Needs data.registry.DataError in engine.cli.USER_ERRORS (a traceback until it is added).
     code = cli.teacher(argv + ["--save_dir", str(tmp_path / "strict")])
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert code == 2 and len(errors) == 1 and any(p in errors[0] for p in bad), errors
@@ -186,6 +185,7 @@ def test_cli_bad_image_fails_with_its_path_or_is_skipped(tree, tmp_path, capsys)
         warnings.simplefilter("always")
         code = cli.teacher(argv + ["--save_dir", str(tmp_path / "skip"), "--skip_bad_images", "--epochs", "2"])
     assert code == 0 and os.path.isfile(tmp_path / "skip" / "latest.pth")
+    assert f"skipped {len(bad)} unreadable image file(s) (--skip_bad_images)" in capsys.readouterr().out
     for path in bad:  # two epochs, one warning per file
         assert sum(path in str(w.message) for w in caught) == 1
 
