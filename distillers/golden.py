@@ -34,8 +34,11 @@ class GoldenEntry:
     """How one reference method maps onto a registered distiller.
 
     inputs: golden input name -> ``"s:<tap>"`` / ``"t:<tap>"`` (student/teacher
-        feature; student ones get gradients) or ``"batch:<key>"``. The teacher's
-        classifier is given as ``t:classifier.weight`` and ``t:classifier.bias``.
+        feature; student ones get gradients) or ``"batch:<key>"``. A module tap is given by
+        its tensors, ``"<side>:<tap>.weight"`` / ``.bias`` (the teacher's classifier as
+        ``t:classifier.weight``, OFD's BatchNorms as the list ``t:stages_bn.weight``): a 2-D
+        weight becomes an ``nn.Linear`` (it may be called), any other a module that carries the
+        tensors; a student module's tensors get gradients (CAT-KD's classifier).
         A list input that spans several taps joins them with ``+`` in order, a group
         taking the elements the single taps leave (``"s:stem+stages"``); ``_`` marks an
         element the method does not read (its reference gradient is zero).
@@ -49,7 +52,8 @@ class GoldenEntry:
     state_from_inputs: our state_dict key -> golden input name, for state the reference keeps
         outside its module (SimKD's frozen copy of the teacher classifier).
     ignore_params: ``fnmatch`` patterns of reference ``params`` the project does not build
-        (SemCKD's query/key ``regressor`` that the reference's forward never calls).
+        (SemCKD's query/key ``regressor`` that the reference's forward never calls, ICKD's unused
+        ``embed_t``); their ``state_after`` entries are skipped too.
     function: ``"module:name"`` of a plain function checked instead of a distiller, for reference
         numbers that are not a loss (Recall@K, a sampler's probabilities). ``inputs`` map golden
         input names to ``"arg:<keyword>"``; ``options`` are extra keywords. The function returns
@@ -204,6 +208,17 @@ TABLE: Dict[str, GoldenEntry] = {
     "nkd_ls": GoldenEntry("nkd", {**LOGITS, "target": "batch:labels"},
                           options={"nkd_T": 3.0, "nkd_gamma": 3.5, "logit_std": True},
                           outputs={"nkd_target": "target", "nkd_non_target": "non_target"}),
+    # feature methods (tests/golden/, made by tests/golden/make_feature_goldens.py)
+    "ofd": GoldenEntry("ofd", {"feats_s": "s:stages_preact", "preact_feats_t": "t:stages_preact",
+                               "bn_weight_t": "t:stages_bn.weight", "bn_bias_t": "t:stages_bn.bias"},
+                       renames=(("connectors.connectors.", "connectors."),)),
+    "ickd": GoldenEntry("ickd", {"feat_s": "s:last_map", "feat_t": "t:last_map"},
+                        renames=(("embed_s.conv2d.", "embed.0."), ("embed_s.l2norm.", "embed.1.")),
+                        ignore_params=("embed_t.*",)),
+    "catkd": GoldenEntry("catkd", {"feat_s": "s:last_map", "fc_s_weight": "s:classifier.weight",
+                                   "feat_t": "t:last_map", "fc_t_weight": "t:classifier.weight"},
+                         options={"cat_weight": 1.0, "cam_resolution": 2, "cam_normalize": False},
+                         variants={"normalized_res4": {"options": {"cam_resolution": 4, "cam_normalize": True}}}),
     # CTKD, MLKD, DOT (tests/golden/, made by tests/golden/make_ctkd_mlkd_dot_goldens.py)
     "ctkd": GoldenEntry("ctkd", {**LOGITS, "target": "batch:labels", "epoch": "batch:epoch"},
                         variants={"dkd_base": {"options": {"ctkd_base": "dkd", "dkd_beta": 2.0}}}),
@@ -284,8 +299,32 @@ def _spread(taps: str, value) -> List[Tuple[str, Any]]:
 
 def _shape_of(value):
     if isinstance(value, (list, tuple)):
-        return [tuple(v.shape[1:]) for v in value]
+        return [_shape_of(v) for v in value]
+    if isinstance(value, nn.Module):  # a module tap: its weight's shape, as FeatureTaps.shapes gives
+        return tuple(value.weight.shape)
     return tuple(value.shape[1:])
+
+
+def _module_attr(tap: str) -> Tuple[str, str]:
+    """``"classifier.weight"`` -> ("classifier", "weight"); ("", "") for a feature tap."""
+    owner, _, attr = tap.rpartition(".")
+    return (owner, attr) if owner and attr in ("weight", "bias") else ("", "")
+
+
+def _module_of(tensors: Mapping[str, torch.Tensor], trainable: bool) -> nn.Module:
+    """A tapped module rebuilt from its weight (and bias): an ``nn.Linear`` for a 2-D weight
+    (classifiers are called), otherwise a module that only carries the tensors (read, not called)."""
+    weight = tensors["weight"]
+    if weight.dim() == 2:
+        module = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in tensors).to(weight.dtype)
+        with torch.no_grad():
+            for name, value in tensors.items():
+                getattr(module, name).copy_(value)
+    else:
+        module = nn.Module()
+        for name, value in tensors.items():
+            setattr(module, name, nn.Parameter(value.clone()))
+    return module.requires_grad_(trainable)
 
 
 class GoldenCase:
@@ -324,7 +363,7 @@ class GoldenCase:
         s: Dict[str, Any] = {}
         t: Dict[str, Any] = {}
         batch: Dict[str, Any] = {}
-        classifier: Dict[str, torch.Tensor] = {}
+        modules: Dict[Tuple[str, str], Dict[str, Any]] = {}  # (side, tap) -> {attribute: tensor(s)}
         for name, role in self.entry.inputs.items():
             side, _, taps = role.partition(":")
             for tap, value in _spread(taps, inputs[name]):
@@ -332,22 +371,22 @@ class GoldenCase:
                     continue
                 if side == "batch":
                     batch[tap] = value
-                elif tap.startswith("classifier."):
-                    classifier[tap.split(".", 1)[1]] = value
+                elif _module_attr(tap)[0]:
+                    owner, attr = _module_attr(tap)
+                    modules.setdefault((side, owner), {})[attr] = value
                 elif side == "s":
                     s[tap] = ([v.clone().requires_grad_(True) for v in value]
                               if isinstance(value, (list, tuple)) else value.clone().requires_grad_(True))
                 else:
                     t[tap] = list(value) if isinstance(value, (list, tuple)) else value
-        if classifier:
-            weight = classifier["weight"]
-            fc = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in classifier).double()
-            with torch.no_grad():
-                fc.weight.copy_(weight)
-                if "bias" in classifier:
-                    fc.bias.copy_(classifier["bias"])
-            fc.requires_grad_(False)
-            t["classifier"] = fc
+        for (side, owner), tensors in modules.items():
+            trainable = side == "s"
+            if isinstance(tensors["weight"], (list, tuple)):  # a group: one module per element
+                built: Any = [_module_of({k: v[i] for k, v in tensors.items()}, trainable)
+                              for i in range(len(tensors["weight"]))]
+            else:
+                built = _module_of(tensors, trainable)
+            (s if trainable else t)[owner] = built
         return s, t, batch
 
     # one step --------------------------------------------------------------
@@ -368,6 +407,8 @@ class GoldenCase:
                 cmp.check(f"{label}grad {key}", self._input_grad(key, inputs, s), ref_grad)
         state = distiller.state_dict()
         for key, ref_value in ref.get("state_after", {}).items():
+            if any(fnmatchcase(key, p) for p in self.entry.ignore_params):
+                continue
             cmp.check(f"{label}state_after {key}", state.get(_rename(key, self.entry.renames)), ref_value)
         for out_key, extra_key in self.entry.outputs.items():
             if extra_key in ref.get("extra", {}):
@@ -375,6 +416,10 @@ class GoldenCase:
 
     def _input_grad(self, key: str, inputs: Mapping[str, Any], s: Dict[str, Any]):
         taps = self.entry.inputs[key].split(":", 1)[1]
+        owner, attr = _module_attr(taps)
+        if owner:
+            value = s[owner]
+            return [getattr(m, attr).grad for m in value] if isinstance(value, list) else getattr(value, attr).grad
         if "+" not in taps:
             value = s[taps]
             return [v.grad for v in value] if isinstance(value, list) else value.grad

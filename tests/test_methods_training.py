@@ -84,8 +84,12 @@ def _record(method_name, entry, captured, params_before, method, trainer):
         if side == "batch":
             inputs[name] = batch[taps]
             continue
-        if taps.startswith("classifier."):
-            inputs[name] = getattr(t["classifier"], taps.split(".", 1)[1]).detach().double()
+        owner, attr = golden._module_attr(taps)
+        if owner:  # a module tap's tensor (a classifier's weight, OFD's BatchNorm biases)
+            module = (s if side == "s" else t)[owner]
+            modules = module if isinstance(module, list) else [module]
+            values = [getattr(m, attr).detach().double() for m in modules]
+            inputs[name] = values if isinstance(module, list) else values[0]
             continue
         feats = s if side == "s" else t
         parts = []
@@ -126,6 +130,8 @@ def test_training_step_matches_adapter_and_trains_golden_params(method_name, tea
 
     def spy(s, t, batch=None):
         out = call(s, t, batch)
+        # student modules (CAT-KD's classifier) as they were in this step, before the optimizer moves them
+        s = {k: copy.deepcopy(v) if isinstance(v, torch.nn.Module) else v for k, v in s.items()}
         captured.update(s=s, t=t, batch=batch, loss=method.total(out))
         return out
 
