@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from torchvision import datasets as tvd
 from torchvision.datasets.utils import download_and_extract_archive
 
-from data.registry import check_split, register_dataset
+from data.registry import DataError, check_split, register_dataset
 from data.transforms import cifar_transform
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -115,7 +115,7 @@ class CifarPickles(Dataset):
                 entry = CifarUnpickler(f, encoding="latin1").load()
             return [entry[k] for k in keys]
         except Exception as err:
-            raise ValueError(
+            raise DataError(
                 f"{self.name} file '{path}' is malformed: expected a python pickle of a dict "
                 f"with keys {list(keys)} ({type(err).__name__}: {err}). Re-extract the "
                 f"official archive.") from None
@@ -125,7 +125,7 @@ class CifarPickles(Dataset):
         x, y = np.asarray(x), [int(v) for v in y]
         if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072 or len(y) != len(x) \
                 or not all(0 <= v < self.num_classes for v in y):
-            raise ValueError(
+            raise DataError(
                 f"{self.name} file '{path}' is malformed: expected 'data' uint8 [N, 3072] and "
                 f"N '{label_key}' in [0, {self.num_classes}); got data {x.dtype} "
                 f"{list(x.shape)} and {len(y)} labels.")

@@ -211,3 +211,14 @@ def test_verify_images(tree):
     run = _verify(root, "--workers", "1")
     assert run.returncode == 0 and "9 image files" in run.stdout and "all decode" in run.stdout
     assert _verify(root / "nowhere").returncode == 2
+
+
+def test_cli_malformed_cifar_is_one_error_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cifar_mod, "download_and_extract_archive", lambda *a, **k: None)
+    folder = _cifar100_tree(tmp_path / "data")
+    (folder / "train").write_bytes(b"\x80\x02}q\x00(truncated")
+    code = cli.teacher(["--dataset", "cifar100", "--data-root", str(tmp_path / "data"), "--model", "resnet8",
+                        "--save_dir", str(tmp_path / "run"), "--num_workers", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "cifar-100-python/train' is malformed" in err[0]
+    assert not (tmp_path / "run").exists()

@@ -113,6 +113,15 @@ def test_signal_then_resume_equals_the_straight_run(straight, tmp_path, monkeypa
     assert train_line(straight_out, 2) == train_line(resumed_out, 2)
 
 
+def test_workers_resume_exactly_at_an_epoch_boundary(tmp_path, monkeypatch):
+    workers = [a if a != "0" or TEACHER[i - 1] != "--num_workers" else "2" for i, a in enumerate(TEACHER)]
+    assert run(cli.teacher, workers + ["--save_dir", str(tmp_path / "a")]) == 0
+    argv = workers + ["--save_dir", str(tmp_path / "b")]
+    assert run(cli.teacher, argv, "SIGTERM:epoch_end:1", monkeypatch) == 143
+    assert run(cli.teacher, argv + ["--resume"]) == 0
+    assert_same_run(tmp_path / "a/latest.pth", tmp_path / "b/latest.pth")
+
+
 def test_signal_before_the_first_step_leaves_no_folder_and_resume_starts_fresh(straight, tmp_path, monkeypatch,
                                                                                  capsys):
     folder = tmp_path / "run"
@@ -196,6 +205,18 @@ def test_two_processes_interrupted_and_resumed_equal_the_straight_run(ddp_straig
     assert_same_run(root / "straight/latest.pth", folder / "latest.pth")
     memory = load(folder / "latest.pth")["distiller"]
     assert any("memory" in k for k in memory)  # the CRD banks were compared above
+
+
+def test_sigterm_to_the_launcher_reaches_every_rank(ddp_straight):
+    """A scheduler that signals only the parent process: the parent passes SIGTERM on."""
+    root, argv = ddp_straight
+    folder = root / "parent"
+    got, _, err = child("train_student.py", argv + ["--save_dir", str(folder),
+                                                    "--dist-url", f"tcp://127.0.0.1:{free_port()}"],
+                        "SIGTERM:train_step:1:1:0:parent")
+    assert got == 143, err
+    state = load(folder / "latest.pth")
+    assert state["epoch"] == 1 and state["step"] >= 1 and len(state["ranks"]) == 2
 
 
 def test_resume_with_another_process_count_is_refused(ddp_straight, capsys):
