@@ -27,7 +27,8 @@ IO_KINDS = ("output", "input", "module")
 
 #: Group names that expand to every matching standard tap, in stage order; the
 #: captured value of a group is a list (``stages`` = [stage1, stage2, ...]).
-GROUPS = {"stages": re.compile(r"stage(\d+)$"), "stages_preact": re.compile(r"stage(\d+)_preact$")}
+GROUPS = {"stages": re.compile(r"stage(\d+)$"), "stages_preact": re.compile(r"stage(\d+)_preact$"),
+          "stages_bn": re.compile(r"stage(\d+)_bn$")}
 
 
 @dataclass(frozen=True)
@@ -57,15 +58,18 @@ def head_taps(classifier: str, pool: str = "avgpool", pooled_from: str = "") -> 
             "logits": TapPoint("", "output"), "classifier": TapPoint(classifier, "module")}
 
 
-def residual_stage_taps(stem_relu: str, layers: Iterable[nn.Sequential]) -> Dict[str, TapPoint]:
+def residual_stage_taps(stem_relu: str, layers: Iterable[nn.Sequential], bn: str = "") -> Dict[str, TapPoint]:
     """Stem and ``layer{k}`` stages whose last block ends in a ReLU module named ``relu``.
 
-    Pre-activations are that ReLU's inputs (cloned by the taps, so in-place is safe).
+    Pre-activations are that ReLU's inputs (cloned by the taps, so in-place is safe). ``bn``: the
+    last block's BatchNorm on the residual branch (``stage{k}_bn``, the module itself: OFD's margins).
     """
     points = {"stem": TapPoint(stem_relu), "stem_preact": TapPoint(stem_relu, "input")}
     for k, layer in enumerate(layers, start=1):
         points[f"stage{k}"] = TapPoint(f"layer{k}")
         points[f"stage{k}_preact"] = TapPoint(f"layer{k}.{len(layer) - 1}.relu", "input")
+        if bn:
+            points[f"stage{k}_bn"] = TapPoint(f"layer{k}.{len(layer) - 1}.{bn}", "module")
     return points
 
 

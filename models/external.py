@@ -47,6 +47,7 @@ def torchvision_tap_points(model: nn.Module) -> Dict[str, TapPoint]:
             points[f"stage{k}"] = TapPoint(f"layer{k}")
             # the block's shared ReLU runs last on the residual sum: its input is the preact
             points[f"stage{k}_preact"] = TapPoint(f"{last}.relu", "input")
+            points[f"stage{k}_bn"] = TapPoint(f"{last}.bn3" if hasattr(layer[-1], "bn3") else f"{last}.bn2", "module")
         return _common(points, "fc")
     if isinstance(model, MobileNetV2):
         # SimKD's split of the feature blocks at indices [0, 1, 4, 7, 14, 18]

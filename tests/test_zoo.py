@@ -139,9 +139,14 @@ def _num_stages(name):
     return len(SHAPES[name]) - 3
 
 
+#: Models without a BatchNorm feeding each stage's final ReLU (no ``stageK_bn`` taps).
+NO_STAGE_BN = ("ShuffleV1", "ShuffleV2")
+
+
 def _standard_names(name):
     stages = [f"stage{k}" for k in range(1, _num_stages(name) + 1)]
-    return (["stem", "stem_preact"] + stages + [f"{s}_preact" for s in stages]
+    bns = [] if name in NO_STAGE_BN else [f"{s}_bn" for s in stages]
+    return (["stem", "stem_preact"] + stages + [f"{s}_preact" for s in stages] + bns
             + ["last_map", "pooled", "logits", "classifier"])
 
 
@@ -185,6 +190,8 @@ def test_tap_shapes_and_classifier(name):
     assert shapes["stem"] == shapes["stem_preact"] == stem
     for k, shape in enumerate(stages, start=1):
         assert shapes[f"stage{k}"] == shapes[f"stage{k}_preact"] == shape, k
+        if name not in NO_STAGE_BN:  # the BN whose output enters stage k's final ReLU (OFD's margins)
+            assert shapes[f"stage{k}_bn"] == (shape[0],), k
     assert shapes["last_map"] == last_map
     assert shapes["pooled"] == pooled
     assert shapes["logits"] == (100,)

@@ -104,6 +104,7 @@ class MobileNetV2(nn.Module):
         points = {"stem": TapPoint("conv1"), "stem_preact": TapPoint("conv1")}
         for k, b in enumerate(STAGE_BLOCKS, start=1):
             points[f"stage{k}"] = points[f"stage{k}_preact"] = TapPoint(f"blocks.{b}")
+            points[f"stage{k}_bn"] = TapPoint(f"blocks.{b}.{len(self.blocks[b]) - 1}.conv.7", "module")
         points.update(head_taps("classifier.0", pooled_from="classifier"))
         return points
 

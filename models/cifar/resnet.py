@@ -85,7 +85,7 @@ class ResNet(nn.Module):
         return self.fc(self.flatten(self.avgpool(x)))
 
     def tap_points(self) -> Dict[str, TapPoint]:
-        return {**residual_stage_taps("relu", (self.layer1, self.layer2, self.layer3)), **head_taps("fc")}
+        return {**residual_stage_taps("relu", (self.layer1, self.layer2, self.layer3), bn="bn2"), **head_taps("fc")}
 
 
 _NARROW = [16, 16, 32, 64]

@@ -89,7 +89,7 @@ class ResNet(nn.Module):
 
     def tap_points(self) -> Dict[str, TapPoint]:
         layers = (self.layer1, self.layer2, self.layer3, self.layer4)
-        return {**residual_stage_taps("relu", layers), **head_taps("linear")}
+        return {**residual_stage_taps("relu", layers, bn="bn3"), **head_taps("linear")}
 
 
 @register_model("ResNet50", family="cifar")

@@ -78,6 +78,7 @@ class VGG(nn.Module):
         for k in range(1, 5):
             points[f"stage{k}"] = TapPoint(f"relu{k}")
             points[f"stage{k}_preact"] = TapPoint(f"relu{k}", "input")
+            points[f"stage{k}_bn"] = TapPoint(f"block{k}.{len(getattr(self, f'block{k}')) - 1}", "module")
         points.update(head_taps("classifier", pool="pool4"))
         return points
 

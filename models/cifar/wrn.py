@@ -109,6 +109,9 @@ class WideResNet(nn.Module):
             "stage1_preact": TapPoint("block2.layer.0.relu1", "input"),
             "stage2_preact": TapPoint("block3.layer.0.relu1", "input"),
             "stage3_preact": TapPoint("relu", "input"),
+            "stage1_bn": TapPoint("block2.layer.0.bn1", "module"),
+            "stage2_bn": TapPoint("block3.layer.0.bn1", "module"),
+            "stage3_bn": TapPoint("bn1", "module"),
             **head_taps("fc"),
         }
 
