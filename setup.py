@@ -22,7 +22,8 @@ setup(
         "pillow",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "matplotlib>=3.7"],
+        "plot": ["matplotlib>=3.7"],  # scripts/collect_results.py --plot
         "dali": ["nvidia-dali-cuda120"],
     },
 )

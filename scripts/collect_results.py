@@ -4,6 +4,8 @@
     python scripts/collect_results.py                       # save/students/* and save/teachers/*
     python scripts/collect_results.py 'runs/*/students/*' --csv results.csv
     python scripts/collect_results.py --compare ../shared/reference/results.md
+    python scripts/collect_results.py --compare          # the built-in copy of results.md §1-2
+    python scripts/collect_results.py --plot accuracy_vs_cost.png [--plot-pair resnet32x4:resnet8x4]
 
 A run folder holds ``latest.pth`` (and ``best.pth``) as written by the trainer. Runs are
 grouped into cells by (dataset, teacher arch, student arch, method, loss weights, method
@@ -14,7 +16,20 @@ options set on the command line); each cell reports, over its trials, mean ± sa
 
 and a protocol table records per cell the weight convention (γ·CE + α·KD + β·method), the
 number of trials and their seeds, the schedule, and the teacher checkpoint(s). Vanilla runs
-(``train_teacher.py``) fill the Teacher and Student rows. Unfinished runs (interrupted, or
+(``train_teacher.py``) fill the Teacher and Student rows.
+
+Row labels are those of results.md: a method option at its registry default, or at the value of
+the reference recipe of the run's row (``scripts/make_configs.py``: the settings of the generated
+``configs/cifar100/<row>/<pair>.yaml``), is not part of the label, so a run launched from a config
+and one launched with the same values on the command line share a cell. ``logit_std`` makes
+``KD`` ``KD+LS`` (``DKD+LS``), ``-a`` > 0 on a method without a KD term adds ``+KD``, and CTKD is
+``KD+CTKD`` (``DKD+CTKD`` with ``ctkd_base dkd``). The published numbers (``--compare`` without a
+file, and the picture) are make_configs.PUBLISHED, a verbatim copy of results.md §1-2 with sources.
+
+``--plot`` draws top-1 against training cost for one pair: every method's mean ± std over trials
+(filled) next to its published number (hollow), at the cost of its training step relative to a
+vanilla student step, read from ``benchmarks/cost_table.py``'s ``cost_table.csv`` (measured on
+resnet32x4 → resnet8x4; an init stage's steps are spread over the run). Unfinished runs (interrupted, or
 still in their initialisation stage) are left out and listed. Checkpoints are read with
 ``torch.load(weights_only=True)`` through :func:`engine.checkpoint.load`.
 """
@@ -47,8 +62,14 @@ DISPLAY = OrderedDict([
     ("kd", "KD"), ("fitnet", "FitNet"), ("at", "AT"), ("sp", "SP"), ("cc", "CC"), ("vid", "VID"),
     ("rkd", "RKD"), ("pkt", "PKT"), ("ab", "AB"), ("ft", "FT"), ("fsp", "FSP"), ("nst", "NST"),
     ("crd", "CRD"), ("crd_queue", "CRD-queue"), ("dcd", "DCD"), ("rrd", "RRD"), ("kdsvd", "KDSVD"),
-    ("reviewkd", "ReviewKD"), ("dkd", "DKD"), ("srrl", "SRRL"), ("semckd", "SemCKD"), ("simkd", "SimKD"),
+    ("ofd", "OFD"), ("reviewkd", "ReviewKD"), ("dkd", "DKD"), ("ctkd", "KD+CTKD"), ("dist", "DIST"),
+    ("mlkd", "MLKD"), ("wsld", "WSLD"), ("nkd", "NKD"), ("ickd", "ICKD"), ("catkd", "CAT-KD"),
+    ("srrl", "SRRL"), ("semckd", "SemCKD"), ("simkd", "SimKD"),
 ])
+#: Options whose value is part of the row label (KD+LS, DKD+CTKD, KD+DOT), not listed as extras.
+VARIANT_OPTIONS = ("logit_std", "ctkd_base", "dot")
+#: Options of the KD term that -a adds to any method, with their defaults.
+KD_TERM_DEFAULTS = {"kd_T": 4.0, "logit_std": False}
 OPTION_SHORT = {"factor": "f"}  # SimKD (f=4), as results.md §3
 GREEK = (("gamma", "γ"), ("alpha", "α"), ("beta", "β"))
 VANILLA = "vanilla"
@@ -145,10 +166,15 @@ def read_run(folder: str, include_unfinished: bool = False):
                            if k.startswith("method__") and v is not None))
     if method != VANILLA and config.get("kd_T") not in (None, 4.0) and (w[1] or "kd_T" in _option_names(method)):
         options = tuple(sorted(options + (("kd_T", str(config["kd_T"])),)))
+    if method != VANILLA and config.get("dot") and "dot" not in dict(options):  # the DOT optimiser flag
+        options = tuple(sorted(options + (("dot", "True"),)))
+    teacher = None if method == VANILLA else _teacher_arch(state, folder, config)
+    student = str(state.get("arch", "?"))
+    if method != VANILLA:
+        options = canonical_options(method, (teacher, student), w, options)
     seed = config.get("seed")
     return Run(folder=folder, dataset=str(state.get("dataset", config.get("dataset", "?"))),
-               teacher=None if method == VANILLA else _teacher_arch(state, folder, config),
-               student=str(state.get("arch", "?")), method=method, weights=w, options=options,
+               teacher=teacher, student=student, method=method, weights=w, options=options,
                last=last, best=best, seed=int(seed) if seed is not None else None,
                trial=str(config.get("trial", "")), epochs=epochs, batch_size=config.get("batch_size"),
                learning_rate=config.get("learning_rate"),
@@ -183,8 +209,92 @@ def _option_names(method: str) -> Sequence[str]:
         return ()
 
 
+def _all_options(method: str) -> Dict:
+    try:
+        from distillers.base import DISTILLERS
+        return dict(DISTILLERS.get(method).all_options())
+    except Exception:
+        return {}
+
+
 def _fmt_number(x: float) -> str:
     return f"{x:g}"
+
+
+def _canon(value):
+    """An option value as recorded (``"4.0"``, ``"True"``, ``"[3.0, 5.0]"``) or given, in a comparable form."""
+    if isinstance(value, str):
+        try:
+            import yaml
+
+            value = yaml.safe_load(value)
+        except Exception:  # not YAML: compare the text
+            return value.strip().lower()
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return tuple(_canon(v) for v in value)
+    return str(value).strip().lower()
+
+
+def _make_configs():
+    """scripts/make_configs.py (the reference settings per row and pair, the published numbers), or None."""
+    try:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import make_configs
+        return make_configs
+    except Exception:  # pragma: no cover  (a stripped-down copy of the script)
+        return None
+
+
+def reference_settings(label: str, pair: Tuple[Optional[str], str]) -> Optional[Dict]:
+    """The flag values of results.md row ``label`` on ``pair`` as the references ran it, or None."""
+    mc = _make_configs()
+    if mc is None or label not in mc.ROWS or pair[0] is None:
+        return None
+    try:
+        return mc.settings(label, pair)
+    except Exception:  # e.g. CAT-KD on a pair its fork has no config for
+        return None
+
+
+def published(label: str, pair: Tuple[Optional[str], str]) -> Optional[Tuple[float, str]]:
+    """(published top-1, source key) of results.md §1-2 for a row label and pair, or None."""
+    mc = _make_configs()
+    return None if mc is None else mc.PUBLISHED.get(label, {}).get(pair)
+
+
+def variant_name(method: str, weights: Tuple[float, float, float], options) -> str:
+    """results.md's row name of a run: KD, KD+LS, CRD+KD, DKD+LS, KD+CTKD, KD+DOT, ..."""
+    opts = dict(options)
+    name = DISPLAY.get(method, method)
+    if method == "ctkd":
+        name = "DKD+CTKD" if _canon(opts.get("ctkd_base")) == "dkd" else "KD+CTKD"
+    if method != "kd" and weights[1] > 0 and not _registry_defaults(method).get("alpha", 0.0):
+        name += "+KD"
+    if _canon(opts.get("logit_std")) is True:
+        name += "+LS"
+    if _canon(opts.get("dot")) is True:
+        name += "+DOT"
+    return name
+
+
+def canonical_options(method: str, pair, weights, options) -> Tuple[Tuple[str, str], ...]:
+    """The options that make a run differ from its row's recipe: those at the registry's default, or at
+    the reference value of the run's row on its pair, are dropped (the row-defining ones are kept)."""
+    opts = dict(options)
+    defaults = dict(KD_TERM_DEFAULTS)
+    defaults.update({k: v for k, v in _all_options(method).items() if v is not None})
+    for key in list(opts):
+        if key in defaults and _canon(opts[key]) == _canon(defaults[key]):
+            del opts[key]
+    reference = reference_settings(variant_name(method, weights, opts), pair) or {}
+    for key in list(opts):
+        if key not in VARIANT_OPTIONS and key in reference and _canon(opts[key]) == _canon(reference[key]):
+            del opts[key]
+    return tuple(sorted(opts.items()))
 
 
 @dataclass
@@ -215,15 +325,17 @@ class Cell:
         """results.md's row label: KD, CRD, CRD+KD, SimKD (f=4)...; other weights in brackets."""
         if self.method == VANILLA:
             return "Student"
-        name = DISPLAY.get(self.method, self.method)
+        name = variant_name(self.method, self.weights, self.options)
         defaults = _registry_defaults(self.method)
-        gamma, alpha, beta = self.weights
+        alpha = self.weights[1]
         plus_kd = self.method != "kd" and alpha > 0 and not defaults.get("alpha", 0.0)
-        if plus_kd:
-            name += "+KD"
-        extras = [f"{OPTION_SHORT.get(k, k)}={v}" for k, v in self.options]
+        reference = reference_settings(name, self.pair)
+        extras = [f"{OPTION_SHORT.get(k, k)}={v}" for k, v in self.options if k not in VARIANT_OPTIONS]
         for (key, symbol), value in zip(GREEK, self.weights):
-            default = 1.0 if (key == "alpha" and plus_kd) else defaults.get(key, 0.0)
+            if reference is not None:
+                default = reference[key]
+            else:
+                default = 1.0 if (key == "alpha" and plus_kd) else defaults.get(key, 0.0)
             if value != default:
                 extras.append(f"{symbol}={_fmt_number(value)}")
         return f"{name} ({', '.join(extras)})" if extras else name
@@ -390,6 +502,9 @@ class Tables:
                 else "",
                 "runs": ";".join(r.folder for r in cell.runs),
             })
+            ref = published(rows[-1]["label"], cell.pair) if cell.teacher and cell.dataset == "cifar100" else None
+            rows[-1]["published_top1"] = f"{ref[0]:.2f}" if ref else ""
+            rows[-1]["published_source"] = ref[1] if ref else ""
         return rows
 
 
@@ -434,6 +549,148 @@ def read_reference(path: str) -> Dict[str, Dict[Tuple[str, str], float]]:
     return table
 
 
+# ------------------------------------------------------------------ accuracy vs cost
+DEFAULT_COST_TABLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
+                                  "results", "cost_table.csv")
+INIT_SUFFIX = " (init stage)"
+
+
+def read_cost_table(path: str) -> Dict[str, Dict[str, float]]:
+    """benchmarks/cost_table.py's ``cost_table.csv``: {variant: {column: number}} (``kd``, ``vanilla``,
+    ``ab (init stage)``, ...); ``x_vanilla`` is the median ratio of the variant's step to a vanilla step."""
+    out: Dict[str, Dict[str, float]] = {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            out[row["variant"]] = {k: _number(v) for k, v in row.items() if k not in ("variant", "note",
+                                                                                   "ms_per_round")}
+    if not out or "x_vanilla" not in next(iter(out.values())):
+        raise ValueError(f"{path}: not a cost_table.py CSV (no variant/x_vanilla columns)")
+    return out
+
+
+def run_cost(method: str, cost: Dict[str, Dict[str, float]], epochs: Optional[int] = None,
+             options=()) -> Optional[float]:
+    """A run's training cost relative to a vanilla run: its step's x_vanilla, plus, for a method with an
+    initialisation stage, that stage's step cost times init_epochs / epochs (240 if unknown)."""
+    if method not in cost or math.isnan(cost[method].get("x_vanilla", float("nan"))):
+        return None
+    x = cost[method]["x_vanilla"]
+    init = cost.get(method + INIT_SUFFIX)
+    if init is not None:
+        init_epochs = dict(options).get("init_epochs", _all_options(method).get("init_epochs", 0))
+        x += init["x_vanilla"] * float(init_epochs or 0) / float(epochs or 240)
+    return x
+
+
+def plot_accuracy_vs_cost(cells: List[Cell], cost: Dict[str, Dict[str, float]], pair: Tuple[str, str],
+                          path: str, which: str = "last", dataset: str = "cifar100") -> Dict:
+    """Draw top-1 against training cost for ``pair`` into the PNG ``path``; returns what was drawn.
+
+    One point per results row of the pair (the labels of the tables): ours = mean ± std over trials
+    (filled, with its label), the published number of the same row (results.md, hollow) at the same
+    cost joined to it; the vanilla student at cost 1 and the teacher as a dashed line when their runs
+    are there. Rows whose method is not in the cost table are left out and listed in ``skipped``.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    tables = Tables(cells)
+    rows = tables.rows(dataset, [pair])
+    points, skipped, student, teacher = [], [], None, None
+    for label, by_pair in rows:
+        cell = by_pair.get(pair)
+        if cell is None:
+            continue
+        mean, std = cell.stats(which)
+        if label == "Teacher":
+            teacher = {"top1": mean, "std": std, "trials": len(cell.runs)}
+            continue
+        if label == "Student":
+            student = {"label": "Student (vanilla)", "cost": 1.0, "top1": mean, "std": std, "trials": len(cell.runs)}
+            continue
+        x = run_cost(cell.method, cost, cell.schedule[0], cell.options)
+        if x is None:
+            skipped.append((label, f"{cell.method} is not in the cost table"))
+            continue
+        ref = published(label, pair) if dataset == "cifar100" else None
+        points.append({"label": label, "method": cell.method, "cost": x, "top1": mean,
+                       "std": None if math.isnan(std) else std, "trials": len(cell.runs),
+                       "published": ref[0] if ref else None, "source": ref[1] if ref else None})
+    if not points and student is None:
+        raise ValueError(f"no run of {pair_header(*pair)} on {dataset} with a method in the cost table")
+
+    fig, ax = plt.subplots(figsize=(11, 7), dpi=110)
+    ours_color, ref_color = "#1f5fa8", "#d9822b"
+    for p in points:
+        if p["published"] is not None:
+            ax.plot([p["cost"], p["cost"]], [p["top1"], p["published"]], color="0.7", lw=1, zorder=1)
+    ax.errorbar([p["cost"] for p in points], [p["top1"] for p in points],
+                yerr=[p["std"] or 0.0 for p in points], fmt="o", ms=7, color=ours_color, ecolor=ours_color,
+                elinewidth=1, capsize=3, zorder=3, label=f"ours: {which}-epoch top-1, mean ± std over trials")
+    refs = [p for p in points if p["published"] is not None]
+    if refs:
+        ax.scatter([p["cost"] for p in refs], [p["published"] for p in refs], s=60, facecolors="none",
+                   edgecolors=ref_color, linewidths=1.5, marker="D", zorder=2,
+                   label="published (results.md; source in the CSV/markdown)")
+    if student is not None:
+        ax.errorbar([1.0], [student["top1"]], yerr=[0.0 if math.isnan(student["std"]) else student["std"]],
+                    fmt="s", ms=8, color="black", capsize=3, zorder=3, label="vanilla student (cost 1)")
+    if teacher is not None:
+        ax.axhline(teacher["top1"], color="0.35", ls="--", lw=1, zorder=0,
+                   label=f"teacher {pair[0]}: {teacher['top1']:.2f}")
+
+    # y range first: the labels' spacing is computed in data units from it
+    labelled = points + ([student] if student else [])
+    ys = [p["top1"] for p in labelled] + [p["published"] for p in points if p["published"] is not None]
+    span = (max(ys) - min(ys)) or 1.0
+    y_lo, y_hi = min(ys) - span * 0.06, max(ys + ([teacher["top1"]] if teacher else [])) + span * 0.06
+    ax.set_ylim(y_lo, y_hi)
+    costs = [p["cost"] for p in labelled]
+    ax.set_xscale("log", base=2)
+    lo, hi = min(costs + [1.0]) / 1.15, max(costs + [1.0]) * 1.6
+    ax.set_xlim(lo, hi)
+    # labels: points of similar cost form a column; its labels stand to the right of the column,
+    # in the points' order, at least one text line apart, each joined to its point by a thin line
+    axis_height_pt = fig.get_figheight() * 72 * 0.8
+    gap = (y_hi - y_lo) * 10.0 / axis_height_pt
+    columns: List[List[Dict]] = []
+    for p in sorted(labelled, key=lambda p: p["cost"]):
+        if columns and math.log2(p["cost"]) - math.log2(columns[-1][-1]["cost"]) < 0.12:
+            columns[-1].append(p)
+        else:
+            columns.append([p])
+    for column in columns:
+        column.sort(key=lambda p: p["top1"])
+        text_x = max(p["cost"] for p in column) * (1.05 if len(column) > 1 else 1.035)
+        text_y = [p["top1"] for p in column]
+        for i in range(1, len(text_y)):
+            text_y[i] = max(text_y[i], text_y[i - 1] + gap)
+        overflow = text_y[-1] - (y_hi - gap / 2)
+        if overflow > 0:
+            text_y = [y - overflow for y in text_y]
+        for p, y in zip(column, text_y):
+            ax.annotate(p["label"], (p["cost"], p["top1"]), xytext=(text_x, y), textcoords="data", fontsize=8,
+                        va="center", arrowprops=dict(arrowstyle="-", color="0.65", lw=0.5, shrinkA=0, shrinkB=3))
+
+    ticks = [t for t in (1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32) if lo <= t <= hi]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×"))
+    ax.set_xlabel("training cost: time of one training step relative to a vanilla student step (log scale)\n"
+                  "from benchmarks/cost_table.py (resnet32x4 → resnet8x4, batch 64, CPU); "
+                  "init stages (AB, FT, FSP) spread over the run", fontsize=9)
+    ax.set_ylabel(f"{dataset} test top-1 (%), {which} epoch")
+    ax.set_title(f"{dataset}, {pair_header(*pair)}: accuracy against training cost", fontsize=12)
+    ax.grid(True, which="major", color="0.92", zorder=0)
+    ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return {"points": points, "student": student, "teacher": teacher, "skipped": skipped, "path": path}
+
+
 # -------------------------------------------------------------------------------- main
 def collect(patterns: Sequence[str], include_unfinished: bool = False):
     runs, skipped = [], []
@@ -450,12 +707,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="run folders or globs (default: save/students/* save/teachers/*)")
     parser.add_argument("--csv", default=None, help="also write one row per cell to this CSV file")
     parser.add_argument("--output", "-o", default=None, help="write the markdown here instead of stdout")
-    parser.add_argument("--compare", default=None, metavar="RESULTS_MD",
-                        help="add a side-by-side table with the published numbers of this results.md")
+    parser.add_argument("--compare", nargs="?", const="builtin", default=None, metavar="RESULTS_MD",
+                        help="add a side-by-side table with the published numbers of this results.md "
+                             "(without a file: the built-in copy of results.md §1-2, scripts/make_configs.py)")
     parser.add_argument("--compare-dataset", default="cifar100",
                         help="the dataset whose runs --compare sets beside the published numbers (default cifar100)")
     parser.add_argument("--include-unfinished", action="store_true",
                         help="count runs that did not reach their last epoch (their latest accuracy)")
+    parser.add_argument("--plot", default=None, metavar="PNG",
+                        help="also draw top-1 against training cost for --plot-pair into this PNG (needs "
+                             "matplotlib: pip install -e .[plot])")
+    parser.add_argument("--plot-pair", default="resnet32x4:resnet8x4", metavar="TEACHER:STUDENT",
+                        help="the pair of the picture (default resnet32x4:resnet8x4)")
+    parser.add_argument("--plot-epoch", choices=["last", "best"], default="last",
+                        help="which top-1 the picture shows (default last)")
+    parser.add_argument("--cost-table", default=DEFAULT_COST_TABLE, metavar="CSV",
+                        help="benchmarks/cost_table.py's cost_table.csv (default: benchmarks/results/cost_table.csv)")
     args = parser.parse_args(argv)
 
     cells, skipped = collect(args.runs, args.include_unfinished)
@@ -465,8 +732,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"  skipped {s.folder}: {s.reason}", file=sys.stderr)
         return 1
     tables = Tables(cells)
-    reference = read_reference(args.compare) if args.compare else None
-    text = tables.markdown(reference, os.path.basename(args.compare or ""), args.compare_dataset)
+    if args.compare == "builtin":
+        mc = _make_configs()
+        reference = {label: {pair: value for pair, (value, _) in row.items()} for label, row in mc.PUBLISHED.items()}
+        reference_name = "results.md (built-in copy)"
+    else:
+        reference = read_reference(args.compare) if args.compare else None
+        reference_name = os.path.basename(args.compare or "")
+    text = tables.markdown(reference, reference_name, args.compare_dataset)
     if skipped:
         text += "\nSkipped run folders:\n\n" + "".join(f"- `{s.folder}`: {s.reason}\n" for s in skipped)
     if args.output:
@@ -474,6 +747,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             fh.write(text)
     else:
         sys.stdout.write(text)
+    if args.plot:
+        teacher, _, student = args.plot_pair.partition(":")
+        try:
+            cost = read_cost_table(args.cost_table)
+            drawn = plot_accuracy_vs_cost(cells, cost, (teacher, student), args.plot, args.plot_epoch,
+                                          args.compare_dataset)
+        except ImportError:
+            print("collect_results: --plot needs matplotlib: pip install -e .[plot]", file=sys.stderr)
+            return 1
+        except (OSError, ValueError, KeyError) as err:
+            print(f"collect_results: --plot: {err}", file=sys.stderr)
+            return 1
+        print(f"collect_results: drew {len(drawn['points'])} methods of {pair_header(teacher, student)} into "
+              f"{args.plot}", file=sys.stderr)
+        for label, why in drawn["skipped"]:
+            print(f"  left out {label}: {why}", file=sys.stderr)
     if args.csv:
         rows = tables.csv_rows()
         with open(args.csv, "w", newline="", encoding="utf-8") as fh:

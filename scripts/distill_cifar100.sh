@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
 # Every classification method on resnet32x4 -> resnet8x4 (results.md §1), with the reference
-# loss weights, TRIALS trials per method. distill_cifar100_cross.sh runs the cross-family pairs
+# settings, TRIALS trials per method. distill_cifar100_cross.sh runs the cross-family pairs
 # (§2) through this script.
 #
 #   bash scripts/distill_cifar100.sh [extra train_student.py flags...]
 #
-# Weights: each method's registered reference values (methods.md §0.3-0.4; RepDistiller's
-# run_cifar_distill.sh -r/-a/-b, mdistiller for DKD/ReviewKD, SimKD's -c/-d/-b for SRRL, SemCKD,
-# SimKD); every checkpoint records the weights it used and scripts/collect_results.py prints them
-# per cell. A "+kd" method adds the KD term with weight 1 (-a 1: CRD+KD, DCD+KD, RRD+KD rows).
+# Settings: a token's published cell has a config, configs/cifar100/<row>/<teacher>_<student>.yaml
+# (written by scripts/make_configs.py from the references: weights, options, per-pair values such
+# as DKD's beta or CAT-KD's weight); the run gets --config <it> --path_t <the pair's teacher>.
+# A token is a method, or a results.md row: "crd+kd" -> configs/cifar100/crd_kd/, "kd+ls" -> kd_ls/,
+# "dkd+ls" -> dkd_ls/ (logit standardisation). Without a config for the pair, a plain method runs
+# with its registered reference values (e.g. CRD-queue, KDSVD, SRRL, SemCKD, SimKD, WSLD, NKD,
+# ICKD, MLKD: no published cell in results.md §1-2), "+kd" adds the KD term with -a 1, and any
+# other "+row" is skipped with a note (no published recipe for that pair). Every checkpoint
+# records its weights and options; scripts/collect_results.py prints them per cell.
+# MLKD runs single-view: the trainer does not feed its second (strong) augmented view yet
+# (distillers/methods/mlkd.py), so its published cells have no config. KD+DOT needs the DOT
+# optimiser, not a train_student.py flag yet.
 #
 # Environment (all optional):
 #   DATA_ROOT     CIFAR-100 folder (default: $DISTILLERS_DATA or ~/.cache/distillers/data)
@@ -19,8 +27,10 @@
 #   TRIALS        trials per (pair, method) (default 3; results.md asks for >= 3, preferably 5);
 #                 trial i runs with --seed i (the trial id alone only names the run)
 #   PAIRS         teacher:student pairs (default: resnet32x4:resnet8x4)
-#   METHODS       space-separated tokens method[+kd][,option=value...], e.g. "kd crd+kd simkd,factor=4"
-#                 (default: every classification method, plus CRD+KD, DCD+KD, RRD+KD)
+#   METHODS       space-separated tokens method[+row][,option=value...], e.g. "kd kd+ls crd+kd simkd,factor=4"
+#                 (default: every classification method, plus CRD+KD, DCD+KD, RRD+KD, KD+LS, DKD+LS);
+#                 option=value pairs come after the config on the command line, so they win
+#   CONFIG_ROOT   the configs' folder (default: configs/cifar100)
 #   DATASET       dataset plugin (default cifar100; "synthetic" for a dry run without data)
 #   EPOCHS        override the recipe's 240 epochs (e.g. for a quick check)
 #   DRY_RUN=1     print the commands instead of running them
@@ -35,7 +45,8 @@ TEACHER_ROOT=${TEACHER_ROOT:-$SAVE_ROOT/teachers}
 DATASET=${DATASET:-cifar100}
 TRIALS=${TRIALS:-3}
 PAIRS=${PAIRS:-"resnet32x4:resnet8x4"}
-METHODS=${METHODS:-"kd fitnet at sp cc vid rkd pkt ab ft fsp nst crd crd+kd crd_queue dcd dcd+kd rrd rrd+kd kdsvd dkd reviewkd srrl semckd simkd"}
+CONFIG_ROOT=${CONFIG_ROOT:-configs/cifar100}
+METHODS=${METHODS:-"kd kd+ls fitnet at sp cc vid rkd pkt ab ft fsp nst crd crd+kd crd_queue dcd dcd+kd rrd rrd+kd kdsvd ofd reviewkd dkd dkd+ls ctkd dist mlkd wsld nkd ickd catkd srrl semckd simkd"}
 
 common=(--dataset "$DATASET")
 [[ -n "${DATA_ROOT:-}" ]] && common+=(--data_root "$DATA_ROOT")
@@ -61,6 +72,7 @@ teacher_ckpt() {  # teacher_ckpt <arch>: the checkpoint path, or an error saying
 }
 
 failed=()
+skipped=()
 for pair in $PAIRS; do
     t_arch=${pair%%:*}
     s_arch=${pair##*:}
@@ -70,11 +82,18 @@ for pair in $PAIRS; do
     fi
     for token in $METHODS; do
         IFS=, read -r -a parts <<< "$token"
-        method=${parts[0]}
+        row=${parts[0]}
+        method=${row%%+*}
+        config="$CONFIG_ROOT/${row//+/_}/${t_arch}_${s_arch}.yaml"
         flags=()
-        if [[ "$method" == *+kd ]]; then
-            method=${method%+kd}
+        if [[ -f "$config" ]]; then
+            flags+=(--config "$config")
+        elif [[ "$row" == "$method+kd" ]]; then
             flags+=(-a 1)
+        elif [[ "$row" != "$method" ]]; then
+            echo "skipped $row on $t_arch -> $s_arch: no config $config (no published recipe for this pair)" >&2
+            skipped+=("$row on $t_arch -> $s_arch")
+            continue
         fi
         for option in "${parts[@]:1}"; do
             flags+=("--${option%%=*}" "${option#*=}")
@@ -96,6 +115,9 @@ for pair in $PAIRS; do
     done
 done
 
+if ((${#skipped[@]})); then
+    printf 'skipped (no config): %s\n' "${skipped[@]}" >&2
+fi
 if ((${#failed[@]})); then
     printf 'failed run: %s\n' "${failed[@]}" >&2
     exit 1

@@ -6,6 +6,7 @@ checked against means and sample standard deviations computed by hand.
 """
 import csv
 import os
+import struct
 import subprocess
 import sys
 
@@ -23,12 +24,12 @@ METHOD_KEYS = ("nce_k", "factor", "init_epochs")  # a few method__* config keys,
 
 def fake_run(root, name, *, arch, last, best, method="", teacher="resnet32x4", dataset="cifar100",
              weights=(1.0, 0.0, 0.0), seed=0, epochs=240, epoch=None, phase="main", options=None,
-             best_file=True, path_t="/ckpt/resnet32x4_vanilla/ckpt_epoch_240.pth", spec=True, lr=0.05):
+             best_file=True, path_t="/ckpt/resnet32x4_vanilla/ckpt_epoch_240.pth", spec=True, lr=0.05, kd_T=4.0):
     """A run folder as the trainer leaves it: latest.pth (+ best.pth)."""
     folder = root / name
     folder.mkdir(parents=True)
     config = {"epochs": epochs, "batch_size": 64, "learning_rate": lr, "seed": seed, "trial": str(seed),
-              "dataset": dataset, "kd_T": 4.0, "path_t": path_t if method else None, "model_t": None}
+              "dataset": dataset, "kd_T": kd_T, "path_t": path_t if method else None, "model_t": None}
     config.update({f"method__{k}": None for k in METHOD_KEYS})
     config.update({f"method__{k}": v for k, v in (options or {}).items()})
     state = {"format": FORMAT, "arch": arch, "num_classes": 100, "dataset": dataset,
@@ -173,6 +174,129 @@ def test_no_runs_is_an_error(tmp_path, capsys):
     assert "no finished run" in capsys.readouterr().err
 
 
+# ------------------------------------------------------------- new methods, labels, picture
+def new_method_runs(root):
+    """Runs of the new methods as the configs launch them (options written out) and as a user might."""
+    s = root / "students"
+    for seed, last in enumerate([76.0, 77.0]):  # configs/cifar100/kd_ls: -r 0.1 -a 9, T 2, logit_std
+        fake_run(s, f"kdls_{seed}", arch="resnet8x4", method="kd", weights=(0.1, 9.0, 0.0), seed=seed, kd_T=2.0,
+                 options={"logit_std": True}, last=last, best=last + 0.5)
+    fake_run(s, "dist_0", arch="resnet8x4", method="dist", weights=(1.0, 0.0, 2.0), last=76.5, best=76.75,
+             options={"dist_tau": 4.0, "dist_beta": 1.0, "dist_gamma": 1.0, "logit_std": False})
+    fake_run(s, "dkd_cfg", arch="resnet8x4", method="dkd", weights=(1.0, 0.0, 1.0), last=76.0, best=76.25,
+             options={"dkd_beta": 8.0, "dkd_alpha": 1.0, "warmup": 20})  # from the config: beta written out
+    fake_run(s, "dkd_cli", arch="resnet8x4", method="dkd", weights=(1.0, 0.0, 1.0), seed=1, last=76.5, best=76.75)
+    fake_run(s, "dkd_b4", arch="resnet8x4", method="dkd", weights=(1.0, 0.0, 1.0), seed=2, last=75.0, best=75.5,
+             options={"dkd_beta": 4.0})  # not the reference's beta: its own row
+    ctkd = {"t_start": 1.0, "t_end": 20.0, "decay_loops": 10.0}
+    fake_run(s, "ctkd_0", arch="resnet8x4", method="ctkd", weights=(0.1, 0.0, 0.9), last=73.5, best=73.75,
+             options={**ctkd, "ctkd_base": "kd"})
+    fake_run(s, "ctkd_dkd", arch="resnet8x4", method="ctkd", weights=(1.0, 0.0, 1.0), last=76.0, best=76.5,
+             options={**ctkd, "ctkd_base": "dkd"})
+    fake_run(s, "ofd_0", arch="resnet8x4", method="ofd", weights=(1.0, 0.0, 0.001), options={"ofd_kernel": 1},
+             last=74.5, best=74.75)
+    return root
+
+
+def write_cost_csv(path, ratios):
+    """A cost_table.py CSV (the columns it writes) with the given x_vanilla per variant."""
+    fields = ["variant", "ms_per_step", "ms_q25", "ms_q75", "x_vanilla", "x_vanilla_q25", "x_vanilla_q75", "x_kd",
+              "x_kd_q25", "x_kd_q75", "step_peak_mib", "x_vanilla_memory", "extra_trainable_params",
+              "persistent_extra_mib", "note", "ms_per_round"]
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        for variant, x in ratios.items():
+            writer.writerow({**{k: "nan" for k in fields}, "variant": variant, "ms_per_step": f"{1000 * x:.0f}",
+                             "x_vanilla": f"{x:.4g}", "note": "", "ms_per_round": "1;2"})
+    return path
+
+
+COST = {"hand-written vanilla": 1.01, "vanilla": 1.0, "kd": 2.5, "crd": 4.75, "dist": 2.625, "dkd": 2.75,
+        "ctkd": 2.5, "ofd": 3.0, "fsp": 1.0, "fsp (init stage)": 2.75}  # no simkd: left out of the picture
+
+
+def test_labels_of_the_new_methods_and_their_reference_settings(runs):
+    new_method_runs(runs)
+    cells, _ = collect_results.collect([str(runs / "students" / "*")])
+    pair = ("resnet32x4", "resnet8x4")
+    labels = {c.label(): c for c in cells if c.pair == pair}
+    # options at the registry default or at the row's reference value are not part of the label
+    assert {"KD+LS", "DIST", "DKD", "DKD (dkd_beta=4.0)", "KD+CTKD", "DKD+CTKD", "OFD"} <= set(labels)
+    assert labels["KD+LS"].options == (("logit_std", "True"),) and len(labels["KD+LS"].runs) == 2
+    assert labels["DIST"].options == () and labels["OFD"].options == ()
+    assert sorted(r.folder.name if hasattr(r.folder, "name") else os.path.basename(r.folder)
+                  for r in labels["DKD"].runs) == ["dkd_cfg", "dkd_cli"]  # config and command line: one cell
+    assert collect_results.published("KD+LS", pair) == (76.62, "L")
+    assert collect_results.published("DIST", pair) == (76.31, "D")
+    assert collect_results.published("KD+CTKD", pair) == (73.39, "C, L")
+    assert collect_results.published("OFD", pair) == (74.95, "N")
+    assert collect_results.published("CAT-KD", pair) is None  # no CAT-KD number in results.md
+
+
+def test_plot_accuracy_against_cost(runs, tmp_path):
+    pytest.importorskip("matplotlib")
+    new_method_runs(runs)
+    cells, _ = collect_results.collect([str(runs / "students" / "*"), str(runs / "teachers" / "*")])
+    cost = collect_results.read_cost_table(str(write_cost_csv(tmp_path / "cost.csv", COST)))
+    png = tmp_path / "acc_vs_cost.png"
+    drawn = collect_results.plot_accuracy_vs_cost(cells, cost, ("resnet32x4", "resnet8x4"), str(png))
+
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    assert 800 <= width <= 2400 and 500 <= height <= 1600 and len(data) > 20_000
+    import matplotlib.image
+    pixels = matplotlib.image.imread(str(png))
+    assert pixels.shape[:2] == (height, width) and pixels[..., :3].std() > 0.05  # not blank
+
+    points = {p["label"]: p for p in drawn["points"]}
+    assert set(points) == {"KD", "KD [30 ep, batch 64, lr 0.05]", "KD+LS", "CRD", "CRD+KD", "DKD",
+                           "DKD (dkd_beta=4.0)", "KD+CTKD", "DKD+CTKD", "DIST", "OFD"}
+    assert drawn["skipped"] == [("SimKD (f=4)", "simkd is not in the cost table")]
+    expect = {  # label: (cost, our mean, trials, published, source)
+        "KD": (2.5, 73.5, 3, 73.33, "R"), "KD+LS": (2.5, 76.5, 2, 76.62, "L"), "CRD": (4.75, 75.0, 1, 75.51, "R"),
+        "CRD+KD": (4.75, 76.0, 2, 75.46, "G (from the CRD paper)"), "DKD": (2.75, 76.25, 2, 76.32, "M"),
+        "DIST": (2.625, 76.5, 1, 76.31, "D"), "KD+CTKD": (2.5, 73.5, 1, 73.39, "C, L"),
+        "OFD": (3.0, 74.5, 1, 74.95, "N"), "DKD (dkd_beta=4.0)": (2.75, 75.0, 1, None, None),
+    }
+    for label, (x, mean, trials, ref, source) in expect.items():
+        p = points[label]
+        assert (p["cost"], p["trials"], p["published"], p["source"]) == (x, trials, ref, source), label
+        assert p["top1"] == pytest.approx(mean), label
+    assert points["KD+LS"]["std"] == pytest.approx(0.7071, abs=1e-4) and points["CRD"]["std"] is None
+    assert drawn["student"]["cost"] == 1.0 and drawn["student"]["top1"] == pytest.approx(72.5)
+    assert drawn["teacher"]["top1"] == pytest.approx(79.0)
+
+    best = collect_results.plot_accuracy_vs_cost(cells, cost, ("resnet32x4", "resnet8x4"), str(tmp_path / "b.png"),
+                                                 which="best")
+    assert {p["label"]: p["top1"] for p in best["points"]}["KD+LS"] == pytest.approx(77.0)
+
+
+def test_init_stage_cost_is_spread_over_the_run():
+    cost = {"fsp": {"x_vanilla": 1.0}, "fsp (init stage)": {"x_vanilla": 2.75}, "kd": {"x_vanilla": 2.5}}
+    assert collect_results.run_cost("fsp", cost, 240) == pytest.approx(1.0 + 2.75 * 30 / 240)
+    assert collect_results.run_cost("kd", cost, 240) == 2.5 and collect_results.run_cost("crd", cost) is None
+
+
+def test_cli_plot_and_builtin_compare(runs, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    new_method_runs(runs)
+    csv_path, png, out = write_cost_csv(tmp_path / "cost.csv", COST), tmp_path / "p.png", tmp_path / "t.md"
+    code = collect_results.main([str(runs / "students" / "*"), str(runs / "teachers" / "*"), "--compare", "-o",
+                                 str(out), "--plot", str(png), "--cost-table", str(csv_path), "--csv",
+                                 str(tmp_path / "t.csv")])
+    assert code == 0 and png.is_file()
+    assert "drew 11 methods of resnet32x4→resnet8x4" in capsys.readouterr().err
+    _, side = table(out.read_text(encoding="utf-8"), "cifar100, same architecture family: last epoch (ours) next to")
+    assert side["KD+LS"] == ["76.50±0.71 / 76.62 (-0.12)"] and side["DIST"] == ["76.50 / 76.31 (+0.19)"]
+    with open(tmp_path / "t.csv", newline="", encoding="utf-8") as fh:
+        rows = {r["label"]: r for r in csv.DictReader(fh) if r["student"] == "resnet8x4"}
+    assert (rows["OFD"]["published_top1"], rows["OFD"]["published_source"]) == ("74.95", "N")
+    assert collect_results.main([str(runs / "students" / "*"), "--plot", str(png), "--plot-pair", "vgg13:vgg8",
+                                 "--cost-table", str(csv_path)]) == 1  # no run of that pair
+
+
 # ------------------------------------------------------------------------ launchers
 def dry_run(script, **env):
     result = subprocess.run(["bash", str(REPO / "scripts" / script)], capture_output=True, text=True, check=True,
@@ -189,8 +313,20 @@ def test_launchers_cover_every_method_with_seeded_trials(tmp_path):
     assert all(c[c.index("--seed") + 1] == c[c.index("--trial") + 1] for c in cmds)
     assert {c[c.index("--model_s") + 1] for c in cmds} == {"resnet8x4"}
     crd = [c for c in cmds if c[c.index("--distill") + 1] == "crd"]
-    assert len(crd) == 4 and sum("-a" in c for c in crd) == 2  # CRD and CRD+KD, two trials each
+    configs = [c[c.index("--config") + 1] if "--config" in c else None for c in crd]
+    # CRD and CRD+KD, two trials each, from their published cells' configs (CRD+KD: alpha 1)
+    assert sorted(configs) == sorted(["configs/cifar100/crd/resnet32x4_resnet8x4.yaml"] * 2
+                                     + ["configs/cifar100/crd_kd/resnet32x4_resnet8x4.yaml"] * 2)
     assert len({c[c.index("--save_dir") + 1] for c in cmds}) == len(cmds)
+    for c in cmds:
+        method = c[c.index("--distill") + 1]
+        if "--config" in c:
+            path = REPO / c[c.index("--config") + 1]
+            assert path.is_file() and path.parent.name.split("_")[0] in (method, "kd"), path
+        else:  # no published cell on this pair: the registry's reference values
+            assert method in ("crd_queue", "kdsvd", "mlkd", "wsld", "nkd", "ickd", "srrl", "semckd", "simkd"), c
+    used = {c[c.index("--config") + 1].split("/")[2] for c in cmds if "--config" in c}
+    assert {"kd_ls", "dkd_ls", "ofd", "dist", "ctkd", "catkd"} <= used  # the new methods and variants
 
     cross = dry_run("distill_cifar100_cross.sh", TRIALS="1", SAVE_ROOT=str(tmp_path))
     pairs = {(os.path.basename(os.path.dirname(c[c.index("--path_t") + 1])), c[c.index("--model_s") + 1])
@@ -199,6 +335,14 @@ def test_launchers_cover_every_method_with_seeded_trials(tmp_path):
     ran = {(c[c.index("--distill") + 1], d.replace("_vanilla", ""), s) for c in cross
            for d, s in [(os.path.basename(os.path.dirname(c[c.index("--path_t") + 1])), c[c.index("--model_s") + 1])]}
     assert not ran & set(INAPPLICABLE)  # the launcher leaves out the cells that cannot apply
+    assert {m for m, _, _ in ran} == methods - {"fsp", "kdsvd"}
+    dkd = [c for c in cross if c[c.index("--distill") + 1] == "dkd" and c[c.index("--model_s") + 1] == "ShuffleV2"]
+    assert [c[c.index("--config") + 1] for c in dkd] == ["configs/cifar100/dkd/resnet32x4_ShuffleV2.yaml",
+                                                         "configs/cifar100/dkd_ls/resnet32x4_ShuffleV2.yaml"]
+    result = subprocess.run(["bash", str(REPO / "scripts" / "distill_cifar100_cross.sh")], capture_output=True,
+                            text=True, check=True, env={**os.environ, "DRY_RUN": "1", "TRIALS": "1",
+                                                        "SAVE_ROOT": str(tmp_path)})
+    assert "skipped kd+ls on resnet32x4 -> ShuffleV1: no config" in result.stderr  # unpublished: not guessed
 
     teachers = dry_run("train_cifar100_teachers.sh", STUDENTS="all", TRIALS="2", GPU="0", SAVE_ROOT=str(tmp_path))
     models = [c[c.index("--model") + 1] for c in teachers]
