@@ -94,6 +94,7 @@ class Run:
     learning_rate: Optional[float]
     teacher_checkpoint: str
     code_version: str
+    recorded: Tuple[Tuple[str, str], ...] = ()  # options as recorded (before dropping reference values)
 
 
 @dataclass
@@ -170,6 +171,7 @@ def read_run(folder: str, include_unfinished: bool = False):
         options = tuple(sorted(options + (("dot", "True"),)))
     teacher = None if method == VANILLA else _teacher_arch(state, folder, config)
     student = str(state.get("arch", "?"))
+    recorded = options
     if method != VANILLA:
         options = canonical_options(method, (teacher, student), w, options)
     seed = config.get("seed")
@@ -178,7 +180,8 @@ def read_run(folder: str, include_unfinished: bool = False):
                last=last, best=best, seed=int(seed) if seed is not None else None,
                trial=str(config.get("trial", "")), epochs=epochs, batch_size=config.get("batch_size"),
                learning_rate=config.get("learning_rate"),
-               teacher_checkpoint=str(config.get("path_t") or ""), code_version=str(state.get("code_version", "")))
+               teacher_checkpoint=str(config.get("path_t") or ""), code_version=str(state.get("code_version", "")),
+               recorded=recorded)
 
 
 def find_run_folders(patterns: Sequence[str]) -> List[str]:
@@ -474,7 +477,8 @@ class Tables:
             teachers = "; ".join(sorted({r.teacher_checkpoint for r in cell.runs})) if cell.teacher else "–"
             pair = pair_header(cell.teacher, cell.student) if cell.teacher else f"{cell.student} (vanilla)"
             label = cell.label() if cell.method != VANILLA else "vanilla"
-            options = ", ".join(f"{k}={v}" for k, v in cell.options) or "defaults"
+            recorded = sorted({o for r in cell.runs for o in r.recorded} | set(cell.options))
+            options = ", ".join(f"{k}={v}" for k, v in recorded) or "defaults"
             out.append(f"| {cell.dataset} | {label} | {pair} | {cell.convention()} | {len(cell.runs)} ({seeds}) | "
                        f"{_join({r.epochs for r in cell.runs})} | {_join({r.batch_size for r in cell.runs})} | "
                        f"{_join({r.learning_rate for r in cell.runs})} | {teachers} | {options} |")

@@ -134,7 +134,10 @@ REFERENCE_VALUES = [
     ("catkd/resnet32x4_resnet8x4", {"cat_weight": 15.0, "cam_resolution": 2, "cam_normalize": False}),
     ("catkd/resnet32x4_ShuffleV1", {"cat_weight": 600.0, "cam_resolution": 4, "cam_normalize": True}),
     ("catkd/ResNet50_MobileNetV2", {"cat_weight": 40.0, "cam_resolution": 2, "cam_normalize": True}),
-    ("reviewkd/resnet32x4_resnet8x4", {"reviewkd_weight": 5.0, "warmup": 20}),
+    ("reviewkd/resnet32x4_resnet8x4", {"reviewkd_weight": 5.0, "warmup": 20}),             # ReviewKD's script
+    ("reviewkd/resnet56_resnet20", {"reviewkd_weight": 0.6}),
+    ("reviewkd/resnet110_resnet32", {"reviewkd_weight": 1.0}),
+    ("reviewkd/resnet32x4_ShuffleV2", {"reviewkd_weight": 8.0}),
 ]
 
 
