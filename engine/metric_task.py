@@ -15,7 +15,8 @@ checkpoints, resume, TensorBoard and DDP are the trainer's. This task decides:
   test classes and, by default, on held-out training classes that select ``best.pth``
   (``--select test`` selects on the test split, as the seeds did; the log says which). Each
   evaluation also reports the test numbers of the best-selected epoch so far (``best_recall@K``);
-  the last epoch's are ``recall@K``;
+  the last epoch's are ``recall@K``. ``--mode eval`` also reads the RKD seed's own ``best.pth``,
+  a bare state_dict (:meth:`MetricTask.foreign_checkpoint`);
 * the model arguments: ``--embedding_size``/``--l2normalize`` for the trained network,
   ``--teacher_embedding_size``/``--teacher_l2normalize`` for the teacher (default: what its
   checkpoint records; a size that does not match the checkpoint is an error).
@@ -97,6 +98,20 @@ class MetricTask:
             return
         if self.select == "test":
             args.data_opts.setdefault("val_classes", 0)  # as the seeds: every training class trains
+            log("model selection: best.pth is the epoch with the best test Recall@1 (--select test, the seeds' "
+                "protocol: every training class trains); its test numbers are therefore optimistic. The default "
+                "--select val selects on training classes held out of training")
+        else:
+            import inspect
+            held = args.data_opts.get("val_classes")
+            if held is None:
+                param = inspect.signature(datasets.DATASETS.get(args.dataset)).parameters.get("val_classes")
+                held = None if param is None else param.default
+            of = f" of the {meta['num_classes']}" if meta.get("num_classes") else " of the"
+            held = f"{held}{of} training classes" if held is not None else f"20%{of} training classes"
+            log(f"model selection: best.pth is the epoch with the best Recall@1 on {held}, held out of training "
+                "(--select val, the default; --data_opt val_classes=N to change); --select test reproduces the "
+                "seeds' protocol: every training class trains and best.pth is selected on the test split")
         attr = "model" if kind == "teacher" else "model_s"
         base = getattr(args, "base", None)
         if base:
@@ -249,6 +264,38 @@ class MetricTask:
         return 0
 
     # ------------------------------------------------------------------ evaluation
+    def foreign_checkpoint(self, args, state: Dict[str, Any], path: str, log=print) -> Dict[str, Any]:
+        """A checkpoint this project did not write, as ``--mode eval`` reads one: the RKD seed's
+        ``best.pth``, ``torch.save(model.state_dict())`` of its LinearEmbedding (keys ``base.<conv1 ..
+        layer4>.*`` and ``linear.weight/bias``, the module names of :mod:`models.metric`; a
+        ``{'model': ...}`` dict or DataParallel's ``module.`` prefix are read too). The network is
+        ``--base`` or, unset, the backbone whose pooled width feeds the head (512: resnet18, 2048:
+        resnet50); the embedding size is the head's; ``--l2normalize`` defaults to true, as run.py."""
+        from models.metric import BACKBONES
+
+        try:
+            weights = ckpt.model_state(state)
+        except ckpt.CheckpointError:
+            weights = {}
+        head = weights.get("linear.weight")
+        if head is None or head.dim() != 2 or not any(k.startswith("base.") for k in weights):
+            raise ckpt.CheckpointError(
+                f"'{path}' is neither a distillers checkpoint nor an embedding network's state_dict (expected "
+                "'base.*' and 'linear.weight' keys, as the RKD seed's best.pth)")
+        base, source = getattr(args, "base", None), "--base"
+        if not base:
+            widths = {width: name for name, (_, width) in BACKBONES.items()}
+            base, source = widths.get(int(head.shape[1])), f"its head's {int(head.shape[1])}-d input"
+            if base is None:
+                raise ConfigError(f"'{path}': an embedding head over {int(head.shape[1])}-d features fits none of "
+                                  f"{', '.join(f'{n} ({w}-d)' for n, (_, w) in BACKBONES.items())}: pass --base")
+        norm = getattr(args, "l2normalize", None)
+        why = "--l2normalize" if norm is not None else "the seeds' default; --l2normalize false to change"
+        log(f"'{path}' is a bare state_dict (the RKD seed's format): {base} (from {source}), embedding size "
+            f"{int(head.shape[0])} (its head), l2normalize {'false' if norm is False else 'true'} ({why})")
+        meta = datasets.dataset_info(args.dataset)
+        return {"arch": base, "model": weights, "num_classes": meta.get("num_classes"), "config": {}}
+
     @torch.no_grad()
     def embed(self, model: nn.Module, loader, device: torch.device):
         """Embeddings and labels of a (rank-sharded) evaluation loader, gathered over ranks."""

@@ -32,8 +32,8 @@ def _has_dali() -> bool:
     return True
 
 
-needs_dali = pytest.mark.skipif(not _has_dali(), reason="NVIDIA DALI is not importable "
-                                "(pip install nvidia-dali-cuda120; CI installs it)")
+needs_dali = pytest.mark.skipif(not _has_dali(), reason="NVIDIA DALI is not installed (the optional [dali] "
+                                "extra: pip install -c constraints.txt -e \".[dali]\"; CI installs it)")
 
 
 def _jpeg(path: Path, colour, size, rng, gray=False) -> None:

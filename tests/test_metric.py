@@ -190,7 +190,7 @@ def test_the_seed_commands_map_onto_our_flags():
     MetricTask().configure(args, "teacher", log=lambda *a: None)
     assert (args.model, args.embedding_size, args.l2normalize, args.evaluate) == ("resnet50", 512, True, False)
     assert (args.learning_rate, args.epochs, args.lr_decay_epochs, args.lr_decay_rate, args.batch_size) == \
-        (1e-5, 40, [25, 30, 35], 0.5, 128)
+        (1e-5, 40, [25, 30, 35], 0.5, 64)  # run.py's --batch default (its example scripts pass 128)
     assert args.method__triplet_sample == "distance" and args.method__margin == 0.2 and args.pretrained
     args = config.parse(config.teacher_parser(), "--mode eval --dataset cub200 --base resnet18 --l2normalize false "
                                                  "--embedding_size 64 --load student/best.pth".split())
@@ -200,6 +200,7 @@ def test_the_seed_commands_map_onto_our_flags():
     assert (args.model_s, args.model_t, args.path_t, args.distill) == ("resnet18", "resnet50", "teacher/best.pth",
                                                                        "metric")
     assert (args.learning_rate, args.epochs, args.lr_decay_epochs, args.lr_decay_rate) == (1e-4, 80, [40, 60], 0.1)
+    assert args.batch_size == 64  # run_distill.py's --batch default
     assert config.method_options(args) == {"dist_ratio": 1.0, "angle_ratio": 2.0}
     assert args.teacher_embedding_size == 512 and args.l2normalize is False
     args = config.parse(config.student_parser(), SEED_AOMD.split())
@@ -481,6 +482,124 @@ def test_rkd_student_end_to_end_through_the_cli(tree, teachers, tmp_path, capsys
                         "--data_opt", "train_classes=6", "--l2normalize", "false", "--embedding_size", str(EMBED),
                         "--num_workers", "0", "--plugin", PLUGIN, "--load", str(tmp_path / "latest.pth")]) == 0
     assert "tiny_metric (" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------- the seeds' commands as typed
+def test_the_start_message_says_how_best_pth_is_selected():
+    from engine.metric_task import MetricTask
+
+    lines = []
+    args = config.parse(config.teacher_parser(), SEED_TEACHER.split())
+    MetricTask().configure(args, "teacher", log=lines.append)
+    text = "\n".join(lines)
+    assert "best Recall@1 on 20 of the 100 training classes, held out of training (--select val, the default" in text
+    assert "--select test reproduces the seeds' protocol" in text
+    lines.clear()
+    args = config.parse(config.student_parser(), SEED_STUDENT.split() + ["--select", "test"])
+    MetricTask().configure(args, "student", log=lines.append)
+    assert any("best test Recall@1 (--select test, the seeds' protocol" in line for line in lines)
+    assert args.data_opts["val_classes"] == 0
+
+
+class _SeedBackbone(torch.nn.Module):
+    """The RKD seed's model/backbone/resnet.py ResNet18: torchvision's modules by name, no fc."""
+
+    def __init__(self):
+        super().__init__()
+        import torchvision
+        net = torchvision.models.resnet18(weights=None)
+        for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool"):
+            self.add_module(name, getattr(net, name))
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.avgpool(self.layer4(self.layer3(self.layer2(self.layer1(x)))))
+
+
+class _SeedEmbedding(torch.nn.Module):
+    """The seed's model/embedding.py LinearEmbedding (base, linear, optional L2 normalisation)."""
+
+    def __init__(self, embedding_size=16):
+        super().__init__()
+        self.base, self.linear = _SeedBackbone(), torch.nn.Linear(512, embedding_size)
+
+    def forward(self, x):
+        return torch.nn.functional.normalize(self.linear(self.base(x).view(x.size(0), -1)), p=2, dim=1)
+
+
+def test_a_seed_best_pth_evaluates_with_mode_eval(tree, tmp_path, capsys, monkeypatch):
+    from engine.metric_task import MetricTask
+
+    torch.manual_seed(5)
+    seed_model = _SeedEmbedding().eval()
+    path = tmp_path / "best.pth"
+    torch.save(seed_model.state_dict(), path)  # run.py: torch.save(model.state_dict(), "<save_dir>/best.pth")
+    argv = ["--mode", "eval", "--dataset", "metric_folder", "--data", tree, "--data_opt", "image_size=32",
+            "--data_opt", "train_classes=6", "--num_workers", "0", "--load", str(path)]
+    evaluated, evaluate = {}, MetricTask.evaluate
+
+    def spy(self, model, *args, **kwargs):
+        evaluated.update(model.state_dict())
+        return evaluate(self, model, *args, **kwargs)
+
+    monkeypatch.setattr(MetricTask, "evaluate", spy)
+    assert cli.teacher(argv) == 0
+    assert set(evaluated) == set(seed_model.state_dict())  # the seed's module names are ours
+    assert all(torch.equal(evaluated[k], v) for k, v in seed_model.state_dict().items())
+    out = capsys.readouterr().out
+    assert "bare state_dict (the RKD seed's format): resnet18 (from its head's 512-d input), embedding size 16" in out
+    test = md.build_split("metric_folder", tree, "test", train_classes=6, image_size=32)
+    with torch.no_grad():
+        embeddings = seed_model(torch.stack([test[i][0] for i in range(len(test))]))
+    expected = recall_at_k(embeddings, torch.tensor(test.targets), (1, 2, 4, 8))
+    assert "resnet18 (" in out and "test R@1/2/4/8 " + " ".join(f"{100 * float(r):.2f}" for r in expected) in out
+    # the architecture may be named; a wrong one, or no metric dataset, is one error line
+    assert cli.teacher(argv + ["--base", "resnet18", "--embedding_size", "16"]) == 0
+    capsys.readouterr()
+    assert cli.teacher(argv + ["--base", "resnet50"]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit architecture 'resnet50'" in err and len(err.strip().splitlines()) == 1
+    assert cli.teacher(["--mode", "eval", "--load", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "not a distillers checkpoint" in err and "--dataset cub200" in err and "Traceback" not in err
+
+
+def _cub_tree(root):
+    rng = np.random.default_rng(4)
+    for c in range(200):
+        folder = root / "CUB_200_2011" / "images" / f"{c + 1:03d}.Bird_{c}"
+        folder.mkdir(parents=True)
+        for i in range(2):
+            _image(folder / f"{i}.jpg", (c, 100, 200 - c), rng)
+    return str(root)
+
+
+def test_eval_on_another_dataset_takes_the_command_line_data_options(tree, tmp_path, capsys):
+    from engine.evaluate import data_options
+
+    cub = _cub_tree(tmp_path / "cub")
+    run = tmp_path / "run"
+    assert cli.teacher(["--dataset", "cub200", "--data", cub, "--data_opt", "resize=36", "--data_opt", "crop=32",
+                        "--base", "tiny_metric", "--no-pretrained", "--embedding_size", str(EMBED), "--batch", "12",
+                        "--num_image_per_class", "2", "--iter_per_epoch", "1", "--epochs", "1", "--num_workers", "0",
+                        "--no_tensorboard", "--save_dir", str(run), "--plugin", PLUGIN]) == 0
+    assert load(run / "latest.pth")["config"]["data_opts"] == {"resize": 36, "crop": 32}
+    capsys.readouterr()
+    argv = ["--mode", "eval", "--dataset", "metric_folder", "--data", tree, "--data_opt", "image_size=32",
+            "--data_opt", "train_classes=6", "--num_workers", "0", "--load", str(run / "latest.pth")]
+    assert cli.teacher(argv) == 0  # was an uncaught TypeError: metric_folder() got resize=36
+    out = capsys.readouterr().out
+    assert "left out: resize=36, crop=32" in out and "tiny_metric (" in out and "test R@1/2/4/8" in out
+    assert cli.teacher(argv + ["--data_opt", "crop=24"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--data_opt crop: dataset 'metric_folder' takes no option 'crop'" in err
+    assert "image_size" in err
+    # on the training dataset the recorded options apply and the command line's win
+    assert data_options("cub200", {"resize": 36, "crop": 32}, {"crop": 24}) == {"resize": 36, "crop": 24}
+    assert cli.teacher(["--mode", "eval", "--dataset", "cub200", "--data", cub, "--data_opt", "crop=40",
+                        "--num_workers", "0", "--load", str(run / "latest.pth")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "crop 40, resize 36" in err
 
 
 def _gather_worker(rank, port, tree, out):
