@@ -28,7 +28,7 @@ def _contrast_batch(index, k, num_data, gen=None):
 @pytest.mark.parametrize("pair", [("resnet32x4", "resnet8x4"), ("vgg13", "MobileNetV2")])
 def test_zoo_pairs_forward_backward(pair):
     import models
-    from distillers.taps import FeatureTaps, standard_taps
+    from core.taps import FeatureTaps, standard_taps
 
     teacher, student = (models.create_model(n, num_classes=10) for n in pair)
     shapes = {}
@@ -135,13 +135,13 @@ def test_missing_num_data(name, opts):
 
 
 @pytest.mark.parametrize("name,opts,match", [
-    ("crd", {"mode": "relaxed"}, "mode must be one of"),
-    ("crd", {"nce_m": 1.0}, "nce_m"),
-    ("crd", {"nce_k": 0}, "positive"),
-    ("crd_queue", {"nce_t": 0}, "positive"),
-    ("rrd", {"memory_type": "fifo"}, "memory_type must be one of"),
-    ("rrd", {"nce_t_t": -1}, "positive"),
-    ("dcd", {"dcd_alpha": -0.5}, "dcd_alpha"),
+    ("crd", {"mode": "relaxed"}, "crd: option mode='relaxed' is not accepted; expected one of exact, relax"),
+    ("crd", {"nce_m": 1.0}, "crd: option nce_m=1.0 is not accepted; expected a number >= 0 and < 1"),
+    ("crd", {"nce_k": 0}, "crd: option nce_k=0 is not accepted; expected an integer >= 1"),
+    ("crd_queue", {"nce_t": 0}, "crd_queue: option nce_t=0.0 is not accepted; expected a number > 0"),
+    ("rrd", {"memory_type": "fifo"}, "rrd: option memory_type='fifo' is not accepted; expected one of queue, momentum"),
+    ("rrd", {"nce_t_t": -1}, "rrd: option nce_t_t=-1.0 is not accepted"),
+    ("dcd", {"dcd_alpha": -0.5}, "dcd: option dcd_alpha=-0.5 is not accepted"),
 ])
 def test_bad_options(name, opts, match):
     with pytest.raises(ValueError, match=match):

@@ -7,7 +7,7 @@ from distillers.base import ShapeSpec, build_distiller
 from distillers.methods.at import last_stage_pairs
 from distillers.methods.dkd import DEFAULT_BETA
 from distillers.methods.fitnet import ConvReg
-from distillers.taps import FeatureTaps, standard_taps
+from core.taps import FeatureTaps, standard_taps
 from models import create_model
 
 METHODS = ["fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "nst", "dkd"]
@@ -121,18 +121,18 @@ def test_mismatched_pairs_raise_clearly(zoo):
 
 
 @pytest.mark.parametrize("method,options,match", [
-    ("fitnet", {"hint_layer": 0}, "hint_layer"),
-    ("fitnet", {"hint_layer": "2"}, "hint_layer"),
-    ("at", {"p": -1}, "p must be"),
-    ("cc", {"feat_dim": 0}, "feat_dim"),
-    ("vid", {"init_pred_var": 0.0}, "init_pred_var"),
-    ("rkd", {"angle_weight": -1.0}, "angle_weight"),
-    ("dkd", {"warmup": -1}, "warmup"),
-    ("dkd", {"kd_T": 0.0}, "kd_T"),
-    ("dkd", {"dkd_beta": "8"}, "dkd_beta"),
+    ("fitnet", {"hint_layer": 0}, "option hint_layer=0 is not accepted"),
+    ("fitnet", {"hint_layer": "2"}, "option hint_layer='2' is not accepted"),
+    ("at", {"p": -1}, "option p=-1.0 is not accepted"),
+    ("cc", {"feat_dim": 0}, "option feat_dim=0 is not accepted"),
+    ("vid", {"init_pred_var": 0.0}, "option init_pred_var=0.0 is not accepted"),
+    ("rkd", {"angle_weight": -1.0}, "option angle_weight=-1.0 is not accepted"),
+    ("dkd", {"warmup": -1}, "option warmup=-1 is not accepted"),
+    ("dkd", {"kd_T": 0.0}, "option kd_T=0.0 is not accepted"),
+    ("dkd", {"dkd_beta": "8"}, "option dkd_beta='8' is not accepted"),
 ])
 def test_bad_options_raise(zoo, method, options, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=f"{method}: {match}"):
         build_distiller(method, _spec(zoo, "wrn_40_2", "wrn_16_2"), **options)
 
 

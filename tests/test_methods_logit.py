@@ -79,7 +79,7 @@ def test_logit_std_is_off_by_default(method):
     ("wsld", "wsld_T", -2.0), ("nkd", "nkd_T", 0), ("nkd", "nkd_gamma", -0.5),
 ])
 def test_a_bad_option_value_is_an_error_naming_the_option(method, option, value):
-    with pytest.raises(ValueError, match=rf"{method}: {option} must be"):
+    with pytest.raises(ValueError, match=rf"{method}: option {option}=.* is not accepted"):
         build_distiller(method, spec(), **{option: value})
 
 
@@ -98,10 +98,13 @@ def test_dist_refuses_a_batch_of_one():
 def test_method_options_do_not_collide_with_the_loss_weight_flags():
     args = config.parse(config.student_parser(), [
         "--distill", "dist", "--dist_beta", "2", "--dist_gamma", "3", "--dist_tau", "1",
-        "-r", "0.5", "-a", "0.25", "-b", "4", "--nkd_gamma", "1.5", "--wsld_T", "2", "--logit_std", "true"])
+        "-r", "0.5", "-a", "0.25", "-b", "4", "--logit_std", "true"])
     assert (args.gamma, args.alpha, args.beta) == (0.5, 0.25, 4.0)
-    assert config.method_options(args) == {"dist_beta": 2, "dist_gamma": 3, "dist_tau": 1, "nkd_gamma": 1.5,
-                                           "wsld_T": 2, "logit_std": True}
+    assert config.method_options(args) == {"dist_beta": 2, "dist_gamma": 3, "dist_tau": 1, "logit_std": True}
+    # a method's options are flags only with that method (the command line names the owner otherwise)
+    for method, flag, value in (("nkd", "nkd_gamma", 1.5), ("wsld", "wsld_T", 2.0)):
+        args = config.parse(config.student_parser(), ["--distill", method, f"--{flag}", str(value), "-b", "4"])
+        assert config.method_options(args) == {flag: value} and args.beta == 4.0
 
 
 # -- dist -------------------------------------------------------------------------------------------

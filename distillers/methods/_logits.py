@@ -1,4 +1,4 @@
-"""What the logit methods (KD, DKD, DIST, WSLD, NKD) share: logit standardisation and option checks.
+"""What the logit methods (KD, DKD, DIST, WSLD, NKD) share: logit standardisation (its option too).
 
 Logit standardisation (Sun et al., "Logit Standardization in Knowledge Distillation", CVPR 2024;
 reference sunshangquan/logit-standardization-KD@f6e5aa5, ``normalize`` in
@@ -17,6 +17,11 @@ The option is off by default, so every method keeps its own paper's behaviour.
 """
 import torch
 
+from distillers.base import Option
+
+#: The ``logit_std`` option of every logit method: off by default, so each keeps its own paper's behaviour.
+LOGIT_STD = Option(False, "z-score each sample's logits before the loss (logit standardisation)")
+
 #: Added to the standard deviation, as in the reference (it guards constant logits).
 STD_EPS = 1e-7
 
@@ -33,20 +38,6 @@ def logit_pair(logit_s: torch.Tensor, logit_t: torch.Tensor, logit_std: bool):
     if logit_std:
         return standardize(logit_s), standardize(logit_t)
     return logit_s, logit_t
-
-
-def check_flag(method: str, name: str, value) -> None:
-    """A boolean option (``--logit_std true``); 1 or "yes" are refused rather than guessed."""
-    if not isinstance(value, bool):
-        raise ValueError(f"{method}: {name} must be true or false, got {value!r}")
-
-
-def check_number(method: str, name: str, value, positive: bool = False) -> None:
-    """A non-negative (or, with ``positive``, strictly positive) number such as a temperature."""
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and (value > 0 if positive else value >= 0)
-    if not ok:
-        kind = "a positive" if positive else "a non-negative"
-        raise ValueError(f"{method}: {name} must be {kind} number, got {value!r}")
 
 
 def check_same_classes(method: str, spec) -> None:

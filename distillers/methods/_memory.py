@@ -25,13 +25,6 @@ def pooled_dim(shapes, side: str, method: str) -> int:
     return flat_dim(shapes["pooled"])
 
 
-def require_positive(method: str, **values) -> None:
-    """Sizes, temperatures and widths must be > 0: fail at build time, not as NaNs later."""
-    bad = {k: v for k, v in values.items() if not v > 0}
-    if bad:
-        raise ValueError(f"{method}: options must be positive, got {bad}")
-
-
 def require_num_data(spec, method: str) -> int:
     if spec.num_data is None:
         raise ValueError(f"{method} keeps one memory row per training sample: ShapeSpec.num_data "

@@ -135,18 +135,6 @@ def mined_triplets(embeddings: torch.Tensor, labels: torch.Tensor, sampler: str 
 METRIC_WEIGHTS = {"gamma": 0.0, "alpha": 0.0, "beta": 1.0}
 
 
-def as_number(owner: str, name: str, value, minimum: float = 0.0) -> float:
-    """``value`` as a float >= ``minimum`` (command lines and YAML may give ints or strings)."""
-    try:
-        number = float(value)
-        ok = not isinstance(value, bool) and number >= minimum
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"{owner}: {name} must be a number >= {minimum:g}, got {value!r}")
-    return number
-
-
 def as_layers(owner: str, value) -> Tuple[str, ...]:
     """Tap names from ``"stage2,stage3"`` or a list."""
     names = tuple(v.strip() for v in (value.split(",") if isinstance(value, str) else value) if str(v).strip())

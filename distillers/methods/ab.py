@@ -1,7 +1,7 @@
 """Heo et al., "Knowledge Transfer via Distillation of Activation Boundaries Formed by Hidden Neurons" (AB)."""
 from torch import nn
 
-from distillers.base import Distiller, InitStage, register_distiller
+from distillers.base import Distiller, InitStage, Option, register_distiller
 from distillers.methods.fitnet import ConvReg
 
 INIT_TAPS = ("stages_preact",)
@@ -35,14 +35,13 @@ class AB(Distiller):
     student_taps = ()
     teacher_taps = ()
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
-    options = {"init_epochs": 30, "margin": 1.0}
+    options = {
+        "init_epochs": Option(30, "epochs of the initialisation stage (connectors and student)", min=0),
+        "margin": Option(1.0, "margin m of the activation-boundary loss", above=0),
+    }
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)
-        if not isinstance(self.init_epochs, int) or self.init_epochs < 0:
-            raise ValueError(f"ab: init_epochs must be a non-negative integer, got {self.init_epochs!r}")
-        if not self.margin > 0:
-            raise ValueError(f"ab: margin must be positive, got {self.margin!r}")
         s_shapes, t_shapes = spec.student["stages_preact"], spec.teacher["stages_preact"]
         if len(s_shapes) != len(t_shapes):
             raise ValueError(f"AB pairs stages one to one: the student has {len(s_shapes)} stages, "

@@ -1,7 +1,7 @@
 """Zagoruyko & Komodakis, "Paying More Attention to Attention" (AT), as in RepDistiller."""
 import torch.nn.functional as F
 
-from distillers.base import Distiller, register_distiller
+from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._common import pool_to_smaller
 
 
@@ -41,12 +41,10 @@ class AT(Distiller):
     student_taps = ("stages",)
     teacher_taps = ("stages",)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 1000.0}
-    options = {"p": 2}
+    options = {"p": Option(2, "power of the activations in the attention map", type=float, above=0)}
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)
-        if isinstance(self.p, bool) or not isinstance(self.p, (int, float)) or self.p <= 0:
-            raise ValueError(f"at: p must be a positive number, got {self.p!r}")
         stage_shape_pairs(spec, "at")
 
     def attention(self, f):

@@ -2,7 +2,7 @@
 GzyAftermath/CAT-KD (an mdistiller fork)."""
 import torch.nn.functional as F
 
-from distillers.base import Distiller, register_distiller
+from distillers.base import Distiller, Option, register_distiller
 
 #: CAT-KD ``configs/cifar100/CAT_KD/*.yaml`` per (teacher, student):
 #: (CAT_loss_weight, CAM_RESOLUTION, IF_NORMALIZE).
@@ -55,7 +55,13 @@ class CATKD(Distiller):
     student_taps = ("last_map", "classifier")
     teacher_taps = ("last_map", "classifier")
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
-    options = {"cat_weight": None, "cam_resolution": None, "cam_normalize": None}
+    options = {
+        "cat_weight": Option(None, "weight of the CAM loss (unset: the pair's config)", type=float, min=0),
+        "cam_resolution": Option(None, "CAMs pooled to this size per side (unset: the pair's config)", type=int,
+                                 min=1),
+        "cam_normalize": Option(None, "L2-normalise each CAM over positions (unset: the pair's config)",
+                                type=bool),
+    }
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)
@@ -64,13 +70,6 @@ class CATKD(Distiller):
         self.cat_weight = weight if self.cat_weight is None else self.cat_weight
         self.cam_resolution = resolution if self.cam_resolution is None else self.cam_resolution
         self.cam_normalize = normalize if self.cam_normalize is None else self.cam_normalize
-        if isinstance(self.cat_weight, bool) or not isinstance(self.cat_weight, (int, float)) or self.cat_weight < 0:
-            raise ValueError(f"catkd: cat_weight must be a non-negative number, got {self.cat_weight!r}")
-        r = self.cam_resolution
-        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-            raise ValueError(f"catkd: cam_resolution must be a positive integer, got {r!r}")
-        if not isinstance(self.cam_normalize, bool):
-            raise ValueError(f"catkd: cam_normalize must be true or false, got {self.cam_normalize!r}")
         classes = {}
         for side, taps in (("student", spec.student), ("teacher", spec.teacher)):
             feature, fc = tuple(taps["last_map"]), tuple(taps["classifier"])

@@ -1,6 +1,6 @@
 """Peng et al., "Correlation Congruence for Knowledge Distillation" (CC), RepDistiller's variant."""
 
-from distillers.base import Distiller, register_distiller
+from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._common import LinearEmbed, flat_dim
 
 
@@ -16,12 +16,10 @@ class CC(Distiller):
     student_taps = ("pooled",)
     teacher_taps = ("pooled",)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 0.02}
-    options = {"feat_dim": 128}
+    options = {"feat_dim": Option(128, "width of the two embeddings", min=1)}
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)
-        if isinstance(self.feat_dim, bool) or not isinstance(self.feat_dim, int) or self.feat_dim < 1:
-            raise ValueError(f"cc: feat_dim must be a positive integer, got {self.feat_dim!r}")
         self.embed_s = LinearEmbed(flat_dim(spec.student["pooled"]), self.feat_dim, normalize=False)
         self.embed_t = LinearEmbed(flat_dim(spec.teacher["pooled"]), self.feat_dim, normalize=False)
 

@@ -1,8 +1,7 @@
 """Tian et al., "Contrastive Representation Distillation" (CRD), the original NCE form."""
-from distillers.base import Distiller, register_distiller
+from distillers.base import BatchNeeds, Distiller, Option, register_distiller
 from distillers.methods._common import LinearEmbed
-from distillers.methods._memory import (ContrastMemory, nce_loss, pooled_dim, require_num_data,
-                                        require_positive)
+from distillers.methods._memory import ContrastMemory, nce_loss, pooled_dim, require_num_data
 
 MODES = ("exact", "relax")
 
@@ -22,19 +21,24 @@ class CRD(Distiller):
     teacher_taps = ("pooled",)
     batch_keys = ("index", "contrast_idx")
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 0.8}
-    options = {"feat_dim": 128, "nce_k": 16384, "nce_t": 0.07, "nce_m": 0.5, "mode": "exact"}
+    options = {
+        "feat_dim": Option(128, "width of the embeddings and memory rows", min=1),
+        "nce_k": Option(16384, "negatives per sample", min=1),
+        "nce_t": Option(0.07, "NCE temperature", above=0),
+        "nce_m": Option(0.5, "momentum of the memory update", min=0, below=1),
+        "mode": Option("exact", "positive of each contrast: the sample itself (exact) or a same-class sample (relax)",
+                       choices=MODES),
+    }
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)
-        if self.mode not in MODES:
-            raise ValueError(f"crd: mode must be one of {MODES}, got {self.mode!r}")
-        require_positive("crd", feat_dim=self.feat_dim, nce_k=self.nce_k, nce_t=self.nce_t)
-        if not 0 <= self.nce_m < 1:
-            raise ValueError(f"crd: nce_m (memory momentum) must be in [0, 1), got {self.nce_m}")
         self.n_data = require_num_data(spec, "crd")
         self.embed_s = LinearEmbed(pooled_dim(spec.student, "student", "crd"), self.feat_dim)
         self.embed_t = LinearEmbed(pooled_dim(spec.teacher, "teacher", "crd"), self.feat_dim)
         self.contrast = ContrastMemory(self.feat_dim, self.n_data, self.nce_k, self.nce_t, self.nce_m)
+
+    def batch_needs(self) -> BatchNeeds:
+        return BatchNeeds(index=True, contrast_k=self.nce_k, contrast_mode=self.mode)
 
     def forward(self, s, t, batch=None):
         o_s, o_t = self.contrast(self.embed_s(s["pooled"]), self.embed_t(t["pooled"]),

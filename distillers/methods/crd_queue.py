@@ -5,9 +5,9 @@ Not the original CRD (see ``crd``): an InfoNCE over a queue of teacher embedding
 import torch
 import torch.nn.functional as F
 
-from distillers.base import Distiller, register_distiller
+from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._common import LinearEmbed
-from distillers.methods._memory import TeacherQueue, pooled_dim, require_positive
+from distillers.methods._memory import TeacherQueue, pooled_dim
 
 
 @register_distiller("crd_queue")
@@ -23,11 +23,15 @@ class CRDQueue(Distiller):
     student_taps = ("pooled",)
     teacher_taps = ("pooled",)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 0.8}
-    options = {"feat_dim": 128, "nce_k": 16384, "nce_t": 0.07, "enqueue_first": False}
+    options = {
+        "feat_dim": Option(128, "width of the embeddings and queue rows", min=1),
+        "nce_k": Option(16384, "queue length (negatives per sample)", min=1),
+        "nce_t": Option(0.07, "softmax temperature", above=0),
+        "enqueue_first": Option(False, "enqueue the batch before scoring (the reference's order)"),
+    }
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)
-        require_positive("crd_queue", feat_dim=self.feat_dim, nce_k=self.nce_k, nce_t=self.nce_t)
         self.embed_s = LinearEmbed(pooled_dim(spec.student, "student", "crd_queue"), self.feat_dim)
         self.embed_t = LinearEmbed(pooled_dim(spec.teacher, "teacher", "crd_queue"), self.feat_dim)
         self.memory = TeacherQueue(self.nce_k, self.feat_dim)

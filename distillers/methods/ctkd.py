@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distillers.base import Distiller, register_distiller
+from distillers.base import Distiller, Option, register_distiller
 from distillers.methods.dkd import BETA_PER_PAIR, DEFAULT_BETA, DKD, _kl
 from distillers.methods.kd import kd_loss
 
@@ -64,8 +64,9 @@ def dkd_at(logit_s, logit_t, labels, T, dkd_alpha, dkd_beta):
 
 @register_distiller("ctkd")
 class CTKD(Distiller):
-    """KD at a learned, adversarial temperature T = t_start + t_end * sigmoid(theta), so T stays in
-    (t_start, t_start + t_end) = (1, 21).
+    """KD at a learned, adversarial temperature T = t_start + t_end * sigmoid(theta).
+
+    T stays in (t_start, t_start + t_end) = (1, 21).
 
     ``mlp_name global`` (default): theta is one scalar parameter ``global_T`` (initialised to 1, as
     the reference's ``Global_T``). ``mlp_name instance``: theta = MLP([z_t, z_s]) per sample
@@ -91,20 +92,25 @@ class CTKD(Distiller):
     teacher_taps = ("logits",)
     batch_keys = ("labels",)
     default_weights = {"gamma": 0.1, "alpha": 0.0, "beta": 0.9}
-    options = {"ctkd_base": "kd", "mlp_name": "global", "t_start": 1.0, "t_end": 20.0,
-               "cosine_decay": 1, "decay_max": 0.0, "decay_min": -1.0, "decay_loops": 10.0,
-               "dkd_alpha": 1.0, "dkd_beta": None}
+    options = {
+        "ctkd_base": Option("kd", "the loss read at the learned temperature", choices=("kd", "dkd")),
+        "mlp_name": Option("global", "one learned temperature (global) or one per sample (instance)",
+                           choices=("global", "instance")),
+        "t_start": Option(1.0, "lowest temperature", above=0),
+        "t_end": Option(20.0, "range of the temperature above t_start", min=0),
+        "cosine_decay": Option(1, "curriculum of the reversal factor: 1 cosine, 0 linear", choices=(0, 1)),
+        "decay_max": Option(0.0, "gradient factor lambda at epoch 0"),
+        "decay_min": Option(-1.0, "gradient factor lambda at the end of the curriculum"),
+        "decay_loops": Option(10.0, "epochs of the curriculum", above=0),
+        "dkd_alpha": Option(1.0, "DKD's target-class weight (ctkd_base dkd)", min=0),
+        "dkd_beta": Option(None, "DKD's non-target weight (ctkd_base dkd; unset: mdistiller's per-pair value, "
+                                 "else 8)", type=float, min=0),
+    }
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)
-        if self.ctkd_base not in ("kd", "dkd"):
-            raise ValueError(f"ctkd: ctkd_base must be 'kd' or 'dkd', got {self.ctkd_base!r}")
-        if self.mlp_name not in ("global", "instance"):
-            raise ValueError(f"ctkd: mlp_name must be 'global' or 'instance', got {self.mlp_name!r}")
         if self.mlp_name == "instance" and self.ctkd_base != "kd":
             raise ValueError("ctkd: the instance-wise temperature works with ctkd_base kd only")
-        if not self.decay_loops > 0 or self.t_start <= 0 or self.t_end < 0:
-            raise ValueError("ctkd: decay_loops must be positive, t_start positive, t_end non-negative")
         n_s, n_t = tuple(spec.student["logits"]), tuple(spec.teacher["logits"])
         if n_s != n_t:
             raise ValueError(f"ctkd needs student and teacher logits over the same classes; got {n_s} and {n_t}")

@@ -3,9 +3,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distillers.base import Distiller, register_distiller
+from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._common import LinearEmbed
-from distillers.methods._memory import pooled_dim, require_positive
+from distillers.methods._memory import pooled_dim
 
 #: Upper clamp of the learnt logit scale exp(tau) (reference ``max_tau``).
 MAX_SCALE = 10.0
@@ -26,13 +26,13 @@ class DCD(Distiller):
     student_taps = ("pooled",)
     teacher_taps = ("pooled",)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
-    options = {"feat_dim": 128, "dcd_alpha": 0.5}
+    options = {
+        "feat_dim": Option(128, "width of the two embeddings", min=1),
+        "dcd_alpha": Option(0.5, "weight of the consistency KL", min=0),
+    }
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)
-        require_positive("dcd", feat_dim=self.feat_dim)
-        if self.dcd_alpha < 0:
-            raise ValueError(f"dcd: dcd_alpha must be >= 0, got {self.dcd_alpha}")
         self.embed_s = LinearEmbed(pooled_dim(spec.student, "student", "dcd"), self.feat_dim)
         self.embed_t = LinearEmbed(pooled_dim(spec.teacher, "teacher", "dcd"), self.feat_dim)
         self.tau = nn.Parameter(torch.tensor(1.0))

@@ -1,8 +1,8 @@
 """Huang et al., "Knowledge Distillation from A Stronger Teacher" (DIST, NeurIPS 2022)."""
 import torch
 
-from distillers.base import Distiller, register_distiller
-from distillers.methods._logits import check_flag, check_number, check_same_classes, logit_pair
+from distillers.base import Distiller, Option, register_distiller
+from distillers.methods._logits import LOGIT_STD, check_same_classes, logit_pair
 
 #: Added to the product of norms in the cosine, as in the reference.
 EPS = 1e-8
@@ -35,14 +35,15 @@ class DIST(Distiller):
     student_taps = ("logits",)
     teacher_taps = ("logits",)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 2.0}
-    options = {"dist_beta": 1.0, "dist_gamma": 1.0, "dist_tau": 4.0, "logit_std": False}
+    options = {
+        "dist_beta": Option(1.0, "weight of the inter-class term (correlation per sample)", min=0),
+        "dist_gamma": Option(1.0, "weight of the intra-class term (correlation per class over the batch)", min=0),
+        "dist_tau": Option(4.0, "softmax temperature", above=0),
+        "logit_std": LOGIT_STD,
+    }
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)
-        check_number("dist", "dist_beta", self.dist_beta)
-        check_number("dist", "dist_gamma", self.dist_gamma)
-        check_number("dist", "dist_tau", self.dist_tau, positive=True)
-        check_flag("dist", "logit_std", self.logit_std)
         check_same_classes("dist", spec)
         if spec.batch_size is not None and spec.batch_size < 2:
             raise ValueError(f"dist: the intra-class term correlates over the batch; batch size {spec.batch_size} "

@@ -2,8 +2,8 @@
 import torch
 import torch.nn.functional as F
 
-from distillers.base import Distiller, register_distiller
-from distillers.methods._logits import check_flag, logit_pair
+from distillers.base import Distiller, Option, register_distiller
+from distillers.methods._logits import LOGIT_STD, logit_pair
 
 #: mdistiller ``configs/cifar100/dkd/*.yaml`` DKD.BETA per (teacher, student); other pairs use 8.
 BETA_PER_PAIR = {
@@ -42,20 +42,20 @@ class DKD(Distiller):
     teacher_taps = ("logits",)
     batch_keys = ("labels",)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
-    options = {"dkd_alpha": 1.0, "dkd_beta": None, "kd_T": 4.0, "warmup": 20, "logit_std": False}
+    options = {
+        "dkd_alpha": Option(1.0, "weight of the target-class term (TCKD)", min=0),
+        "dkd_beta": Option(None, "weight of the non-target-class term (NCKD); unset: mdistiller's per-pair "
+                                 "value, else 8", type=float, min=0),
+        "kd_T": Option(4.0, "softmax temperature", above=0),
+        "warmup": Option(20, "epochs over which the loss weight rises linearly to 1 (0: none)", min=0),
+        "logit_std": LOGIT_STD,
+    }
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)
         if self.dkd_beta is None:
             pair = (spec.extra.get("teacher_arch"), spec.extra.get("student_arch"))
             self.dkd_beta = BETA_PER_PAIR.get(pair, DEFAULT_BETA)
-        for name in ("dkd_alpha", "dkd_beta", "kd_T", "warmup"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"dkd: {name} must be a non-negative number, got {value!r}")
-        if self.kd_T == 0:
-            raise ValueError("dkd: kd_T must be positive")
-        check_flag("dkd", "logit_std", self.logit_std)
         n_s, n_t = tuple(spec.student["logits"]), tuple(spec.teacher["logits"])
         if n_s != n_t:
             raise ValueError(

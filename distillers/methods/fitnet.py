@@ -6,7 +6,7 @@ hint pre-training stage of the paper).
 import torch.nn.functional as F
 from torch import nn
 
-from distillers.base import Distiller, register_distiller
+from distillers.base import Distiller, Option, register_distiller
 
 
 class ConvReg(nn.Module):
@@ -55,12 +55,10 @@ class FitNet(Distiller):
     student_taps = ("stage2",)
     teacher_taps = ("stage2",)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 100.0}
-    options = {"hint_layer": 2}
+    options = {"hint_layer": Option(2, "the hint stage k: tap stage<k> on both sides", min=1)}
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)
-        if isinstance(self.hint_layer, bool) or not isinstance(self.hint_layer, int) or self.hint_layer < 1:
-            raise ValueError(f"fitnet: hint_layer must be a stage number >= 1, got {self.hint_layer!r}")
         self.tap = f"stage{self.hint_layer}"
         for side, taps in (("student", spec.student), ("teacher", spec.teacher)):
             if self.tap not in taps:

@@ -1,6 +1,6 @@
 """Yim et al., "A Gift from Knowledge Distillation: Fast Optimization, Network Minimization
 and Transfer Learning" (FSP)."""
-from distillers.base import Distiller, InitStage, register_distiller
+from distillers.base import Distiller, InitStage, Option, register_distiller
 from distillers.methods._common import pool_to_smaller
 
 INIT_TAPS = ("stem", "stages")
@@ -29,12 +29,10 @@ class FSP(Distiller):
     student_taps = ()
     teacher_taps = ()
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 50.0}
-    options = {"init_epochs": 30}
+    options = {"init_epochs": Option(30, "epochs of the initialisation stage (the student alone)", min=0)}
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)
-        if not isinstance(self.init_epochs, int) or self.init_epochs < 0:
-            raise ValueError(f"fsp: init_epochs must be a non-negative integer, got {self.init_epochs!r}")
         s_ch = [spec.student["stem"][0]] + [shape[0] for shape in spec.student["stages"]]
         t_ch = [spec.teacher["stem"][0]] + [shape[0] for shape in spec.teacher["stages"]]
         if len(s_ch) != len(t_ch):

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distillers.base import Distiller, InitStage, register_distiller
+from distillers.base import Distiller, InitStage, Option, register_distiller
 from distillers.methods._common import pool_to_smaller
 
 RATE = 0.5  # factor channels = RATE * teacher channels (the reference's k)
@@ -49,12 +49,10 @@ class FT(Distiller):
     student_taps = ("last_map",)
     teacher_taps = ("last_map",)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 200.0}
-    options = {"init_epochs": 30}
+    options = {"init_epochs": Option(30, "epochs of the initialisation stage (the paraphraser)", min=0)}
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)
-        if not isinstance(self.init_epochs, int) or self.init_epochs < 0:
-            raise ValueError(f"ft: init_epochs must be a non-negative integer, got {self.init_epochs!r}")
         s_c = spec.student["last_map"][0]
         if "factor" in spec.teacher:
             k = spec.teacher["factor"][0]

@@ -1,8 +1,8 @@
 """Hinton et al., "Distilling the Knowledge in a Neural Network" (KD)."""
 import torch.nn.functional as F
 
-from distillers.base import Distiller, register_distiller
-from distillers.methods._logits import check_flag, check_number, logit_pair
+from distillers.base import Distiller, Option, register_distiller
+from distillers.methods._logits import LOGIT_STD, logit_pair
 
 
 def kd_loss(logit_s, logit_t, T: float):
@@ -12,7 +12,7 @@ def kd_loss(logit_s, logit_t, T: float):
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * T * T
 
 
-@register_distiller("kd")
+@register_distiller("kd", default_for="classification")
 class KD(Distiller):
     """Soft-target KL between student and teacher logits at temperature ``kd_T``.
 
@@ -26,12 +26,7 @@ class KD(Distiller):
     student_taps = ("logits",)
     teacher_taps = ("logits",)
     default_weights = {"gamma": 0.1, "alpha": 0.9, "beta": 0.0}
-    options = {"kd_T": 4.0, "logit_std": False}
-
-    def __init__(self, spec, **options):
-        super().__init__(spec, **options)
-        check_number("kd", "kd_T", self.kd_T, positive=True)
-        check_flag("kd", "logit_std", self.logit_std)
+    options = {"kd_T": Option(4.0, "softmax temperature", above=0), "logit_std": LOGIT_STD}
 
     def forward(self, s, t, batch=None):
         z_s, z_t = logit_pair(s["logits"], t["logits"], self.logit_std)

@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from distillers.base import Distiller, register_distiller
+from distillers.base import Distiller, Option, register_distiller
 
 
 def _finite(x):
@@ -45,12 +45,10 @@ class KDSVD(Distiller):
     student_taps = ("stages",)
     teacher_taps = ("stages",)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
-    options = {"k": 1}
+    options = {"k": Option(1, "singular vectors kept per teacher stage (the student keeps k + 3)", min=1)}
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)
-        if not isinstance(self.k, int) or self.k < 1:
-            raise ValueError(f"kdsvd: k must be a positive integer, got {self.k!r}")
         s_shapes, t_shapes = spec.student["stages"], spec.teacher["stages"]
         if len(s_shapes) != len(t_shapes):
             raise ValueError(f"KDSVD pairs stages one to one: the student has {len(s_shapes)} stages, "

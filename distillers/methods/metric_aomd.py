@@ -19,8 +19,8 @@ Student and teacher descriptor sizes must match: equal spatial sizes per stage.
 """
 from torch import nn
 
-from distillers.base import Distiller, register_distiller
-from distillers.methods._pairs import METRIC_WEIGHTS, as_number
+from distillers.base import Distiller, Option, register_distiller
+from distillers.methods._pairs import METRIC_WEIGHTS
 from distillers.methods.at import last_stage_pairs
 
 ADAPTERS = ("auto", "conv")
@@ -34,19 +34,21 @@ def _map(bottom, top, mode: int):
 
 @register_distiller("aomd", task="metric")
 class AOMD(Distiller):
+    """MSE between student and teacher maps of consecutive stages' global and local descriptors."""
+
     student_taps = ("stages",)
     teacher_taps = ("stages",)
     default_weights = METRIC_WEIGHTS
-    options = {"aomd_mode": 2, "aomd_global": 1.0, "aomd_local": 1.0, "aomd_adapter": "auto"}
+    options = {
+        "aomd_mode": Option(2, "map of two stages: 1 the paper's full map, 2 the committed reduction", choices=(1, 2)),
+        "aomd_global": Option(1.0, "weight of the global (channel) descriptor terms", min=0),
+        "aomd_local": Option(1.0, "weight of the local (spatial) descriptor terms", min=0),
+        "aomd_adapter": Option("auto", "student adapters: auto (none where channels match) or conv (always)",
+                               choices=ADAPTERS),
+    }
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)
-        if self.aomd_mode not in (1, 2) or isinstance(self.aomd_mode, bool):
-            raise ValueError(f"aomd: aomd_mode must be 1 (full map) or 2 (committed reduction), got {self.aomd_mode!r}")
-        if self.aomd_adapter not in ADAPTERS:
-            raise ValueError(f"aomd: aomd_adapter must be one of {', '.join(ADAPTERS)}, got {self.aomd_adapter!r}")
-        self.aomd_global = as_number("aomd", "aomd_global", self.aomd_global)
-        self.aomd_local = as_number("aomd", "aomd_local", self.aomd_local)
         pairs = last_stage_pairs(list(spec.student.get("stages", [])), list(spec.teacher.get("stages", [])))
         if len(pairs) < 2:
             raise ValueError("aomd maps consecutive stages: student and teacher need at least 2 stage taps")

@@ -6,14 +6,19 @@ pooled: student and teacher maps must have the same spatial size (ResNet18/50 on
 """
 import torch.nn.functional as F
 
-from distillers.base import Distiller, register_distiller
+from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._pairs import METRIC_WEIGHTS, as_layers, tap_shape
 
 
 @register_distiller("metric_at", task="metric")
 class MetricAT(Distiller):
+    """Mean squared difference of attention maps, per stage, without pooling (the metric scripts' AT)."""
+
     default_weights = METRIC_WEIGHTS
-    options = {"at_layers": "stage2,stage3,stage4", "p": 2}
+    options = {
+        "at_layers": Option("stage2,stage3,stage4", "stage taps compared (comma-separated)"),
+        "p": Option(2, "power of the activations in the attention map", type=float, above=0),
+    }
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)

@@ -7,23 +7,25 @@ scores, averaged over anchors. CLI defaults alpha 2, beta 3 (``--dark_alpha``/``
 """
 import torch
 
-from distillers.base import Distiller, register_distiller
-from distillers.methods._pairs import METRIC_WEIGHTS, as_number, pdist
+from distillers.base import Distiller, Option, register_distiller
+from distillers.methods._pairs import METRIC_WEIGHTS, pdist
 
 
 @register_distiller("darkrank", task="metric")
 class HardDarkRank(Distiller):
+    """Plackett-Luce negative log-likelihood of the teacher's neighbour ranking under the student's scores."""
+
     student_taps = ("logits",)
     teacher_taps = ("logits",)
     default_weights = METRIC_WEIGHTS
-    options = {"dark_alpha": 2.0, "dark_beta": 3.0, "permute_len": 4}
+    options = {
+        "dark_alpha": Option(2.0, "scale alpha of the scores -alpha d^beta", min=0),
+        "dark_beta": Option(3.0, "power beta of the distances in the scores", min=0),
+        "permute_len": Option(4, "length of the teacher's ranking per anchor", min=1),
+    }
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)
-        self.dark_alpha = as_number("darkrank", "dark_alpha", self.dark_alpha)
-        self.dark_beta = as_number("darkrank", "dark_beta", self.dark_beta)
-        if isinstance(self.permute_len, bool) or not isinstance(self.permute_len, int) or self.permute_len < 1:
-            raise ValueError(f"darkrank: permute_len must be a positive integer, got {self.permute_len!r}")
 
     def scores(self, x):
         return -self.dark_alpha * pdist(x.flatten(1)).pow(self.dark_beta)

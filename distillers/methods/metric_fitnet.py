@@ -8,7 +8,7 @@ reference never passed them to its optimiser).
 """
 from torch import nn
 
-from distillers.base import PREDICTION, Distiller, register_distiller
+from distillers.base import PREDICTION, Distiller, Option, register_distiller
 from distillers.methods._pairs import METRIC_WEIGHTS, as_layers, tap_shape
 
 
@@ -18,8 +18,11 @@ def _as_map(x):
 
 @register_distiller("metric_fitnet", task="metric")
 class MetricFitNet(Distiller):
+    """MSE between 1x1-regressed student taps and the teacher's (stages and embedding; the metric scripts' FitNet)."""
+
     default_weights = METRIC_WEIGHTS
-    options = {"fitnet_layers": "stage2,stage3,stage4,logits"}
+    options = {"fitnet_layers": Option("stage2,stage3,stage4,logits",
+                                       "taps regressed, comma-separated (logits: the embedding)")}
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)

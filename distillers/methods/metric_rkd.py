@@ -4,17 +4,23 @@ The distance and angle terms of :mod:`distillers.methods.rkd`, applied to the em
 outputs (tap ``logits``) with the metric scripts' weights ``--dist_ratio 1 --angle_ratio 2``
 and no task loss. The teacher side carries no gradient (its taps run under no_grad).
 """
-from distillers.base import register_distiller
+from distillers.base import Option, register_distiller
 from distillers.methods._pairs import METRIC_WEIGHTS
 from distillers.methods.rkd import RKD
 
 
 @register_distiller("metric_rkd", task="metric")
 class MetricRKD(RKD):
-    """distance_weight * SmoothL1(D_s / mean D_s, D_t / mean D_t) + angle_weight * SmoothL1 of the
-    N^3 angle cosines, on embeddings. A zero weight skips its term."""
+    """RKD's distance and angle terms on embeddings (the metric scripts' weights 1 and 2).
+
+    distance_weight * SmoothL1(D_s / mean D_s, D_t / mean D_t) + angle_weight * SmoothL1 of the
+    N^3 angle cosines. A zero weight skips its term.
+    """
 
     student_taps = ("logits",)
     teacher_taps = ("logits",)
     default_weights = METRIC_WEIGHTS
-    options = {"distance_weight": 1.0, "angle_weight": 2.0}
+    options = {
+        "distance_weight": Option(1.0, "weight of the distance term", min=0),
+        "angle_weight": Option(2.0, "weight of the angle term", min=0),
+    }

@@ -10,7 +10,7 @@ comparison (golden ``metric_sp``).
 """
 import torch.nn.functional as F
 
-from distillers.base import Distiller, register_distiller
+from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._pairs import METRIC_WEIGHTS
 from distillers.methods.sp import _similarity
 
@@ -19,15 +19,16 @@ SP_MODES = ("batch", "per_sample")
 
 @register_distiller("metric_sp", task="metric")
 class MetricSP(Distiller):
+    """Similarity preserving on embeddings: squared difference of row-normalised Gram matrices."""
+
     student_taps = ("logits",)
     teacher_taps = ("logits",)
     default_weights = METRIC_WEIGHTS
-    options = {"sp_mode": "batch"}
+    options = {"sp_mode": Option("batch", "Gram matrix over the batch, or per sample (the AOMD repository's)",
+                                 choices=SP_MODES)}
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)
-        if self.sp_mode not in SP_MODES:
-            raise ValueError(f"metric_sp: sp_mode must be one of {', '.join(SP_MODES)}, got {self.sp_mode!r}")
         if self.sp_mode == "per_sample":
             ds, dt = spec.student["logits"][-1], spec.teacher["logits"][-1]
             if dt % ds:

@@ -8,10 +8,11 @@ them this way). A batch without any triplet gives a zero loss that still reaches
 import torch
 import torch.nn.functional as F
 
-from distillers.base import Distiller, register_distiller
-from distillers.methods._pairs import METRIC_WEIGHTS, as_number, check_sampler, sample_triplets
+from distillers.base import Distiller, Option, register_distiller
+from distillers.methods._pairs import METRIC_WEIGHTS, SAMPLERS, sample_triplets
 
 TRIPLET_KEYS = ("anchor_idx", "pos_idx", "neg_idx")
+MARGIN = Option(0.2, "margin", min=0)
 
 
 class _TripletLoss(Distiller):
@@ -19,12 +20,6 @@ class _TripletLoss(Distiller):
     teacher_taps = ()
     batch_keys = ("labels",)
     default_weights = METRIC_WEIGHTS
-
-    def __init__(self, spec, **options):
-        super().__init__(spec, **options)
-        name = self.registry_name or type(self).__name__
-        self.margin = as_number(name, "margin", self.margin)
-        check_sampler(self.triplet_sample, name)
 
     def squared_mining(self) -> bool:
         """Mining distance of the hard/semi-hard samplers: plain Euclidean (the reference default)."""
@@ -45,12 +40,13 @@ class Triplet(_TripletLoss):
     follows the reference: squared for p = 2, plain Euclidean for p = 1.
     """
 
-    options = {"margin": 0.2, "p": 2, "triplet_sample": "distance", "mining_squared": None}
-
-    def __init__(self, spec, **options):
-        super().__init__(spec, **options)
-        if self.p not in (1, 2) or isinstance(self.p, bool):
-            raise ValueError(f"triplet: p must be 1 (L1 triplet) or 2 (L2 triplet), got {self.p!r}")
+    options = {
+        "margin": MARGIN,
+        "p": Option(2, "norm of the distance: 1 (L1 triplet) or 2 (L2 triplet)", choices=(1, 2)),
+        "triplet_sample": Option("distance", "triplet sampler", choices=SAMPLERS),
+        "mining_squared": Option(None, "mine hard/semi-hard negatives by squared distance (unset: for p 2 only)",
+                                 type=bool),
+    }
 
     def squared_mining(self) -> bool:
         return self.p == 2 if self.mining_squared is None else bool(self.mining_squared)
@@ -65,10 +61,13 @@ class Triplet(_TripletLoss):
 
 @register_distiller("contrastive", task="metric")
 class Contrastive(_TripletLoss):
-    """mean of cat(d(a, p)^2, max(0, margin - d(a, n))^2) over the sampled triplets (a positive
-    pair counts once per negative); default sampler ``all``, as ``run.py --loss contrastive``."""
+    """Contrastive loss: squared positive distances and squared hinges margin - d(a, n), averaged.
 
-    options = {"margin": 0.2, "triplet_sample": "all"}
+    The mean of cat(d(a, p)^2, max(0, margin - d(a, n))^2) over the sampled triplets (a positive
+    pair counts once per negative); default sampler ``all``, as ``run.py --loss contrastive``.
+    """
+
+    options = {"margin": MARGIN, "triplet_sample": Option("all", "triplet sampler", choices=SAMPLERS)}
 
     def forward(self, s, t, batch=None):
         e = s["logits"]

@@ -3,7 +3,7 @@ Jin-Ying/Multi-Level-Logit-Distillation (``mdistiller/distillers/KD_ours.py``, c
 import torch
 import torch.nn.functional as F
 
-from distillers.base import Distiller, register_distiller
+from distillers.base import Distiller, Option, register_distiller
 from distillers.methods.kd import kd_loss
 
 
@@ -64,17 +64,16 @@ class MLKD(Distiller):
     teacher_taps = ("logits",)
     views = ("weak", "strong")
     default_weights = {"gamma": 0.1, "alpha": 0.0, "beta": 0.9}
-    options = {"kd_T": 4.0, "mlkd_T": (3.0, 5.0, 2.0, 6.0)}
+    options = {
+        "kd_T": Option(4.0, "first temperature (the plain KD level)", above=0),
+        "mlkd_T": Option((3.0, 5.0, 2.0, 6.0), "further temperatures, each adding the three terms again", above=0),
+    }
     #: temperatures at which the strong-view KD term reads the weak logits (the reference: (2.0, 6.0))
     strong_T_on_weak = ()
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)
-        extra = self.mlkd_T if isinstance(self.mlkd_T, (list, tuple)) else [self.mlkd_T]
-        self.mlkd_T = tuple(float(T) for T in extra)
-        temps = (self.kd_T, *self.mlkd_T)
-        if any(isinstance(T, bool) or not T > 0 for T in temps):
-            raise ValueError(f"mlkd: temperatures must be positive, got {temps}")
+        self.mlkd_T = tuple(float(T) for T in self.mlkd_T)
         n_s, n_t = tuple(spec.student["logits"]), tuple(spec.teacher["logits"])
         if n_s != n_t:
             raise ValueError(f"mlkd needs student and teacher logits over the same classes; got {n_s} and {n_t}")

@@ -3,8 +3,8 @@ Normalized Loss and Customized Soft Labels" (NKD, ICCV 2023)."""
 import torch
 import torch.nn.functional as F
 
-from distillers.base import Distiller, register_distiller
-from distillers.methods._logits import check_flag, check_number, check_same_classes, logit_pair
+from distillers.base import Distiller, Option, register_distiller
+from distillers.methods._logits import LOGIT_STD, check_same_classes, logit_pair
 
 
 @register_distiller("nkd")
@@ -27,13 +27,14 @@ class NKD(Distiller):
     teacher_taps = ("logits",)
     batch_keys = ("labels",)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
-    options = {"nkd_T": 3.0, "nkd_gamma": 3.5, "logit_std": False}
+    options = {
+        "nkd_T": Option(3.0, "softmax temperature of the non-target term", above=0),
+        "nkd_gamma": Option(3.5, "weight of the non-target term", min=0),
+        "logit_std": LOGIT_STD,
+    }
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)
-        check_number("nkd", "nkd_T", self.nkd_T, positive=True)
-        check_number("nkd", "nkd_gamma", self.nkd_gamma)
-        check_flag("nkd", "logit_std", self.logit_std)
         check_same_classes("nkd", spec)
 
     def forward(self, s, t, batch=None):

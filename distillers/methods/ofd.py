@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distillers.base import Distiller, register_distiller
+from distillers.base import Distiller, Option, register_distiller
 
 #: Tap group of the teacher's BatchNorm modules whose outputs feed each stage's final ReLU
 #: (``stage1_bn``, ``stage2_bn``, ...): the margins are computed from their weight and bias.
@@ -72,13 +72,11 @@ class OFD(Distiller):
     student_taps = ("stages_preact",)
     teacher_taps = ("stages_preact", BN_TAPS)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 1e-3}
-    options = {"ofd_kernel": 1}
+    options = {"ofd_kernel": Option(1, "kernel size of the connector conv (odd: the map keeps its size)",
+                                    choices=(1, 3, 5, 7))}
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)
-        k = self.ofd_kernel
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
-            raise ValueError(f"ofd: ofd_kernel must be an odd positive integer (same-size conv), got {k!r}")
         if BN_TAPS not in spec.teacher:
             raise ValueError(
                 "OFD computes its margins from the teacher's BatchNorm before each stage's final ReLU "
@@ -98,7 +96,7 @@ class OFD(Distiller):
             if tuple(bn) != (t[0],):
                 raise ValueError(f"OFD: the teacher BatchNorm paired with student stage {i} has "
                                  f"{tuple(bn)} channels, its stage map {t[0]}")
-        self.connectors = nn.ModuleList(connector(s[0], t[0], k) for s, t, _ in pairs)
+        self.connectors = nn.ModuleList(connector(s[0], t[0], self.ofd_kernel) for s, t, _ in pairs)
 
     def forward(self, s, t, batch=None):
         f_s = s["stages_preact"][self.first_s:]

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distillers.base import Distiller, register_distiller
+from distillers.base import Distiller, Option, register_distiller
 
 
 class ABF(nn.Module):
@@ -48,8 +48,10 @@ def hcl_loss(f_s, f_t):
 
 @register_distiller("reviewkd")
 class ReviewKD(Distiller):
-    """Review mechanism: ABF blocks fuse student levels deep to shallow; each output is
-    matched to the teacher's pre-activation stage (and pooled vector) with ``hcl_loss``.
+    """Review mechanism: student levels fused deep to shallow, each matched to a teacher level (HCL).
+
+    ABF blocks fuse student levels deep to shallow; each output is matched to the teacher's
+    pre-activation stage (and pooled vector) with ``hcl_loss``.
 
     Student: post-ReLU stages + pooled; teacher: pre-activation stages + pooled (the stem
     is unused on both sides). ``abfs[0]`` handles the pooled vector as a 1x1 map, then the
@@ -64,14 +66,13 @@ class ReviewKD(Distiller):
     student_taps = ("stages", "pooled")
     teacher_taps = ("stages_preact", "pooled")
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
-    options = {"reviewkd_weight": 5.0, "warmup": 20}
+    options = {
+        "reviewkd_weight": Option(5.0, "weight of the review loss (mdistiller REVIEWKD_WEIGHT)", min=0),
+        "warmup": Option(20, "epochs over which the loss weight rises linearly to 1 (0: none)", min=0),
+    }
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)
-        if not self.reviewkd_weight >= 0:
-            raise ValueError(f"reviewkd: reviewkd_weight must be non-negative, got {self.reviewkd_weight!r}")
-        if not self.warmup >= 0:
-            raise ValueError(f"reviewkd: warmup must be a non-negative number of epochs, got {self.warmup!r}")
         s_stages, t_stages = spec.student["stages"], spec.teacher["stages_preact"]
         if len(s_stages) != len(t_stages):
             raise ValueError(f"ReviewKD pairs stages one to one: the student has {len(s_stages)} stages, "

@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from distillers.base import Distiller, register_distiller
+from distillers.base import Distiller, Option, register_distiller
 
 
 def pairwise_distance(x, eps: float = 1e-12):
@@ -35,14 +35,10 @@ class RKD(Distiller):
     student_taps = ("pooled",)
     teacher_taps = ("pooled",)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
-    options = {"distance_weight": 25.0, "angle_weight": 50.0}
-
-    def __init__(self, spec, **options):
-        super().__init__(spec, **options)
-        for name in ("distance_weight", "angle_weight"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"rkd: {name} must be a non-negative number, got {value!r}")
+    options = {
+        "distance_weight": Option(25.0, "weight of the distance term (0: left out)", min=0),
+        "angle_weight": Option(50.0, "weight of the angle term (0: left out)", min=0),
+    }
 
     def forward(self, s, t, batch=None):
         tap = self.student_taps[0]  # pooled here; the embedding for metric learning

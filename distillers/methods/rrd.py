@@ -1,10 +1,9 @@
 """Giakoumoglou & Stathaki, "Relational Representation Distillation" (RRD)."""
 import torch.nn.functional as F
 
-from distillers.base import Distiller, register_distiller
+from distillers.base import BatchNeeds, Distiller, Option, register_distiller
 from distillers.methods._common import LinearEmbed
-from distillers.methods._memory import (ContrastMemory, TeacherQueue, pooled_dim, require_num_data,
-                                        require_positive)
+from distillers.methods._memory import ContrastMemory, TeacherQueue, pooled_dim, require_num_data
 
 MEMORY_TYPES = ("queue", "momentum")
 
@@ -27,26 +26,33 @@ class RRD(Distiller):
     student_taps = ("pooled",)
     teacher_taps = ("pooled",)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
-    options = {"feat_dim": 128, "nce_k": 16384, "nce_t_s": 0.04, "nce_t_t": 0.10,
-               "enqueue_first": False, "memory_type": "queue", "queue_row_norm": True,
-               "nce_t": 0.07, "nce_m": 0.5}
+    options = {
+        "feat_dim": Option(128, "width of the embeddings and memory rows", min=1),
+        "nce_k": Option(16384, "memory size: queue length, or negatives per sample (momentum)", min=1),
+        "nce_t_s": Option(0.04, "temperature of the student's distribution", above=0),
+        "nce_t_t": Option(0.10, "temperature of the teacher's distribution", above=0),
+        "enqueue_first": Option(False, "enqueue the batch before scoring (the reference's order; queue)"),
+        "memory_type": Option("queue", "FIFO teacher queue, or CRD's momentum banks", choices=MEMORY_TYPES),
+        "queue_row_norm": Option(True, "start the queue with unit rows (false: the reference's unit columns)"),
+        "nce_t": Option(0.07, "temperature of CRD's scores (momentum)", above=0),
+        "nce_m": Option(0.5, "momentum of the memory update (momentum)", min=0, below=1),
+    }
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)
-        if self.memory_type not in MEMORY_TYPES:
-            raise ValueError(f"rrd: memory_type must be one of {MEMORY_TYPES}, got {self.memory_type!r}")
-        require_positive("rrd", feat_dim=self.feat_dim, nce_k=self.nce_k, nce_t_s=self.nce_t_s,
-                         nce_t_t=self.nce_t_t, nce_t=self.nce_t)
         self.embed_s = LinearEmbed(pooled_dim(spec.student, "student", "rrd"), self.feat_dim)
         self.embed_t = LinearEmbed(pooled_dim(spec.teacher, "teacher", "rrd"), self.feat_dim)
         if self.memory_type == "momentum":
-            if not 0 <= self.nce_m < 1:
-                raise ValueError(f"rrd: nce_m (memory momentum) must be in [0, 1), got {self.nce_m}")
             self.batch_keys = ("index", "contrast_idx")
             self.contrast = ContrastMemory(self.feat_dim, require_num_data(spec, "rrd (momentum memory)"),
                                            self.nce_k, self.nce_t, self.nce_m)
         else:
             self.memory = TeacherQueue(self.nce_k, self.feat_dim, row_norm=self.queue_row_norm)
+
+    def batch_needs(self) -> BatchNeeds:
+        if self.memory_type == "momentum":  # CRD's banks: contrast indices drawn as CRD's exact mode
+            return BatchNeeds(index=True, contrast_k=int(self.nce_k))
+        return BatchNeeds()
 
     def forward(self, s, t, batch=None):
         v_s, v_t = self.embed_s(s["pooled"]), self.embed_t(t["pooled"])

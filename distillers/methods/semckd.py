@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distillers.base import Distiller, register_distiller
+from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._common import pool_to_smaller
 
 #: The query/key embedding width is batch // QK_FACTOR (the reference's SelfA factor).
@@ -62,7 +62,7 @@ class SemCKD(Distiller):
     student_taps = ("stages",)
     teacher_taps = ("stages",)
     default_weights = {"gamma": 1.0, "alpha": 1.0, "beta": 400.0}
-    options = {"soft": 1.0}
+    options = {"soft": Option(1.0, "temperature of the stage-pair attention", above=0, flags=("-s",))}
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)
@@ -70,9 +70,6 @@ class SemCKD(Distiller):
         if bsz is None or bsz < MIN_BATCH:
             raise ValueError(f"semckd sizes its query/key MLPs by the batch, so the batch must be constant "
                              f"and >= {MIN_BATCH}; got spec.batch_size={bsz}")
-        if isinstance(self.soft, bool) or not isinstance(self.soft, (int, float)) or not self.soft > 0:
-            raise ValueError(f"semckd soft (attention temperature) must be a positive number, "
-                             f"got {self.soft!r}")
         s_shapes = [tuple(x) for x in spec.student["stages"]]
         t_shapes = [tuple(x) for x in spec.teacher["stages"]]
         for side, shapes in (("student", s_shapes), ("teacher", t_shapes)):

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distillers.base import PREDICTION, Distiller, register_distiller
+from distillers.base import PREDICTION, Distiller, Option, register_distiller
 
 
 class SimKDHead(nn.Module):
@@ -58,7 +58,7 @@ class SimKD(Distiller):
     student_taps = ("last_map",)
     teacher_taps = ("last_map", "classifier")
     default_weights = {"gamma": 0.0, "alpha": 0.0, "beta": 1.0}
-    options = {"factor": 2}
+    options = {"factor": Option(2, "projector bottleneck: teacher channels / factor", min=1, flags=("-f",))}
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)
@@ -71,9 +71,9 @@ class SimKD(Distiller):
         if len(fc_shape) != 2 or fc_shape[1] != t_c:
             raise ValueError(f"simkd feeds the projector output ({t_c} channels, the teacher's last_map "
                              f"width) to the teacher classifier, whose weight is {fc_shape}")
-        if isinstance(self.factor, bool) or not isinstance(self.factor, int) or not 1 <= self.factor <= t_c:
-            raise ValueError(f"simkd factor must be an integer in [1, {t_c}] (teacher channels), "
-                             f"got {self.factor!r}")
+        if self.factor > t_c:
+            raise ValueError(f"simkd: factor {self.factor} leaves no bottleneck channel: the teacher's last map "
+                             f"has {t_c} channels (factor at most {t_c})")
         mid = t_c // self.factor
         transfer = nn.Sequential(
             nn.Conv2d(s_c, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),

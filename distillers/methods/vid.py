@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distillers.base import Distiller, register_distiller
+from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._common import pool_to_smaller
 from distillers.methods.at import last_stage_pairs, stage_shape_pairs
 
@@ -42,14 +42,12 @@ class VID(Distiller):
     student_taps = ("stages",)
     teacher_taps = ("stages",)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
-    options = {"init_pred_var": 5.0}
+    options = {"init_pred_var": Option(5.0, "initial variance of the predicted Gaussian", above=EPS)}
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)
-        if not isinstance(self.init_pred_var, (int, float)) or not self.init_pred_var > EPS:
-            raise ValueError(f"vid: init_pred_var must be a number > {EPS}, got {self.init_pred_var!r}")
         self.estimators = nn.ModuleList(
-            VariationalEstimator(s[0], t[0], float(self.init_pred_var))
+            VariationalEstimator(s[0], t[0], self.init_pred_var)
             for _, s, t in stage_shape_pairs(spec, "vid"))
 
     def forward(self, s, t, batch=None):

@@ -3,8 +3,8 @@ Perspective" (weighted soft labels, WSLD, ICLR 2021)."""
 import torch
 import torch.nn.functional as F
 
-from distillers.base import Distiller, register_distiller
-from distillers.methods._logits import check_flag, check_number, check_same_classes, logit_pair
+from distillers.base import Distiller, Option, register_distiller
+from distillers.methods._logits import LOGIT_STD, check_same_classes, logit_pair
 
 #: Added to the teacher's cross-entropy in the weight's ratio, as in the reference.
 EPS = 1e-7
@@ -31,12 +31,10 @@ class WSLD(Distiller):
     teacher_taps = ("logits",)
     batch_keys = ("labels",)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 2.25}
-    options = {"wsld_T": 4.0, "logit_std": False}
+    options = {"wsld_T": Option(4.0, "softmax temperature", above=0), "logit_std": LOGIT_STD}
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)
-        check_number("wsld", "wsld_T", self.wsld_T, positive=True)
-        check_flag("wsld", "logit_std", self.logit_std)
         check_same_classes("wsld", spec)
 
     def forward(self, s, t, batch=None):
