@@ -8,7 +8,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=find_packages(include=["distillers*", "models*", "data*", "engine*"]),
+    packages=find_packages(include=["core*", "distillers*", "models*", "data*", "engine*"]),
     py_modules=["train_teacher", "train_student"],
     install_requires=[
         "torch>=2.1",

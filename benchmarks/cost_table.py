@@ -8,7 +8,7 @@ to a vanilla resnet8x4 step and to a KD step, the peak memory of a step, and the
 extra trainable parameters. Also the overhead of the project itself: a KD (and a vanilla)
 step through the trainer against a hand-written loop on the same architectures.
 
-What is timed. One step is the body of the trainer's loop, run by ``Trainer._train_epoch``
+What is timed. One step is the body of the trainer's loop, run by ``Trainer.train_epoch``
 over prepared batches: the taps, the teacher forward under no_grad, the distiller, the
 loss, backward, the optimizer step and the loop's bookkeeping (finite-loss check, RNG
 snapshot, running sums). Data loading and augmentation are not timed (the batches are
@@ -171,22 +171,14 @@ class TrainerVariant(Variant):
         method_module = trainer.method
         if method_module is not None and method_module.init_stage() is not None:
             stage = method_module.init_stage()
-            if init_stage:  # the init stage's own SGD, as Trainer._run_init_stage builds it
+            if init_stage:  # the init stage's own SGD, as the trainer runs it
                 self.stage = stage
-                params = list(stage.parameters) + (list(trainer.model.parameters()) if stage.trains_student else [])
-                lr = stage.lr if stage.lr is not None else trainer.args.learning_rate
-                self.optimizer = torch.optim.SGD(params, lr=lr, momentum=trainer.args.momentum,
-                                                 weight_decay=trainer.args.weight_decay)
-                trainer._build_taps(stage)
+                self.optimizer = trainer.enter_stage(stage)
                 self.extra_params = sum(p.numel() for p in stage.parameters)
                 self.note = ("trains the student backbone too; " if stage.trains_student else "") + \
                     f"{stage.epochs} epochs in the reference"
-            else:  # main stage, as after Trainer._run_init_stage
-                method_module.finish_init_stage()
-                trainer.optimizer, trainer.scheduler = trainer._optimizer(trainer._main_parameters(),
-                                                                          trainer.args.learning_rate)
-                self.optimizer = trainer.optimizer
-                trainer._build_taps()
+            else:  # main stage, as after the init stage
+                self.optimizer = trainer.enter_stage(None)
                 self.note = "main stage (init stage timed separately)"
         if method_module is not None and not init_stage:
             self.extra_params = sum(p.numel() for p in method_module.parameters() if p.requires_grad)
@@ -204,7 +196,7 @@ class TrainerVariant(Variant):
         trainer.train_loader = Batches(self.batches, steps)
         trainer.step_in_epoch = 0
         started = time.perf_counter()
-        trainer._train_epoch(self.optimizer, self.stage)
+        trainer.train_epoch(self.optimizer, self.stage)
         return (time.perf_counter() - started) / steps
 
 

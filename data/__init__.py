@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional
 from torch.utils.data import Dataset
 
 from data.registry import DATASETS, BadImageError, DataError, check_split, register_dataset
-from data import cifar, folder, imagenet, synthetic  # noqa: F401  (register the plugins)
+from data import cifar, folder, imagenet, metric_learning, synthetic  # noqa: F401  (register the plugins)
 from data.wrappers import WithContrast, WithIndex
 
 __all__ = ["DATASETS", "register_dataset", "build_dataset", "dataset_info",

@@ -33,9 +33,9 @@ from typing import Iterator, Sequence, Tuple
 import numpy as np
 import torch
 
+from data.registry import DataError
+from data.samplers import EpochSampler, ShardSampler
 from data.wrappers import WithContrast, WithIndex
-from engine.config import ConfigError
-from engine.distributed import DistInfo, EpochSampler, ShardSampler
 
 INSTALL_HINT = ("--dali needs NVIDIA DALI, an optional extra: pip install -e .[dali] "
                 "(or pip install nvidia-dali-cuda120); without --dali the torchvision loaders are used")
@@ -50,7 +50,7 @@ def _dali():
         from nvidia.dali import fn, types
         from nvidia.dali.plugin.pytorch import feed_ndarray
     except ImportError as err:
-        raise ConfigError(f"{INSTALL_HINT} ({err})") from None
+        raise DataError(f"{INSTALL_HINT} ({err})") from None
     return dali, fn, types, feed_ndarray
 
 
@@ -67,7 +67,7 @@ class _Samples:
         self.wrapper = dataset if isinstance(dataset, (WithIndex, WithContrast)) else None
         folder = dataset.dataset if self.wrapper is not None else dataset
         if not hasattr(folder, "geometry") or not hasattr(folder, "samples"):
-            raise ConfigError("--dali reads ImageNet-style folders: use it with --dataset imagenet")
+            raise DataError("--dali reads ImageNet-style folders: use it with --dataset imagenet")
         self.paths = [path for path, _ in folder.samples]
         self.labels = torch.as_tensor(folder.targets, dtype=torch.long)
         self.geometry = folder.geometry
@@ -100,20 +100,20 @@ class _Feed:
 class _Pipelines:
     """Builds one DALI pipeline per pass and turns its outputs into the trainer's tuples."""
 
-    def __init__(self, samples: _Samples, mode: str, info: DistInfo, batch_size: int, threads: int):
-        self.samples, self.mode, self.batch_size, self.threads = samples, mode, batch_size, threads
+    def __init__(self, samples: _Samples, placement: str, shard, batch_size: int, threads: int):
+        self.samples, self.placement, self.batch_size, self.threads = samples, placement, batch_size, threads
         self.dali, self.fn, self.types, self.feed_ndarray = _dali()
-        self.device = info.device
+        self.device = shard.device
         self.device_id = None
-        if mode == "gpu":
-            self.device_id = info.device.index if info.device.index is not None else torch.cuda.current_device()
+        if placement == "gpu":
+            self.device_id = shard.device.index if shard.device.index is not None else torch.cuda.current_device()
 
     def _build(self, feed: _Feed, train: bool, seed: int):
         fn, types = self.fn, self.types
         g = self.samples.geometry
-        decoder = "mixed" if self.mode == "gpu" else "cpu"
+        decoder = "mixed" if self.placement == "gpu" else "cpu"
         padding = dict(device_memory_padding=DEVICE_PADDING, host_memory_padding=HOST_PADDING) \
-            if self.mode == "gpu" else {}
+            if self.placement == "gpu" else {}
         pipe = self.dali.Pipeline(batch_size=self.batch_size, num_threads=self.threads,
                                   device_id=self.device_id, seed=seed)
         with pipe:
@@ -138,7 +138,7 @@ class _Pipelines:
     def _images(self, batch) -> torch.Tensor:
         """A DALI batch as a torch tensor where DALI left it (GPU for ``gpu``, else CPU)."""
         tensor = batch.as_tensor()
-        on_gpu = self.mode == "gpu"
+        on_gpu = self.placement == "gpu"
         out = torch.empty(tensor.shape(), dtype=torch.float32, device=self.device if on_gpu else "cpu")
         self.feed_ndarray(tensor, out, cuda_stream=torch.cuda.current_stream(self.device) if on_gpu else None)
         return out
@@ -161,10 +161,10 @@ class _Pipelines:
 class DaliTrainLoader:
     """The trainer's train-loader protocol (engine/loaders.py) over DALI pipelines."""
 
-    def __init__(self, pipelines: _Pipelines, dataset, info: DistInfo, batch_size: int, seed: int):
+    def __init__(self, pipelines: _Pipelines, dataset, shard, batch_size: int, seed: int):
         self.pipelines, self.dataset, self.batch_size = pipelines, dataset, batch_size
-        self.seed, self.rank, self.epoch = seed, info.rank, 0
-        self.sampler = EpochSampler(dataset, info, seed=seed)
+        self.seed, self.rank, self.epoch = seed, shard.rank, 0
+        self.sampler = EpochSampler(dataset, shard.rank, shard.world_size, seed=seed)
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         self.epoch = epoch
@@ -185,10 +185,10 @@ class DaliTrainLoader:
 class DaliEvalLoader:
     """``(images, labels)`` over the unpadded shard ``rank::world``: each sample once over all ranks."""
 
-    def __init__(self, pipelines: _Pipelines, dataset, info: DistInfo, batch_size: int):
-        shard = np.fromiter(ShardSampler(dataset, info), dtype=np.int64)
+    def __init__(self, pipelines: _Pipelines, dataset, shard, batch_size: int):
+        indices = np.fromiter(ShardSampler(dataset, shard.rank, shard.world_size), dtype=np.int64)
         self.pipelines = pipelines
-        self.batches = [shard[i:i + batch_size] for i in range(0, len(shard), batch_size)]
+        self.batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -197,17 +197,19 @@ class DaliEvalLoader:
         return self.pipelines.run(self.batches, train=False, seed=0)
 
 
-def dali_loaders(args, info: DistInfo, batch_per_rank: int, train_set, test_set) -> Tuple[DaliTrainLoader,
-                                                                                             DaliEvalLoader]:
-    """The ``--dali cpu|gpu`` train and test loaders (``args.num_workers`` DALI threads per process)."""
+def dali_loaders(placement: str, threads: int, seed: int, shard, batch_per_rank: int, train_set,
+                 test_set) -> Tuple[DaliTrainLoader, DaliEvalLoader]:
+    """The ``--dali cpu|gpu`` train and test loaders with ``threads`` DALI threads per process.
+
+    ``shard`` is where this process sits: ``.rank``, ``.world_size`` and its ``.device``.
+    """
     _dali()
-    if args.dali == "gpu" and info.device.type != "cuda":
-        raise ConfigError("--dali gpu decodes on the GPU, but this process runs on the CPU: use --dali cpu")
-    threads = max(1, args.num_workers)
+    if placement == "gpu" and shard.device.type != "cuda":
+        raise DataError("--dali gpu decodes on the GPU, but this process runs on the CPU: use --dali cpu")
 
     def pipelines(dataset, batch_size):
-        return _Pipelines(_Samples(dataset), args.dali, info, batch_size, threads)
+        return _Pipelines(_Samples(dataset), placement, shard, batch_size, max(1, threads))
 
-    train = DaliTrainLoader(pipelines(train_set, batch_per_rank), train_set, info, batch_per_rank, args.seed)
-    test = DaliEvalLoader(pipelines(test_set, batch_per_rank), test_set, info, batch_per_rank)
+    train = DaliTrainLoader(pipelines(train_set, batch_per_rank), train_set, shard, batch_per_rank, seed)
+    test = DaliEvalLoader(pipelines(test_set, batch_per_rank), test_set, shard, batch_per_rank)
     return train, test

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from distillers.registry import Registry
+from core.registry import Registry
 
 DATASETS = Registry("dataset")
 SPLITS = ("train", "test")

@@ -63,7 +63,7 @@ class WithContrast(_Wrapper):
         labels = np.asarray(dataset.targets, dtype=np.int64)
         if len(np.unique(labels)) < 2:
             raise ValueError("WithContrast needs at least two classes to draw negatives from")
-        self.k, self.mode, self.seed = int(k), mode, int(seed)
+        self.negatives, self.positive, self.seed = int(k), mode, int(seed)
         self._labels = labels
         counts = np.bincount(labels)
         self._starts = np.concatenate([[0], np.cumsum(counts)])
@@ -89,13 +89,13 @@ class WithContrast(_Wrapper):
         idx = int(idx)
         c = self._labels[idx]
         rng = np.random.default_rng([self.seed, int(self._epoch), idx])
-        if self.mode == "exact":
+        if self.positive == "exact":
             pos = idx
         else:
             pos = self._order[self._starts[c] + rng.integers(self._starts[c + 1] - self._starts[c])]
         lo, hi = self._pool_starts[c], self._pool_starts[c + 1]
         m = len(self._pool) - (hi - lo)
-        draws = rng.choice(m, self.k, replace=False) if self.k <= m else rng.integers(0, m, self.k)
+        draws = rng.choice(m, self.negatives, replace=False) if self.negatives <= m else rng.integers(0, m, self.negatives)
         draws = draws + (draws >= lo) * (hi - lo)  # skip the own class's block
         contrast = np.concatenate([[pos], self._pool[draws]])
         return torch.from_numpy(contrast).long()

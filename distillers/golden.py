@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from distillers.base import ShapeSpec, build_distiller
-from distillers.taps import GROUPS
+from core.taps import GROUPS
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class GoldenEntry:
         replaces those inputs and is itself compared with the ``extra`` entry (the triplet
         samplers' index vectors, then the loss on them).
     task: the trainer task whose training step exercises the entry (``tests/test_methods_training.py``
-        covers ``classification``; the metric-learning entries run in ``tests/test_metric.py``).
+        covers ``classification``; the metric-learning entries run in ``tests/test_metric_learning.py``).
     """
 
     distiller: str
@@ -173,7 +173,7 @@ TABLE: Dict[str, GoldenEntry] = {
         hparam_options={"cut_off": "cut_off", "nonzero_loss_cutoff": "nonzero_loss_cutoff"},
         task="metric"),
     "recall_at_k": GoldenEntry("", {"embeddings": "arg:embeddings", "labels": "arg:labels"},
-                               function="distillers.metrics:recall_at_k", options={"ks": (1, 2, 4, 8)},
+                               function="distillers.retrieval:recall_at_k", options={"ks": (1, 2, 4, 8)},
                                hparam_options={"ks": "K"}, task="metric"),
     "darkrank": GoldenEntry("darkrank", EMBEDS, options={"dark_alpha": 2.0, "dark_beta": 3.0, "permute_len": 4},
                             hparam_options={"dark_alpha": "alpha", "dark_beta": "beta", "permute_len": "permute_len"},

@@ -19,12 +19,14 @@ import random
 import re
 import subprocess
 import tempfile
+from dataclasses import asdict
 from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
+from distillers.base import ShapeSpec
 from engine.interrupts import fault_point
 
 FORMAT = "distillers/1"
@@ -185,3 +187,16 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         rev = ""
     return f"{distillers.__version__}+{rev}" if rev else distillers.__version__
+
+
+def spec_to_dict(spec: ShapeSpec) -> Dict[str, Any]:
+    out = asdict(spec)
+    out["extra"] = {k: v for k, v in spec.extra.items() if isinstance(v, (str, int, float, bool))}
+    return out
+
+
+def spec_from_dict(values: Dict[str, Any]) -> ShapeSpec:
+    def fix(shapes):
+        return {k: ([tuple(s) for s in v] if v and isinstance(v[0], (list, tuple)) else tuple(v))
+                for k, v in shapes.items()}
+    return ShapeSpec(**{**values, "student": fix(values["student"]), "teacher": fix(values["teacher"])})

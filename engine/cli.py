@@ -6,17 +6,15 @@ traceback: 2 for an error, 128 + the signal for an interrupt (130 SIGINT, 143 SI
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import os
 import sys
 from typing import Optional, Sequence
 
-from distillers.registry import UnknownNameError
+from core.registry import UnknownNameError
 from engine import config
 from engine.checkpoint import CheckpointError
 from engine.distributed import DistInfo, launch
 from engine.interrupts import STOP, RunInterrupted
+from engine.plugins import load_plugins
 
 #: Errors that are the user's input, printed as one line instead of a traceback.
 USER_ERRORS = (config.ConfigError, CheckpointError, UnknownNameError, FileNotFoundError)
@@ -27,21 +25,6 @@ def user_errors():
     from data.registry import DataError
     from engine.trainer import TrainingError
     return USER_ERRORS + (DataError, TrainingError)
-
-
-def load_plugins(plugins: Sequence[str]) -> None:
-    """Import user modules (dotted names or .py files) so their registrations take effect."""
-    for plugin in plugins:
-        if plugin.endswith(".py"):
-            if not os.path.isfile(plugin):
-                raise FileNotFoundError(f"--plugin {plugin}: no such file")
-            name = "distillers_plugin_" + os.path.splitext(os.path.basename(plugin))[0]
-            spec = importlib.util.spec_from_file_location(name, plugin)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-        else:
-            importlib.import_module(plugin)
 
 
 class _Guarded:
@@ -72,7 +55,8 @@ class _Guarded:
 
 
 def _teacher_main(info: DistInfo, args) -> None:
-    from engine.trainer import Trainer, evaluate_checkpoint
+    from engine.evaluate import evaluate_checkpoint
+    from engine.trainer import Trainer
     load_plugins(args.plugins)
     if getattr(args, "evaluate", False):  # ``--mode eval --load CKPT`` (the metric seeds' run.py)
         if not args.path_s:
@@ -83,7 +67,8 @@ def _teacher_main(info: DistInfo, args) -> None:
 
 
 def _student_main(info: DistInfo, args) -> None:
-    from engine.trainer import Trainer, evaluate_checkpoint
+    from engine.evaluate import evaluate_checkpoint
+    from engine.trainer import Trainer
     load_plugins(args.plugins)
     if args.evaluate:
         if not args.path_s:
@@ -96,9 +81,11 @@ def _student_main(info: DistInfo, args) -> None:
 def _run(parser, main, argv) -> int:
     try:
         args = config.parse(parser, argv)
-    except config.ConfigError as err:
+    except (config.ConfigError, FileNotFoundError, UnknownNameError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
+    except SystemExit as done:  # argparse: --help (0) or a bad flag (2, its one line already printed)
+        return int(done.code or 0)
     return launch(_Guarded(parser.prog, main), args)
 
 

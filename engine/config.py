@@ -15,7 +15,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
-from engine.metric_config import add_metric_flags
+from engine.flags import HelpFormatter, Parser, parse_bool, parse_list
+from engine.metric_learning_flags import add_metric_flags
 
 RECIPES: Dict[str, Dict[str, Any]] = {
     # RepDistiller's CIFAR-100 protocol (mdistiller and GD cifar/ are identical)
@@ -24,7 +25,7 @@ RECIPES: Dict[str, Dict[str, Any]] = {
     # SimKD / GD imagenet/ (lr 0.1 for a global batch of 256)
     "imagenet": dict(epochs=120, learning_rate=0.1, lr_decay_epochs=[30, 60, 90], lr_decay_rate=0.1,
                      weight_decay=1e-4, momentum=0.9, batch_size=256),
-    # lenscloth/RKD run.py (Adam; students: engine.metric_config.METRIC_RECIPES["student"])
+    # lenscloth/RKD run.py (Adam; students: engine.metric_learning_flags.METRIC_RECIPES["student"])
     "metric": dict(epochs=40, learning_rate=1e-5, lr_decay_epochs=[25, 30, 35], lr_decay_rate=0.5,
                    weight_decay=1e-5, momentum=0.9, batch_size=128),
 }
@@ -33,28 +34,8 @@ SMALL_LR_MODELS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
 SMALL_LR = 0.01
 
 
-#: Short spellings of method options used by the reference scripts (SimKD's -f, SemCKD's -s).
-SHORT_FLAGS = {"factor": "-f", "soft": "-s"}
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except None/False (their help text says what happens when unset)."""
-
-    def _get_help_string(self, action):
-        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
-
-
 class ConfigError(ValueError):
     """A bad flag, config key or flag combination, reported before training starts."""
-
-
-class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line (the full usage is what ``--help`` is for)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _milestones(values: Sequence[str]) -> List[int]:
@@ -67,15 +48,6 @@ def _milestones(values: Sequence[str]) -> List[int]:
             except ValueError:
                 raise argparse.ArgumentTypeError(f"--lr_decay_epochs expects integers, got '{part}'")
     return out
-
-
-def _bool(value: str) -> bool:
-    lowered = str(value).lower()
-    if lowered in ("1", "true", "yes", "y", "on"):
-        return True
-    if lowered in ("0", "false", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got '{value}'")
 
 
 def _data_option(text: str):
@@ -154,72 +126,181 @@ def _common(parser: argparse.ArgumentParser) -> None:
                       choices=["nccl", "gloo"], help="default: nccl on GPUs, gloo on CPU")
 
 
-def teacher_parser() -> argparse.ArgumentParser:
+def teacher_parser() -> Parser:
     parser = Parser(
-        prog="train_teacher.py",
+        prog="train_teacher.py", kind="teacher",
         description="Train a model from scratch (a teacher, or a vanilla student baseline).",
+        epilog="Metric-learning datasets (cub200, cars196, stanford, metric_folder) bring their own flags: "
+               "train_teacher.py --dataset cub200 --help.",
         formatter_class=HelpFormatter)
     parser.add_argument("--model", default="resnet32x4",
                         help="architecture: a CIFAR zoo name, 'torchvision:<name>' or 'timm:<name>'")
     _common(parser)
-    add_metric_flags(parser, "teacher")
     return parser
 
 
-def _method_option_help() -> Dict[str, str]:
-    from distillers import DISTILLERS
-
-    users: Dict[str, List[str]] = {}
-    for name in DISTILLERS.names():
-        for option, default in DISTILLERS.get(name).all_options().items():
-            users.setdefault(option, []).append(f"{name}={'auto' if default is None else default}")
-    return {option: "method option; default per method: " + ", ".join(uses) for option, uses in users.items()}
-
-
-def student_parser() -> argparse.ArgumentParser:
-    from distillers import list_distillers
-
+def student_parser() -> Parser:
     parser = Parser(
-        prog="train_student.py",
-        description="Distil a teacher into a student with any registered method.",
+        prog="train_student.py", kind="student",
+        description="Distil a teacher into a student with any registered method. "
+                    "`train_student.py --distill NAME --help` lists that method's options.",
         formatter_class=HelpFormatter)
     parser.add_argument("--model_s", default="resnet8x4", help="student architecture")
     parser.add_argument("--path_t", "--path-t", dest="path_t", default=None,
                         help="teacher checkpoint (this project's or RepDistiller's {'model': state_dict})")
     parser.add_argument("--model_t", default=None,
                         help="teacher architecture, for checkpoints that do not record it")
-    parser.add_argument("--distill", default="kd", help="method: " + ", ".join(list_distillers()))
+    parser.add_argument("--distill", default=None, metavar="METHOD",
+                        help="the method (default: kd; on metric-learning datasets: metric); see the list below")
     weights = parser.add_argument_group(
         "loss weights: total = gamma*CE + alpha*KD + beta*method (unset: the method's reference values)")
     weights.add_argument("-r", "--gamma", "-c", "--cls", dest="gamma", type=float, default=None,
                          help="weight of the cross-entropy term (-c/--cls is the SimKD spelling)")
     weights.add_argument("-a", "--alpha", "-d", "--div", dest="alpha", type=float, default=None,
-                         help="weight of the KD term (-d/--div is the SimKD spelling)")
+                         help="weight of the KD term, which any method can add (-d/--div is the SimKD spelling)")
     weights.add_argument("-b", "--beta", dest="beta", type=float, default=None,
                          help="weight of the method's own loss")
-    weights.add_argument("--kd_T", type=float, default=4.0, help="KD temperature")
-    methods = parser.add_argument_group("method options (flag names follow the reference scripts)")
-    for option, text in sorted(_method_option_help().items()):
-        if option == "kd_T":
-            continue
-        flags = [SHORT_FLAGS[option]] if option in SHORT_FLAGS else []
-        methods.add_argument(*flags, f"--{option}", dest=f"method__{option}", default=argparse.SUPPRESS,
-                             metavar=option.upper(), type=yaml.safe_load,
-                             help=text)
     parser.add_argument("--evaluate", action="store_true",
                         help="only evaluate the student checkpoint --path_s (no teacher needed)")
     parser.add_argument("--path_s", default=None, help="student checkpoint for --evaluate")
     _common(parser)
-    add_metric_flags(parser, "student")
     return parser
+
+
+def _option_type(option):
+    """The command-line converter of a method option (its checks run when the method is built)."""
+    kind = option.kind
+    if kind is bool:
+        return parse_bool
+    if kind is tuple:
+        return parse_list
+    if kind in (int, float, str):
+        return kind
+    return yaml.safe_load
+
+
+def add_method_options(parser: argparse.ArgumentParser, name: str, title: str, skip=()) -> List[str]:
+    """A group with the options of distiller ``name`` as flags (``--<option>``, dest ``method__<option>``)."""
+    from distillers import DISTILLERS
+
+    cls = DISTILLERS.get(name)
+    group = parser.add_argument_group(title)
+    added = []
+    for option, spec in cls.option_specs().items():
+        if option in skip:
+            continue
+        accepted = spec.accepted()
+        text = (spec.help + "; " if spec.help else "") + accepted
+        default = "auto (see the method)" if spec.default is None else spec.default
+        group.add_argument(*spec.flags, f"--{option}", dest=f"method__{option}", default=argparse.SUPPRESS,
+                           metavar=option.upper(), type=_option_type(spec), choices=spec.choices,
+                           help=f"{text} (default: {default})")
+        added.append(option)
+    return added
+
+
+def _describe_methods() -> str:
+    from distillers import DISTILLERS
+
+    lines = []
+    for name in DISTILLERS.names():
+        doc = (DISTILLERS.get(name).__doc__ or "").strip().splitlines()
+        lines.append(f"  {name:<14} {doc[0] if doc else ''}")
+    return "methods (--distill NAME --help shows a method's options):\n" + "\n".join(lines)
+
+
+def _preparse(parser: Parser, argv: Optional[Sequence[str]]):
+    """The flags that decide which other flags exist: --plugin, --config, --dataset, --distill
+    (the command line wins over the YAML config, as for every flag)."""
+    early = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    early.add_argument("--plugin", dest="plugins", action="append", default=[])
+    early.add_argument("--config", default=None)
+    early.add_argument("--dataset", default=None)
+    early.add_argument("--distill", default=None)
+    known, _ = early.parse_known_args(argv)
+    values = {}
+    if known.config:
+        values = _read_yaml(known.config)
+    plugins = list(values.get("plugins", values.get("plugin", [])) or [])
+    plugins = ([plugins] if isinstance(plugins, str) else plugins) + known.plugins
+    dataset = known.dataset or values.get("dataset") or parser.get_default("dataset")
+    distill = known.distill or values.get("distill")
+    return plugins, dataset, distill
+
+
+def complete(parser: Parser, argv: Optional[Sequence[str]] = None) -> None:
+    """Add the flags that the plugins, the dataset and the method bring (once per parser)."""
+    import data as datasets
+    from engine.plugins import load_plugins
+
+    plugins, dataset, distill = _preparse(parser, argv)
+    load_plugins(plugins)
+    if parser.completed_for == (dataset, distill):
+        return
+    parser.completed_for = (dataset, distill)
+    try:
+        task = datasets.dataset_info(dataset).get("task", "classification")
+    except KeyError:
+        task = "classification"  # an unknown dataset is reported, with its suggestions, by the run
+    from distillers import DISTILLERS
+    from distillers.base import ADDED_TERM, default_method
+
+    if parser.kind == "student":
+        method = distill or default_method(task)
+        parser.set_defaults(distill=method)
+        parser.epilog = _describe_methods()
+        parser.formatter_class = _RawEpilog
+        added = add_method_options(parser, ADDED_TERM, f"the {ADDED_TERM} term that -a/--alpha adds to any "
+                                                       f"method: options of {ADDED_TERM}")
+        if method in DISTILLERS and method != ADDED_TERM:
+            doc = (DISTILLERS.get(method).__doc__ or "").strip().splitlines()
+            add_method_options(parser, method, f"options of --distill {method}" + (f": {doc[0]}" if doc else ""),
+                               skip=added)
+    elif task != "classification":  # a teacher trains with its task's default method (metric: triplet)
+        cls = DISTILLERS.get(default_method(task))
+        teacher_flags = getattr(cls, "teacher_flags", ())
+        add_method_options(parser, cls.registry_name, f"the {task} objective of a teacher run",
+                           skip=[o for o in cls.option_names() if o not in teacher_flags])
+    if task == "metric":
+        add_metric_flags(parser, parser.kind)
+    _note_flags_elsewhere(parser, task)
+
+
+def _note_flags_elsewhere(parser: Parser, task: str) -> None:
+    """Where the flags this parser lacks live, for the error about an unknown flag."""
+    from distillers import DISTILLERS
+
+    own = set(parser._option_string_actions)
+    if parser.kind == "student":
+        chosen = parser.get_default("distill")
+        owners: Dict[str, List[str]] = {}
+        for name in DISTILLERS.names():
+            for option, spec in DISTILLERS.get(name).option_specs().items():
+                for flag in (f"--{option}",) + tuple(spec.flags):
+                    if flag not in own:
+                        owners.setdefault(flag, []).append(name)
+        parser.flags_elsewhere.update({flag: f"an option of {', '.join(names)}, not of --distill {chosen}"
+                                       for flag, names in owners.items()})
+    if task != "metric":
+        scratch = Parser(kind=parser.kind)
+        add_metric_flags(scratch, parser.kind)
+        where = "a metric-learning flag: give --dataset cub200, cars196, stanford or metric_folder"
+        parser.flags_elsewhere.update({flag: where for flag in scratch._option_string_actions if flag not in own})
+
+
+class _RawEpilog(HelpFormatter):
+    """Keeps the methods list of the epilog one per line."""
+
+    def _fill_text(self, text, width, indent):
+        return "".join(indent + line for line in text.splitlines(keepends=True))
 
 
 def _dests(parser: argparse.ArgumentParser) -> Dict[str, argparse.Action]:
     return {a.dest: a for a in parser._actions if a.dest != "help"}
 
 
-def load_yaml(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
-    """Read a YAML config; keys are flag names (``lr_decay_epochs``, ``nce_k``, ``data-root``...)."""
+def _read_yaml(path: str) -> Dict[str, Any]:
+    """A YAML config file as a dict (plain values only: ``yaml.safe_load``)."""
     if not os.path.isfile(path):
         raise ConfigError(f"--config {path}: no such file")
     try:
@@ -235,22 +316,39 @@ def load_yaml(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
         raise ConfigError(f"--config {path}: cannot read it ({err})") from None
     if not isinstance(values, dict):
         raise ConfigError(f"--config {path}: expected a mapping of flag names to values")
+    return values
+
+
+def load_yaml(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
+    """Read a YAML config; keys are flag names (``lr_decay_epochs``, ``nce_k``, ``data-root``...)."""
+    values = _read_yaml(path)
     dests = _dests(parser)
     out: Dict[str, Any] = {}
     for key, value in values.items():
+        if key == "plugin":
+            key = "plugins"
         dest = str(key).lstrip("-").replace("-", "_")
         dest = dest if dest in dests else f"method__{dest}"
+        if dest == "plugins" and isinstance(value, str):
+            value = [value]
         if dest not in dests:
             names = sorted(d.replace("method__", "") for d in dests if d != "config")
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"--config {path}: unknown key '{key}'.{hint} Known keys: {', '.join(names)}")
+            owners = parser._owners(f"unrecognized arguments: --{key}") if isinstance(parser, Parser) else ""
+            raise ConfigError(f"--config {path}: unknown key '{key}'{owners}.{hint} Known keys: {', '.join(names)}")
         out[dest] = value
     return out
 
 
 def parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """Parse flags, layering: parser defaults < YAML config < command line."""
+    """Parse flags, layering: parser defaults < YAML config < command line.
+
+    The parser is first completed with what --plugin, --dataset and --distill bring (their
+    options), so a plugin's options are flags like any built-in method's.
+    """
+    if isinstance(parser, Parser):
+        complete(parser, argv)
     first, _ = parser.parse_known_args(argv)
     if first.config:
         parser.set_defaults(**load_yaml(first.config, parser))

@@ -16,11 +16,10 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DistributedSampler, Sampler
 
 
 @dataclass
@@ -109,39 +108,6 @@ def launch(main: Callable[[DistInfo, object], int], args) -> int:
             per_node = min(per_node, args.nprocs)
         return _spawn(per_node, args, main)
     return main(DistInfo(device=_device(args, 0)), args)
-
-
-class EpochSampler(DistributedSampler):
-    """DistributedSampler (also on one process) that can resume in the middle of an epoch.
-
-    The order of an epoch depends only on (seed, epoch), so skipping the first
-    ``start`` indices after a resume replays exactly the rest of the epoch.
-    """
-
-    def __init__(self, dataset, info: DistInfo, seed: int, shuffle: bool = True):
-        super().__init__(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=shuffle,
-                         seed=seed, drop_last=True)
-        self.start = 0
-
-    def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__())
-        return iter(indices[self.start:])
-
-    def __len__(self) -> int:
-        return self.num_samples - self.start
-
-
-class ShardSampler(Sampler):
-    """Evaluation shard ``rank::world``: every sample seen exactly once over all ranks, no padding."""
-
-    def __init__(self, dataset, info: DistInfo):
-        self.indices = range(info.rank, len(dataset), info.world_size)
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from engine.distributed import DistInfo, EpochSampler, ShardSampler
+from data.samplers import EpochSampler, ShardSampler
+from engine.distributed import DistInfo
 
 
 class TrainLoader:
@@ -25,7 +26,7 @@ class TrainLoader:
     def __init__(self, dataset: Dataset, info: DistInfo, batch_size: int, num_workers: int, seed: int,
                  pin_memory: bool = False):
         self.dataset, self.batch_size, self.seed, self.rank = dataset, batch_size, seed, info.rank
-        self.sampler = EpochSampler(dataset, info, seed=seed)
+        self.sampler = EpochSampler(dataset, info.rank, info.world_size, seed=seed)
         self.generator = torch.Generator()
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, num_workers=num_workers,
                                  pin_memory=pin_memory, drop_last=True, generator=self.generator)
@@ -47,5 +48,5 @@ class TrainLoader:
 def eval_loader(dataset: Dataset, info: DistInfo, batch_size: int, num_workers: int,
                 pin_memory: bool = False) -> DataLoader:
     """Unshuffled shard ``rank::world`` of the test set: no padding, no sample twice."""
-    return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(dataset, info),
+    return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(dataset, info.rank, info.world_size),
                       num_workers=num_workers, pin_memory=pin_memory)

@@ -1,10 +1,10 @@
 """What a run optimises and how it is scored, chosen by the dataset's ``task`` metadata.
 
-The trainer's loop (tapping, the distiller call, backward, checkpoints, DDP) is the
-same for every task; a task only decides how the student's prediction and the
-distiller's terms combine into the loss, how a test split is scored, which
-optimiser the recipe uses, the extra model arguments and the training loader. Classification is built in; metric learning registers
-its own task.
+The trainer's loop (tapping, the objective, backward, checkpoints, DDP) is the same for
+every task; a task only gives its own loss terms to the objective (:mod:`engine.objective`:
+classification's cross-entropy, weighted by ``gamma``), decides which loss weights apply,
+how a test split is scored, which optimiser the recipe uses, the extra model arguments and
+the training loader. Classification is built in; metric learning is :mod:`engine.metric_learning_task`.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distillers import PREDICTION, Distiller, FeatureTaps
-from distillers.registry import Registry
+from distillers import FeatureTaps
+from core.registry import Registry
 from engine.distributed import all_reduce_sum
 from engine.loaders import TrainLoader
 
@@ -41,24 +41,22 @@ def accuracy_counts(logits: torch.Tensor, y: torch.Tensor, ks=(1, 5)) -> List[in
 
 @TASKS.register("classification")
 class ClassificationTask:
-    """``gamma * CE + alpha * KD + beta * method``; top-1/top-5; best checkpoint by top-1."""
+    """Cross-entropy as its own term (``gamma``); top-1/top-5; best checkpoint by top-1."""
 
     score_key = "top1"
     train_accuracy = True
 
-    def combine(self, trainer, s: Dict[str, Any], t: Dict[str, Any], y: torch.Tensor,
-                out: Dict[str, torch.Tensor]):
-        logits = out.pop(PREDICTION, s["logits"])  # SimKD predicts through the teacher's classifier
-        ce = F.cross_entropy(logits, y)
-        total = trainer.gamma * ce
-        terms = {"ce": ce, **out}
-        if out:
-            total = total + trainer.beta * Distiller.total(out).to(logits.device)
-        if trainer.kd is not None:
-            kd = trainer.kd({"logits": logits}, t)["kd"]
-            total = total + trainer.alpha * kd
-            terms["kd"] = kd
-        return total, logits, terms
+    def own_terms(self, weights: Dict[str, float]) -> Dict[str, Any]:
+        """The task's terms of the objective: cross-entropy of the prediction, weighted by gamma."""
+        return {"ce": (weights.get("gamma", 1.0), lambda prediction, batch: F.cross_entropy(prediction,
+                                                                                              batch["labels"]))}
+
+    def check_weights(self, weights: Dict[str, float]) -> None:
+        """Every weight (gamma, alpha, beta) has a term here."""
+
+    def teacher_objective(self, args, spec) -> Optional[nn.Module]:
+        """A method a teacher run trains with besides the task's own terms (none: cross-entropy)."""
+        return None
 
     def train_correct(self, logits: torch.Tensor, y: torch.Tensor) -> int:
         return accuracy_counts(logits, y, ks=(1,))[0]
@@ -115,4 +113,3 @@ class ClassificationTask:
         return opt, sched
 
 
-from engine import metric_task  # noqa: E402,F401  (registers the 'metric' task)

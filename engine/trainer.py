@@ -16,13 +16,11 @@ draw augmentations from per-worker streams that a resume cannot line up again.
 """
 from __future__ import annotations
 
-import math
 import os
 import random
 import sys
 import time
 import warnings
-from dataclasses import asdict
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -33,13 +31,14 @@ from tqdm import tqdm
 
 import data as datasets
 from distillers import Distiller, FeatureTaps, ShapeSpec, build_distiller
-from distillers.base import DISTILLERS
-from distillers.taps import standard_taps
+from distillers.base import ADDED_TERM, DISTILLERS
+from core.taps import standard_taps
 from engine import checkpoint as ckpt
 from engine.config import ConfigError, apply_recipe, method_options, resume_conflicts, validate_numbers
 from engine.distributed import (DistInfo, all_reduce_sum, average_gradients, barrier, broadcast_buffers, broadcast_result,
                                 gather_to_main, rank_differences)
 from engine.interrupts import STOP, RunInterrupted, fault_point
+from engine.objective import Objective
 from engine.run_folder import RunFolder
 from engine.loaders import eval_loader
 from engine.tasks import TASKS, unpack
@@ -80,19 +79,6 @@ class Logger:
     def close(self) -> None:
         if self.writer:
             self.writer.close()
-
-
-def spec_to_dict(spec: ShapeSpec) -> Dict[str, Any]:
-    out = asdict(spec)
-    out["extra"] = {k: v for k, v in spec.extra.items() if isinstance(v, (str, int, float, bool))}
-    return out
-
-
-def spec_from_dict(values: Dict[str, Any]) -> ShapeSpec:
-    def fix(shapes):
-        return {k: ([tuple(s) for s in v] if v and isinstance(v[0], (list, tuple)) else tuple(v))
-                for k, v in shapes.items()}
-    return ShapeSpec(**{**values, "student": fix(values["student"]), "teacher": fix(values["teacher"])})
 
 
 def shape_spec(model: nn.Module, example: torch.Tensor) -> Dict[str, Any]:
@@ -164,6 +150,7 @@ class Trainer:
         self.last_acc = float("nan")  # score of the last evaluation (recorded in checkpoints)
         self.epoch_totals = EpochTotals()
         self.saved_any = False  # whether this run wrote a checkpoint (else its new folder is removed)
+        self.gradients_checked = False
         self.log = Logger(info, None, False)
         self._build()
 
@@ -189,10 +176,9 @@ class Trainer:
         self.model = create_model(model_name, num_classes=self.num_classes,
                                   **self.task.model_kwargs(args, "student" if self.kind == "student" else "model"),
                                   family=None if ":" in model_name else self.family).to(self.device)
-        self.teacher = self.method = self.kd = None
+        self.teacher = self.method = self.added_term = None
         self.gamma, self.alpha, self.beta = 1.0, 0.0, 0.0
-        if self.kind == "student":
-            self._build_distillation(example)
+        self._build_distillation(example)
         self.run_dir = args.save_dir or os.path.join(args.save_root, f"{self.kind}s", self.run_name())
         self._check_run_folder()
         self.log = Logger(self.info, self.run_dir, not args.no_tensorboard)
@@ -223,58 +209,61 @@ class Trainer:
             DISTILLERS.get(args.distill)
 
     def _build_distillation(self, example: torch.Tensor) -> None:
+        """Teacher, method, KD term and their weights (a teacher run: the task's own terms only)."""
         args = self.args
-        if not args.path_t:
-            raise ConfigError("train_student.py needs a teacher checkpoint: --path_t PATH")
-        self.teacher = load_teacher(args.path_t, args.model_t, self.family, self.num_classes,
-                                    **self.task.model_kwargs(args, "teacher"))
-        self.teacher.to(self.device).eval().requires_grad_(False)
+        if self.kind == "student":
+            if not args.path_t:
+                raise ConfigError("train_student.py needs a teacher checkpoint: --path_t PATH")
+            self.teacher = load_teacher(args.path_t, args.model_t, self.family, self.num_classes,
+                                        **self.task.model_kwargs(args, "teacher"))
+            self.teacher.to(self.device).eval().requires_grad_(False)
+        self.spec = ShapeSpec(
+            student=shape_spec(self.model, example.to(self.device)),
+            teacher=shape_spec(self.teacher, example.to(self.device)) if self.teacher is not None else {},
+            num_classes=self.num_classes, num_data=len(self.train_set), batch_size=self.batch_per_rank,
+            extra={"student_arch": args.model if self.kind == "teacher" else args.model_s,
+                   "teacher_arch": getattr(self.teacher, "arch", "")})
+        if self.kind == "teacher":
+            own = self.task.teacher_objective(args, self.spec)  # metric learning: the triplet objective
+            self.objective = Objective([(1.0, own.to(self.device))] if own is not None else [],
+                                       self.task.own_terms({"gamma": 1.0}))
+            return
         cls = DISTILLERS.get(args.distill)
         weights = dict(cls.default_weights)
-        for key in ("gamma", "alpha", "beta"):
-            if getattr(args, key) is not None:
-                weights[key] = getattr(args, key)
+        weights.update({k: getattr(args, k) for k in ("gamma", "alpha", "beta") if getattr(args, k) is not None})
+        self.task.check_weights(weights)
         self.gamma, self.alpha, self.beta = weights["gamma"], weights["alpha"], weights["beta"]
         options = method_options(args)
-        stray = sorted(set(options) - set(cls.option_names()))
+        kd_names = set(DISTILLERS.get(ADDED_TERM).option_names())
+        stray = sorted(set(options) - set(cls.option_names()) - kd_names)
         if stray:
             raise ConfigError(f"option(s) {', '.join('--' + s for s in stray)} do not apply to --distill "
                               f"{args.distill}; its options: {', '.join(cls.option_names()) or 'none'}")
-        if "kd_T" in cls.option_names():
-            options.setdefault("kd_T", args.kd_T)
-        spec = ShapeSpec(student=shape_spec(self.model, example.to(self.device)),
-                         teacher=shape_spec(self.teacher, example.to(self.device)),
-                         num_classes=self.num_classes, num_data=len(self.train_set),
-                         batch_size=self.batch_per_rank,
-                         extra={"student_arch": args.model_s, "teacher_arch": getattr(self.teacher, "arch", "")})
-        self.spec = spec
-        if args.distill == "kd":
-            if self.beta:
-                raise ConfigError("--distill kd has no method term: -b/--beta must be 0 "
-                                  "(KD is weighted by -a/--alpha)")
-            self.alpha = weights["alpha"]
-        else:
-            try:
-                self.method = build_distiller(args.distill, spec, **options).to(self.device)
-            except (ValueError, TypeError) as err:  # the method's own message says why
-                raise ConfigError(f"--distill {args.distill} with teacher {spec.extra['teacher_arch']} and "
-                                  f"student {args.model_s}: {err}") from None
-        if self.alpha:  # --distill kd's own options (logit_std) apply to its term
-            kd_options = options if args.distill == "kd" else {"kd_T": args.kd_T}
-            self.kd = build_distiller("kd", spec, **kd_options).to(self.device)
-        if self.method is not None and self.method.init_stage() is not None:
+        self.method = self._build_method(args.distill, {k: v for k, v in options.items() if k in cls.option_names()})
+        if self.alpha:  # the KD term any method can add; --kd_T and --logit_std are its options too
+            self.added_term = self._build_method(ADDED_TERM, {k: v for k, v in options.items() if k in kd_names})
+        self.objective = Objective([(self.beta, self.method), (self.alpha, self.added_term)],
+                                   self.task.own_terms(weights))
+        if self.method.init_stage() is not None:
             self.phase = "init"
-        if self.method is not None and self.method.init_stage() is not None and not self.method.student_taps \
-                and self.beta:
-            warnings.warn(f"--distill {args.distill} has no main-stage loss: -b {self.beta} has no effect "
-                          "(its loss acts in the initialisation stage)")
+            if not self.method.student_taps and self.beta:
+                warnings.warn(f"--distill {args.distill} has no main-stage loss: -b {self.beta} has no effect "
+                              "(its loss acts in the initialisation stage)")
+
+    def _build_method(self, name: str, options: Dict[str, Any]) -> Distiller:
+        try:
+            return build_distiller(name, self.spec, **options).to(self.device)
+        except (ValueError, TypeError) as err:  # the method's own message says why
+            raise ConfigError(f"--distill {name} with teacher {self.spec.extra['teacher_arch']} and "
+                              f"student {self.spec.extra['student_arch']}: {err}") from None
 
     def _wrap_train_set(self):
-        keys = set(self.method.batch_keys) if self.method is not None else set()
-        if "contrast_idx" in keys:
-            return datasets.WithContrast(self.train_set, k=int(self.method.nce_k),
-                                         mode=getattr(self.method, "mode", "exact"), seed=self.args.seed)
-        if "index" in keys:
+        """The training set serving what the objective's terms declared (:class:`BatchNeeds`)."""
+        needs = self.objective.batch_needs()
+        if needs.contrast_k:
+            return datasets.WithContrast(self.train_set, k=needs.contrast_k, mode=needs.contrast_mode,
+                                         seed=self.args.seed)
+        if needs.index:
             return datasets.WithIndex(self.train_set)
         return self.train_set
 
@@ -284,8 +273,8 @@ class Trainer:
         pin = self.device.type == "cuda"
         if args.dali:
             from data.dali import dali_loaders  # lazily: CIFAR runs never import DALI
-            self.train_loader, self.test_loader = dali_loaders(args, self.info, self.batch_per_rank, train,
-                                                               self.test_set)
+            self.train_loader, self.test_loader = dali_loaders(args.dali, args.num_workers, args.seed, self.info,
+                                                               self.batch_per_rank, train, self.test_set)
         else:
             self.train_loader = self.task.train_loader(args, self.info, train, self.batch_per_rank, pin)
             self.test_loader = eval_loader(self.test_set, self.info, max(1, self.batch_per_rank // 2),
@@ -296,11 +285,8 @@ class Trainer:
 
     def _build_taps(self, stage=None) -> None:
         """Taps for the main stage, or for an initialisation stage when ``stage`` is given."""
-        method = self.method
-        s_names = ["logits"] + list(stage.student_taps if stage else (method.student_taps if method else []))
-        t_names = list(stage.teacher_taps if stage else (method.teacher_taps if method else []))
-        if self.kd is not None and not stage:
-            t_names.append("logits")
+        s_names = ["logits"] + list(stage.student_taps) if stage else self.objective.student_taps
+        t_names = list(stage.teacher_taps) if stage else self.objective.teacher_taps
         self.ddp = self.model
         if self.info.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -342,8 +328,7 @@ class Trainer:
         if stage is not None:
             terms = self.method.init_forward(s, t, batch)
             return Distiller.total(terms), s["logits"], terms
-        out = self.method(s, t, batch) if self.method is not None else {}
-        return self.task.combine(self, s, t, y, out)
+        return self.objective(s, t, batch)
 
     def _check_finite(self, loss: torch.Tensor, terms: Dict[str, torch.Tensor], stage) -> None:
         """Stop before a non-finite loss reaches the weights; the last checkpoint stays the last good one."""
@@ -357,7 +342,42 @@ class Trainer:
         raise TrainingError(f"the loss is {float(loss)} at {where} (terms: {values}); stopped before the bad step, "
                             f"{kept}. Lower --learning_rate or check the data and the loss weights")
 
-    def _train_epoch(self, optimizer, stage=None) -> Dict[str, float]:
+    def train_step(self, batch, optimizer, stage=None):
+        """One step of the loop: forward through the objective (or an init stage's loss), a
+        finiteness check, backward, the optimizer step. Returns (loss, prediction, terms).
+        Public: the smoke matrix and the cost table run exactly this."""
+        x, y, extras = unpack(batch, self.device)
+        loss, prediction, terms = self.losses(x, y, extras, stage)
+        self._check_finite(loss, terms, stage)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if stage is None and not self.gradients_checked:
+            self._warn_untrained_parameters()
+        if self.method is not None:
+            average_gradients([p for p in self.method.parameters() if p.requires_grad])
+        optimizer.step()
+        return loss, prediction, terms
+
+    def enter_stage(self, stage=None):
+        """Make ``stage`` (an init stage, or None: the main stage) the current one: its taps, and
+        its optimizer, which is returned. The main stage after an init stage freezes the stage's
+        parts (``finish_init_stage``) and builds the main optimizer anew."""
+        if stage is not None:
+            params = list(stage.parameters) + (list(self.model.parameters()) if stage.trains_student else [])
+            lr = stage.lr if stage.lr is not None else self.args.learning_rate
+            self.optimizer = torch.optim.SGD(params, lr=lr, momentum=self.args.momentum,
+                                             weight_decay=self.args.weight_decay)
+            self.phase = "init"
+        else:
+            if self.phase == "init":
+                self.method.finish_init_stage()
+                self.optimizer, self.scheduler = self._optimizer(self._main_parameters(), self.args.learning_rate)
+            self.phase = "main"
+        self._build_taps(stage)
+        return self.optimizer
+
+    def train_epoch(self, optimizer, stage=None) -> Dict[str, float]:
+        """The rest of the current epoch (from ``step_in_epoch``), stopping at a safe point on request."""
         self.model.train()
         if self.method is not None:
             self.method.train()
@@ -368,19 +388,13 @@ class Trainer:
         name = f"init {self.epoch}/{stage.epochs}" if stage else f"epoch {self.epoch}/{self.args.epochs}"
         bar = tqdm(self.train_loader, desc=name, disable=not show, leave=False, dynamic_ncols=True,
                    initial=self.step_in_epoch, total=self.step_in_epoch + len(self.train_loader))
-        extra_params = [p for p in self.method.parameters() if p.requires_grad] if self.method else []
         started = time.perf_counter()
         for batch in bar:
-            x, y, extras = unpack(batch, self.device)
-            loss, logits, terms = self.losses(x, y, extras, stage)
-            self._check_finite(loss, terms, stage)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            average_gradients(extra_params)
-            optimizer.step()
+            loss, prediction, terms = self.train_step(batch, optimizer, stage)
             self.step_in_epoch += 1
             now = time.perf_counter()
-            totals.add(y.shape[0], self.task.train_correct(logits.detach(), y), loss.item(),
+            labels = batch[1].to(self.device)
+            totals.add(labels.shape[0], self.task.train_correct(prediction.detach(), labels), loss.item(),
                        {k: float(v.detach()) for k, v in terms.items()}, now - started)
             started = now
             bar.set_postfix(loss=f"{loss.item():.3f}")
@@ -389,6 +403,17 @@ class Trainer:
                 self._stop(f"{'init ' if stage else ''}epoch {self.epoch}, batch {self.step_in_epoch}")
         bar.close()
         return totals.metrics(self.task.train_accuracy)
+
+    def _warn_untrained_parameters(self) -> None:
+        """After the first backward: say which student parameters no loss term reaches (e.g. an
+        embedding head when only stage features are distilled): they would only decay."""
+        self.gradients_checked = True
+        missed = [n for n, p in self.model.named_parameters() if p.requires_grad and p.grad is None]
+        if missed:
+            warnings.warn(f"no loss term reaches {len(missed)} student parameter(s) ({', '.join(missed[:4])}"
+                          f"{', ...' if len(missed) > 4 else ''}): they get no gradient and only decay under "
+                          f"weight decay. Loss = {self.describe_objective()}; add a term that reads them "
+                          "(e.g. the task's own loss or, in metric learning, --triplet_ratio 1)")
 
     def evaluate(self, model: Optional[nn.Module] = None, head: Optional[nn.Module] = None) -> Dict[str, float]:
         model = model or self.model
@@ -415,7 +440,7 @@ class Trainer:
             "distiller_name": a.distill if self.kind == "student" else "",
             "distiller_options": {k: v for k, v in vars(self.method).items() if k in type(self.method).option_names()}
             if self.method is not None else {},
-            "shape_spec": spec_to_dict(self.spec) if self.method is not None else {},
+            "shape_spec": ckpt.spec_to_dict(self.spec) if self.method is not None else {},
             "world_size": self.info.world_size, "ranks": per_rank, "rng": per_rank[0]["rng"],
             "config": {k: v for k, v in vars(a).items()},
             "weights": {"gamma": self.gamma, "alpha": self.alpha, "beta": self.beta},
@@ -550,32 +575,34 @@ class Trainer:
         self.log(f"batch {a.batch_size} ({self.batch_per_rank} per process; last partial batch dropped), "
                  f"lr {a.learning_rate}, decay x{a.lr_decay_rate} after epochs {a.lr_decay_epochs}, "
                  f"wd {a.weight_decay}, momentum {a.momentum}, {a.epochs} epochs")
+        self.log(f"loss = {self.describe_objective()}")
         if self.kind == "student":
-            extra = sum(p.numel() for p in self.method.parameters() if p.requires_grad) if self.method else 0
-            method = f" + {self.beta} * {a.distill}" if self.method is not None else ""
-            self.log(f"distill {a.distill}: loss = {self.gamma} * CE + {self.alpha} * KD(T={a.kd_T}){method}; "
-                     f"{extra} extra trainable parameters (weights: command line, else the reference's)")
+            extra = sum(p.numel() for p in self.method.parameters() if p.requires_grad)
+            self.log(f"{extra} extra trainable parameters (weights: command line, else the method's reference values)")
             if self._resume_state is None:  # a fresh start (a resumed run showed it when it started)
                 fault_point("teacher_eval", rank=self.info.rank)
                 acc = self.evaluate(self.teacher)
                 self.log(f"teacher {getattr(self.teacher, 'arch', '')} test {self.task.describe(acc)}")
 
+    def describe_objective(self) -> str:
+        """``0.1 * ce + 0.9 * kd(kd_T=4.0, logit_std=False)``: every term with its weight and options."""
+        parts = []
+        for weight, distiller in self.objective.distillers:
+            options = ", ".join(f"{k}={getattr(distiller, k)!r}" for k in type(distiller).option_names())
+            parts.append(f"{weight:g} * {distiller.registry_name}({options})")
+        parts += [f"{weight:g} * {name}" for name, (weight, _) in self.objective.task_terms.items()]
+        return " + ".join(parts)
+
     def _run_init_stage(self) -> None:
         stage = self.method.init_stage()
-        self.phase = "init"
-        params = list(stage.parameters) + (list(self.model.parameters()) if stage.trains_student else [])
-        lr = stage.lr if stage.lr is not None else self.args.learning_rate
-        optimizer = torch.optim.SGD(params, lr=lr, momentum=self.args.momentum,
-                                    weight_decay=self.args.weight_decay)
+        optimizer = self.enter_stage(stage)
         if self._resume_state is not None and self._resume_state.get("phase") == "init":
             optimizer.load_state_dict(self._resume_state["optimizer"])
-        self._build_taps(stage)
-        main_optimizer, self.optimizer = self.optimizer, optimizer
-        self.log(f"initialisation stage of {self.args.distill}: {stage.epochs} epochs at lr {lr}"
-                 f"{' (student backbone trained too)' if stage.trains_student else ''}")
+        self.log(f"initialisation stage of {self.args.distill}: {stage.epochs} epochs at lr "
+                 f"{optimizer.param_groups[0]['lr']}{' (student backbone trained too)' if stage.trains_student else ''}")
         self.epoch = self.init_done + 1
         while self.init_done < stage.epochs:
-            metrics = self._train_epoch(optimizer, stage)
+            metrics = self.train_epoch(optimizer, stage)
             self.init_done += 1
             self.log(f"init epoch {self.init_done}/{stage.epochs}: loss {metrics['loss']:.4f}")
             self.log.scalars("init", metrics, self.init_done)
@@ -583,11 +610,8 @@ class Trainer:
             self.save("latest.pth", float("nan"))
             if STOP.agreed():
                 self._stop(f"the end of init epoch {self.init_done}")
-        self.method.finish_init_stage()
-        self.phase, self.epoch = "main", 1
-        self.optimizer, self.scheduler = self._optimizer(self._main_parameters(), self.args.learning_rate)
-        del main_optimizer
-        self._build_taps()
+        self.enter_stage(None)
+        self.epoch = 1
 
     def _run_main(self) -> Dict[str, float]:
         args, key = self.args, self.task.score_key
@@ -595,7 +619,7 @@ class Trainer:
         while self.epoch <= args.epochs:
             lr = self.optimizer.param_groups[0]["lr"]
             resumed_at_end = self.step_in_epoch == len(self.train_loader) and self.step_in_epoch > 0
-            metrics = self._train_epoch(self.optimizer)
+            metrics = self.train_epoch(self.optimizer)
             # From here to the checkpoint the epoch ends as one unit: a signal waits for it.
             with warnings.catch_warnings():
                 if resumed_at_end:  # no step in this process yet; torch would warn about the order
@@ -635,37 +659,3 @@ class Trainer:
 
     def _inference_head(self) -> Optional[nn.Module]:
         return self.method.inference_head() if self.method is not None else None
-
-
-def evaluate_checkpoint(args, info: DistInfo) -> Dict[str, float]:
-    """``train_student.py --evaluate --path_s CKPT``: the saved student alone, no teacher."""
-    state = ckpt.load(args.path_s)
-    if state.get("format") != ckpt.FORMAT:
-        raise ckpt.CheckpointError(f"'{args.path_s}' is not a distillers checkpoint")
-    dataset = args.dataset if args.dataset != "cifar100" or "dataset" not in state else state["dataset"]
-    meta = datasets.dataset_info(dataset)
-    task = TASKS.build(meta.get("task", "classification"))
-    task.configure(args, "eval")
-    test_set = datasets.build_dataset(dataset, args.data_root or datasets.default_data_root(), "test",
-                                      **(args.data_opts or state["config"].get("data_opts", {})))
-    arch = state["arch"]
-    model = create_model(arch, num_classes=state["num_classes"], family=None if ":" in arch else meta["family"],
-                         **task.eval_model_kwargs(args, state)).to(info.device)
-    ckpt.load_weights(model, state["model"], f"student checkpoint '{args.path_s}'")
-    head = None
-    if state.get("distiller_name") and state.get("shape_spec"):
-        method = build_distiller(state["distiller_name"], spec_from_dict(state["shape_spec"]),
-                                 **state.get("distiller_options", {}))
-        method.load_state_dict(state["distiller"])
-        head = method.inference_head()
-        if head is not None:
-            head.to(info.device)
-    loader = eval_loader(test_set, info, max(1, (args.batch_size or 64) // 2), max(0, args.num_workers // 2))
-    acc = task.evaluate(model, loader, info.device, head)
-    if info.is_main:
-        recorded = state.get("acc")
-        print(f"{arch} ({args.path_s}): test {task.describe(acc)}"
-              + (f" (recorded at training time: {recorded:.2f}%)" if isinstance(recorded, float)
-                 and not math.isnan(recorded) else ""), flush=True)
-    return acc
-

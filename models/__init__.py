@@ -5,6 +5,6 @@ Every model keeps its plain ``forward``; feature taps come from its ``tap_points
 from models.registry import MODELS, create_model, list_models, register_model, resolve_model
 from models import cifar  # noqa: F401  (registers the CIFAR zoo)
 from models import imagenet  # noqa: F401  (registers the ImageNet zoo)
-from models import metric  # noqa: F401  (registers the metric-learning embedding nets)
+from models import embedding_nets  # noqa: F401  (registers the metric-learning embedding nets)
 
 __all__ = ["MODELS", "create_model", "list_models", "register_model", "resolve_model"]

@@ -12,8 +12,8 @@ from typing import Dict
 
 from torch import nn
 
-from distillers.registry import UnknownNameError
-from distillers.taps import TapPoint
+from core.registry import UnknownNameError
+from core.taps import TapPoint
 
 OFFLINE_HINT = ("pretrained weights could not be downloaded ({err}). This machine may be offline: "
                 "pass a local checkpoint instead (e.g. --path_t) or build without pretrained weights.")
@@ -98,7 +98,7 @@ def create_external(name: str, num_classes: int = 1000, pretrained: bool = False
 
         known = torchvision.models.list_models(module=torchvision.models)
         if arch not in known:
-            from distillers.registry import Registry
+            from core.registry import Registry
             raise UnknownNameError(Registry("torchvision model").unknown_message(arch, known))
         if pretrained and num_classes != 1000:
             raise ValueError(f"pretrained torchvision weights have 1000 classes; got num_classes={num_classes}")
@@ -112,7 +112,7 @@ def create_external(name: str, num_classes: int = 1000, pretrained: bool = False
         import timm
 
         if not timm.is_model(arch):
-            from distillers.registry import Registry
+            from core.registry import Registry
             raise UnknownNameError(Registry("timm model").unknown_message(arch, timm.list_models()))
         try:
             model = timm.create_model(arch, pretrained=pretrained, num_classes=num_classes, **kwargs)

@@ -16,7 +16,7 @@ from typing import Dict
 
 from torch import nn
 
-from distillers.taps import TapPoint
+from core.taps import TapPoint
 from models.external import create_external
 from models.registry import register_model
 

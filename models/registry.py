@@ -11,7 +11,7 @@ from typing import Any, List, Optional
 
 from torch import nn
 
-from distillers.registry import Registry, UnknownNameError
+from core.registry import Registry, UnknownNameError
 
 MODELS = Registry("model")
 DEFAULT_FAMILY = "cifar"

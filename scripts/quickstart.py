@@ -26,7 +26,8 @@ def main() -> int:
     parser.add_argument("--num_workers", type=int, default=0, help="DataLoader workers")
     args = parser.parse_args()
     common = ["--dataset", "synthetic", "--epochs", str(args.epochs), "--lr_decay_epochs", str(args.epochs * 2 // 3),
-              "--num_workers", str(args.num_workers), "--save_root", args.save_root]
+              "--num_workers", str(args.num_workers), "--save_root", args.save_root,
+              "--overwrite"]  # a demo: running it again starts the three runs over
     teacher_dir = os.path.join(args.save_root, "teacher")
     runs = [
         ("teacher " + TEACHER, cli.teacher, ["--model", TEACHER, "--save_dir", teacher_dir]),

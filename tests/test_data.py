@@ -11,7 +11,7 @@ from PIL import Image
 import data
 from data import WithContrast, WithIndex, build_dataset, dataset_info
 from data import cifar as cifar_mod
-from distillers.registry import UnknownNameError
+from core.registry import UnknownNameError
 
 
 def _dump(path, obj):

@@ -112,7 +112,7 @@ FOLDER_DATASETS = [("imagefolder", "", {}), ("imagenet", "", {"crop": 32}),
 
 
 def _dataset(tree, name, sub, opts, **extra):
-    import data.metric  # noqa: F401  (registers metric_folder)
+    import data.metric_learning  # noqa: F401  (registers metric_folder)
     root, _ = tree
     return build_dataset(name, str(root / sub), "train", augment=False, **opts, **extra)
 

@@ -1,6 +1,5 @@
 """The ``imagenet`` plugin on generated JPEG trees: torchvision and DALI CPU loaders, val sorting,
 the ImageNet zoo, and one distillation run through ``train_student.py --dali cpu``."""
-import argparse
 import os
 import subprocess
 import sys
@@ -14,8 +13,9 @@ from PIL import Image
 import data
 from data.imagenet import ImageNetFolder, geometry
 from engine import cli
-from engine.config import ConfigError
-from engine.distributed import DistInfo, EpochSampler
+from data.registry import DataError
+from data.samplers import EpochSampler
+from engine.distributed import DistInfo
 from models import create_model, list_models
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,8 +72,8 @@ def tree(tmp_path_factory):
     return make_tree(tmp_path_factory.mktemp("imagenet"))
 
 
-def dali_args(**kw):
-    return argparse.Namespace(**{"dali": "cpu", "num_workers": 1, "seed": 3, **kw})
+#: dali_loaders' mode, DALI threads and seed
+DALI = ("cpu", 1, 3)
 
 
 def build(tree, split, **options):
@@ -132,11 +132,11 @@ def test_dali_cpu_train_batches_follow_the_sampler_with_right_labels(tree):
     from data.dali import dali_loaders
 
     train_set = data.WithIndex(build(tree, "train", crop=32))
-    train, _ = dali_loaders(dali_args(), DistInfo(), 5, train_set, build(tree, "test"))
+    train, _ = dali_loaders(*DALI, DistInfo(), 5, train_set, build(tree, "test"))
     assert len(train) == 4  # 24 samples, batch 5: the last partial batch is dropped
     train.set_epoch(2)
     batches = list(train)
-    sampler = EpochSampler(train_set, DistInfo(), seed=3)
+    sampler = EpochSampler(train_set, 0, 1, seed=3)
     sampler.set_epoch(2)
     assert torch.cat([b[2] for b in batches]).tolist() == list(sampler)[:20]
     for x, y, index in batches:
@@ -160,7 +160,7 @@ def test_dali_cpu_eval_matches_torchvision(tree):
     from data.dali import dali_loaders
 
     test_set = build(tree, "test")
-    _, test = dali_loaders(dali_args(), DistInfo(), 4, build(tree, "train"), test_set)
+    _, test = dali_loaders(*DALI, DistInfo(), 4, build(tree, "train"), test_set)
     images, labels = map(torch.cat, zip(*test))
     reference = torch.stack([test_set[i][0] for i in range(len(test_set))])
     assert images.shape == reference.shape == (15, 3, 64, 64)
@@ -178,7 +178,7 @@ def test_dali_two_ranks_shard_train_and_see_every_test_sample_once(tree):
     seen, trained = [], []
     for rank in (0, 1):
         info = DistInfo(rank=rank, world_size=2)
-        train, test = dali_loaders(dali_args(), info, 4, train_set, test_set)
+        train, test = dali_loaders(*DALI, info, 4, train_set, test_set)
         train.set_epoch(1)
         trained.append({i for b in train for i in b[2].tolist()})
         for x, y in test:  # identify each returned image by its nearest torchvision image
@@ -194,7 +194,7 @@ def test_dali_contrast_indices_are_valid(tree):
     from data.dali import dali_loaders
 
     train_set = data.WithContrast(build(tree, "train", crop=32), k=6, seed=1)
-    train, _ = dali_loaders(dali_args(), DistInfo(), 8, train_set, build(tree, "test"))
+    train, _ = dali_loaders(*DALI, DistInfo(), 8, train_set, build(tree, "test"))
     train.set_epoch(1)
     labels = torch.tensor(train_set.targets)
     for x, y, index, contrast in train:
@@ -208,16 +208,16 @@ def test_dali_contrast_indices_are_valid(tree):
 def test_dali_gpu_on_a_cpu_process_is_a_clear_error(tree):
     from data.dali import dali_loaders
 
-    with pytest.raises(ConfigError, match="--dali cpu"):
-        dali_loaders(dali_args(dali="gpu"), DistInfo(), 4, build(tree, "train"), build(tree, "test"))
+    with pytest.raises(DataError, match="--dali cpu"):
+        dali_loaders("gpu", 1, 3, DistInfo(), 4, build(tree, "train"), build(tree, "test"))
 
 
 def test_missing_dali_names_the_install_command(tree, monkeypatch):
     from data.dali import dali_loaders
 
     monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # import fails as if not installed
-    with pytest.raises(ConfigError, match=r"pip install -e \.\[dali\]"):
-        dali_loaders(dali_args(), DistInfo(), 4, build(tree, "train"), build(tree, "test"))
+    with pytest.raises(DataError, match=r"pip install -e \.\[dali\]"):
+        dali_loaders(*DALI, DistInfo(), 4, build(tree, "train"), build(tree, "test"))
 
 
 @needs_dali
@@ -313,7 +313,7 @@ def test_sort_val_errors_are_one_line_and_move_nothing(tmp_path):
 def test_imagenet_zoo_names_and_mobilenet_v1():
     assert set(list_models("imagenet")) >= {"ResNet18", "ResNet34", "ResNet50", "MobileNetV1",
                                             "MobileNetV2", "ShuffleV2", "MobileNetV2_Imagenet"}
-    from distillers.taps import FeatureTaps
+    from core.taps import FeatureTaps
 
     model = create_model("MobileNetV1", num_classes=1000, family="imagenet")
     assert sum(p.numel() for p in model.parameters()) == 4_231_976

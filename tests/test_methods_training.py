@@ -108,23 +108,16 @@ def _record(method_name, entry, captured, params_before, method, trainer):
             "loss": captured["loss"].detach().double(), "tolerance": 1e-4, "extra": {}}
 
 
-METHODS = sorted(m for m, e in golden.TABLE.items() if e.task == "classification")  # metric: test_metric.py
+METHODS = sorted(m for m, e in golden.TABLE.items() if e.task == "classification")  # metric: test_metric_learning.py
 
 
 @pytest.mark.parametrize("method_name", METHODS)
 def test_training_step_matches_adapter_and_trains_golden_params(method_name, teacher_path, tmp_path):
     entry = golden.TABLE[method_name]
     trainer = build_trainer(method_name, entry, teacher_path, tmp_path)
-    method = trainer.kd if entry.distiller == "kd" else trainer.method
+    method = trainer.added_term if entry.distiller == "kd" else trainer.method  # -a's KD term
     stage = method.init_stage() if entry.call == "init_forward" else None
-    if stage is not None:
-        trainer._build_taps(stage)
-        optimizer = torch.optim.SGD(list(stage.parameters) + list(trainer.model.parameters()), lr=0.1)
-    else:
-        if method.init_stage() is not None:
-            method.finish_init_stage()
-            trainer._build_taps()
-        optimizer = trainer.optimizer
+    optimizer = trainer.enter_stage(stage)  # an init stage's own optimizer, or the main one after it
     captured = {}
     call = getattr(method, entry.call)
 
@@ -166,8 +159,7 @@ def test_parts_and_buffers_survive_checkpoint_and_resume(method_name, teacher_pa
     entry = golden.TABLE[method_name]
     trainer = build_trainer(method_name, entry, teacher_path, tmp_path)
     stage = trainer.method.init_stage() if trainer.phase == "init" else None
-    if stage is not None:
-        trainer._build_taps(stage)
+    trainer.enter_stage(stage)
     x, y, extras = unpack(next(iter(trainer.train_loader)), trainer.device)
     loss, _, _ = trainer.losses(x, y, extras, stage)
     loss.backward()

@@ -5,7 +5,7 @@ import torch
 import distillers
 from distillers import Distiller, ShapeSpec, UnknownNameError, build_distiller, register_distiller
 from distillers.base import DISTILLERS
-from distillers.registry import Registry
+from core.registry import Registry
 
 
 def test_register_build_and_list():

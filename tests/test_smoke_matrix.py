@@ -3,8 +3,8 @@
 The pairs are the CIFAR-100 pairs of the literature (results.md §1-2). For each
 (method, pair) cell a :class:`Trainer` is built from command-line flags on
 ``--dataset synthetic`` (10 classes, one batch of training data) with a teacher of
-random weights saved as a checkpoint, and one step goes through ``Trainer.losses``,
-backward and the optimizer step: the loss and every term must be finite and the
+random weights saved as a checkpoint, and one step goes through ``Trainer.train_step``
+(the objective, backward and the optimizer step): the loss and every term must be finite and the
 step must change the student's weights. Methods with an initialisation stage
 (AB, FT, FSP) take one init-stage step, finish the stage as the trainer does, then
 one main-stage step.
@@ -39,10 +39,6 @@ from engine.distributed import DistInfo
 from engine.trainer import Trainer, shape_spec
 from models import create_model
 
-try:  # the loop's batch unpacking (moved to engine.tasks by the task refactor)
-    from engine.tasks import unpack
-except ImportError:  # pragma: no cover
-    from engine.trainer import _unpack as unpack
 
 #: (teacher, student): results.md §1.1/1.2 (same family) and §2 (cross family).
 PAIRS = [
@@ -178,28 +174,16 @@ def _changed(params, before):
 
 
 def _step(trainer, optimizer, stage=None):
-    """The body of the trainer's loop: losses, backward, optimizer step. Returns the loss."""
+    """One step of the trainer's loop (``Trainer.train_step``); its loss and terms are finite."""
     trainer.model.train()
     if trainer.method is not None:
         trainer.method.train()
-    x, y, extras = unpack(next(iter(trainer.train_loader)), trainer.device)
-    loss, logits, terms = trainer.losses(x, y, extras, stage)
+    loss, logits, terms = trainer.train_step(next(iter(trainer.train_loader)), optimizer, stage)
     assert torch.isfinite(loss), f"loss {loss.item()}, terms {({k: float(v) for k, v in terms.items()})}"
     for key, value in terms.items():
         assert torch.isfinite(value).all(), f"term {key} is {value}"
-    assert logits.shape == (y.shape[0], NUM_CLASSES)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    assert logits.shape == (trainer.batch_per_rank, NUM_CLASSES)
     return loss
-
-
-def _init_optimizer(trainer, stage):
-    """The init stage's own SGD, built as ``Trainer._run_init_stage`` builds it."""
-    params = list(stage.parameters) + (list(trainer.model.parameters()) if stage.trains_student else [])
-    lr = stage.lr if stage.lr is not None else trainer.args.learning_rate
-    return params, torch.optim.SGD(params, lr=lr, momentum=trainer.args.momentum,
-                                   weight_decay=trainer.args.weight_decay)
 
 
 def test_matrix_covers_registry_and_lists_are_consistent():
@@ -224,21 +208,16 @@ def test_one_step(cell, teachers, tmp_path):
     trainer = build_trainer(method, path, s_arch, tmp_path)
     try:
         student = list(trainer.model.parameters())
-        if trainer.method is None:  # kd: the trainer carries it as trainer.kd
-            assert method == "kd" and trainer.kd is not None
         stage = trainer.method.init_stage() if trainer.phase == "init" else None
         if stage is not None:
-            trainer._build_taps(stage)
-            params, optimizer = _init_optimizer(trainer, stage)
+            optimizer = trainer.enter_stage(stage)
+            params = [p for group in optimizer.param_groups for p in group["params"]]
             before = _snapshot(params)
             _step(trainer, optimizer, stage)
             assert _changed(params, before), f"the {method} init-stage step changed nothing"
-            trainer.method.finish_init_stage()
-            trainer.optimizer, trainer.scheduler = trainer._optimizer(trainer._main_parameters(),
-                                                                      trainer.args.learning_rate)
-            trainer._build_taps()
+        optimizer = trainer.enter_stage(None)
         before = _snapshot(student)
-        _step(trainer, trainer.optimizer)
+        _step(trainer, optimizer)
         assert _changed(student, before), f"the {method} step did not change the student"
     finally:
         for taps in (trainer.s_taps, trainer.t_taps):

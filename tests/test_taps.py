@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from distillers.taps import FeatureTaps, TapError, TapPoint, count_hooks, standard_taps
+from core.taps import FeatureTaps, TapError, TapPoint, count_hooks, standard_taps
 from models import create_model
 
 

@@ -118,8 +118,8 @@ def test_bad_input_gives_clear_errors(tmp_path, teacher_ckpt, capsys):
     assert "does not fit architecture 'resnet20'" in err
     err = _cli_error(capsys, cli.student, TINY + ["--path_t", str(tmp_path / "nope.pth")])
     assert "does not exist" in err
-    err = _cli_error(capsys, cli.student, TINY + ["--path_t", teacher_ckpt, "--distill", "kd", "-b", "1"])
-    assert "-b/--beta must be 0" in err
+    err = _cli_error(capsys, cli.student, TINY + ["--path_t", teacher_ckpt, "--distill", "kd", "-r", "0", "-a", "0"])
+    assert "every loss weight is 0: nothing to train" in err
     err = _cli_error(capsys, cli.teacher, ["--dataset", "imagefolder", "--data-root", str(tmp_path / "none"),
                                            "--num_workers", "0"])
     assert str(tmp_path / "none") in err
@@ -129,17 +129,21 @@ def test_bad_input_gives_clear_errors(tmp_path, teacher_ckpt, capsys):
     err = _cli_error(capsys, cli.student, TINY + ["--path_t", teacher_ckpt, "--distill", "crd", "--mode", "loose"])
     assert "loose" in err
     err = _cli_error(capsys, cli.student, TINY + ["--path_t", teacher_ckpt, "--distill", "kd", "--nce_k", "5"])
-    assert "--nce_k do not apply to --distill kd" in err
+    assert "unrecognized arguments: --nce_k 5; --nce_k is an option of crd" in err and "not of --distill kd" in err
     err = _cli_error(capsys, cli.teacher, TINY + ["--model", "resnet8", "--batch_size", "500"])
     assert "smaller than one batch" in err
 
 
 def test_yaml_config_command_line_wins_and_unknown_key(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({"epochs": 7, "learning_rate": 0.2, "lr_decay_epochs": "3,5", "nce_k": 64}))
+    cfg.write_text(yaml.safe_dump({"epochs": 7, "learning_rate": 0.2, "lr_decay_epochs": "3,5", "nce_k": 64,
+                                  "distill": "crd"}))
     args = config.parse(config.student_parser(), ["--config", str(cfg), "--epochs", "3"])
     assert (args.epochs, args.learning_rate, args.lr_decay_epochs) == (3, 0.2, [3, 5])
     assert config.method_options(args) == {"nce_k": 64}
+    cfg.write_text(yaml.safe_dump({"nce_k": 64}))  # an option of another method than the default kd
+    with pytest.raises(config.ConfigError, match="unknown key 'nce_k'; --nce_k is an option of crd"):
+        config.parse(config.student_parser(), ["--config", str(cfg)])
     cfg.write_text(yaml.safe_dump({"epoch": 7}))
     with pytest.raises(config.ConfigError, match="unknown key 'epoch'"):
         config.parse(config.student_parser(), ["--config", str(cfg)])

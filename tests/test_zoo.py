@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distillers.taps import FeatureTaps
+from core.taps import FeatureTaps
 from models import create_model, list_models
 
 PARAMS = {

@@ -28,8 +28,8 @@ from typing import Dict
 
 from torch import nn
 
-from distillers.base import Distiller, build_distiller, register_distiller
-from distillers.methods._pairs import METRIC_WEIGHTS, SAMPLERS, as_number
+from distillers.base import Distiller, Option, build_distiller, register_distiller
+from distillers.methods._pairs import METRIC_WEIGHTS, SAMPLERS
 
 LOSSES = {"l2_triplet": ("triplet", {"p": 2}), "l1_triplet": ("triplet", {"p": 1}),
           "contrastive": ("contrastive", {})}
@@ -37,25 +37,39 @@ RATIOS = ("triplet_ratio", "dist_ratio", "angle_ratio", "dark_ratio", "at_ratio"
           "sp_ratio", "aomd_ratio")
 
 
-@register_distiller("metric", task="metric")
+@register_distiller("metric", task="metric", default_for="metric")
 class MetricObjective(Distiller):
+    """The metric-learning seeds' losses, each weighted by its ratio flag (module docstring)."""
+
     batch_keys = ("labels",)
     default_weights = METRIC_WEIGHTS
-    options = {"triplet_ratio": 0.0, "dist_ratio": 0.0, "angle_ratio": 0.0, "dark_ratio": 0.0,
-               "dark_alpha": 2.0, "dark_beta": 3.0, "at_ratio": 0.0, "fitnet_ratio": 0.0,
-               "sp_ratio": 0.0, "sp_mode": "batch", "aomd_ratio": 0.0, "aomd_mode": 2,
-               "aomd_global": 1.0, "aomd_local": 1.0, "loss": "l2_triplet",
-               "triplet_sample": "distance", "margin": 0.2}
+    options = {
+        "triplet_ratio": Option(0.0, "weight of the triplet (or contrastive) loss", min=0),
+        "dist_ratio": Option(0.0, "weight of RKD's distance term on embeddings", min=0),
+        "angle_ratio": Option(0.0, "weight of RKD's angle term on embeddings", min=0),
+        "dark_ratio": Option(0.0, "weight of Hard DarkRank", min=0),
+        "dark_alpha": Option(2.0, "DarkRank's alpha", min=0),
+        "dark_beta": Option(3.0, "DarkRank's beta", min=0),
+        "at_ratio": Option(0.0, "weight of attention transfer on b2..b4", min=0),
+        "fitnet_ratio": Option(0.0, "weight of FitNet on b2..b4 and the embedding", min=0),
+        "sp_ratio": Option(0.0, "weight of similarity preserving", min=0),
+        "sp_mode": Option("batch", "similarity preserving per batch or per sample (the AOMD repo's)",
+                          choices=("batch", "per_sample")),
+        "aomd_ratio": Option(0.0, "weight of AOMD", min=0),
+        "aomd_mode": Option(2, "AOMD's mode: 1 full map, 2 committed reduction", choices=(1, 2)),
+        "aomd_global": Option(1.0, "AOMD's global weight", min=0),
+        "aomd_local": Option(1.0, "AOMD's local weight", min=0),
+        "loss": Option("l2_triplet", "the triplet loss's form", choices=tuple(LOSSES)),
+        "triplet_sample": Option("distance", "triplet sampler", choices=SAMPLERS, flags=("--sample",)),
+        "margin": Option(0.2, "triplet/contrastive margin", min=0, flags=("--triplet_margin",)),
+    }
+    #: What a teacher run (train_teacher.py on a metric dataset) trains with: the seeds' run.py,
+    #: a triplet loss with the 'all' sampler; ``teacher_flags`` are its command-line options.
+    teacher_options = {"triplet_ratio": 1.0, "triplet_sample": "all"}
+    teacher_flags = ("loss", "triplet_sample", "margin")
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)
-        for name in RATIOS:
-            setattr(self, name, as_number("metric", name, getattr(self, name)))
-        if self.loss not in LOSSES:
-            raise ValueError(f"metric: unknown --loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
-        if self.triplet_sample not in SAMPLERS:
-            raise ValueError(f"metric: unknown triplet sampler {self.triplet_sample!r}; "
-                             f"choose one of {', '.join(SAMPLERS)}")
         self.weights: Dict[str, float] = {}
         self.terms = nn.ModuleDict()
         if self.triplet_ratio:
@@ -84,10 +98,6 @@ class MetricObjective(Distiller):
     def _add(self, key: str, weight: float, name: str, **options) -> None:
         self.terms[key] = build_distiller(name, self.spec, **options)
         self.weights[key] = weight
-
-    def reaches_embedding(self) -> bool:
-        """Whether some enabled term reads the embedding (the head gets a gradient)."""
-        return any(tap in ("logits", "embedding") for tap in self.student_taps)
 
     def forward(self, s, t, batch=None):
         out = {}

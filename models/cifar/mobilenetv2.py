@@ -18,7 +18,7 @@ from typing import Dict
 
 from torch import Tensor, nn
 
-from distillers.taps import TapPoint, head_taps
+from core.taps import TapPoint, head_taps
 from models.registry import register_model
 
 STAGE_BLOCKS = (1, 2, 4, 6)  # blocks whose outputs are the reference's feat[1:-1]

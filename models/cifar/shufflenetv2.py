@@ -20,7 +20,7 @@ from typing import Dict
 import torch
 from torch import Tensor, nn
 
-from distillers.taps import TapPoint, head_taps, residual_stage_taps
+from core.taps import TapPoint, head_taps, residual_stage_taps
 from models.registry import register_model
 
 

@@ -14,7 +14,7 @@ from typing import Dict, List, Sequence
 
 from torch import Tensor, nn
 
-from distillers.taps import TapPoint, head_taps
+from core.taps import TapPoint, head_taps
 from models.registry import register_model
 
 CFG = {

@@ -8,7 +8,7 @@ from collections import OrderedDict
 
 from torch import nn
 
-from models.metric import EmbeddingNet
+from models.embedding_nets import EmbeddingNet
 from models.registry import list_models, register_model
 
 

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from distillers.taps import TapPoint
+from core.taps import TapPoint
 from models import create_model, register_model
 
 

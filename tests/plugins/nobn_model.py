@@ -5,7 +5,7 @@ exact multi-process equivalence is tested on a GroupNorm network.
 """
 from torch import nn
 
-from distillers.taps import TapPoint
+from core.taps import TapPoint
 from models import register_model
 
 

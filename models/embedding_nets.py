@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distillers.taps import TapPoint
+from core.taps import TapPoint
 from models.registry import register_model
 
 BACKBONES = {"resnet18": ("resnet18", 512), "resnet50": ("resnet50", 2048)}

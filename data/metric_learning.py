@@ -1,7 +1,7 @@
 """Metric-learning datasets and the m-images-per-class batch loader (models-and-data.md §5).
 
 Datasets (all registered with ``family="metric"`` and ``task="metric"``, so the trainer runs
-them through :class:`engine.metric_task.MetricTask`):
+them through :class:`engine.metric_learning_task.MetricTask`):
 
 * ``cub200``: ``<root>/CUB_200_2011/images/<NNN.Name>/*.jpg``; classes sorted by folder name,
   the first 100 train (labels 0..99), the last 100 test (labels 100..199).

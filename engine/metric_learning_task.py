@@ -1,17 +1,19 @@
 """The metric-learning task: what the trainer optimises and reports on metric datasets.
 
-Chosen by the datasets' ``task="metric"`` metadata (:mod:`data.metric`); the loop, taps,
+Chosen by the datasets' ``task="metric"`` metadata (:mod:`data.metric_learning`); the loop, taps,
 checkpoints, resume, TensorBoard and DDP are the trainer's. This task decides:
 
 * defaults (:meth:`MetricTask.configure`, before anything is built): the seeds' backbones
-  (``--base``), ``--distill metric`` for students, the seeds' recipes (Adam, lr 1e-5 teacher /
-  1e-4 student, their decay epochs), the Recall@K values (1, 2, 4, 8; SOP 1, 10, 100, 1000);
-* the loss (:meth:`combine`): the distiller's weighted metric terms, no cross-entropy, no KD.
-  A teacher run (no distiller) trains with the ``metric`` objective at ``triplet_ratio`` 1
-  (``--loss``, ``--sample``, ``--margin``). A run in which no term reaches the student's
-  embedding head (AOMD or AT alone) is warned about: the head gets no gradient;
-* the loader: m images per class, ``--iter_per_epoch`` batches per epoch (:mod:`data.metric`);
-* evaluation: leave-one-out Recall@K in blocks (:func:`distillers.metrics.recall_at_k`) on the
+  (``--base``), the seeds' recipes (Adam, lr 1e-5 teacher / 1e-4 student, their decay epochs),
+  the Recall@K values (1, 2, 4, 8; SOP 1, 10, 100, 1000); a student's default method is the one
+  registered with ``default_for="metric"``;
+* the loss: no task term of its own (no cross-entropy, and -r/-a are errors,
+  :meth:`check_weights`); the objective is the method's ratio-weighted terms. A teacher run
+  trains with the task's default method at the settings that method declares for teachers
+  (:meth:`teacher_objective`: the seeds' triplet loss, tuned by ``--loss``, ``--sample``,
+  ``--margin``);
+* the loader: m images per class, ``--iter_per_epoch`` batches per epoch (:mod:`data.metric_learning`);
+* evaluation: leave-one-out Recall@K in blocks (:func:`distillers.retrieval.recall_at_k`) on the
   test classes and, by default, on held-out training classes that select ``best.pth``
   (``--select test`` selects on the test split, as the seeds did; the log says which). Each
   evaluation also reports the test numbers of the best-selected epoch so far (``best_recall@K``);
@@ -23,42 +25,24 @@ checkpoints, resume, TensorBoard and DDP are the trainer's. This task decides:
 """
 from __future__ import annotations
 
-import warnings
 from typing import Any, Dict, Optional
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 import data as datasets
-from data import metric as metric_data  # registers cub200, cars196, stanford, metric_folder
-from distillers import Distiller, ShapeSpec, build_distiller
-from distillers.metrics import recall_at_k
+from data import metric_learning as metric_data  # registers cub200, cars196, stanford, metric_folder
+from distillers import DISTILLERS, Distiller, build_distiller
+from distillers.base import default_method
+from distillers.dist import gather
+from distillers.retrieval import recall_at_k
 from engine import checkpoint as ckpt
 from engine.config import ConfigError, method_options
 from engine.distributed import DistInfo
 from engine.loaders import eval_loader
-from engine.metric_config import DEFAULT_BASE, METRIC_RECIPES
+from engine.metric_learning_flags import DEFAULT_BASE, METRIC_RECIPES
 from engine.tasks import TASKS, unpack
 
-#: The teacher run's objective options that the teacher parser accepts.
-TEACHER_OPTIONS = ("loss", "triplet_sample", "margin")
-EMBEDDING_TAPS = ("logits", "embedding")
-
-
-def _gather_rows(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate every rank's rows (unequal counts allowed); identity on one process."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return tensor
-    count = torch.tensor([tensor.shape[0]], device=tensor.device)
-    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
-    dist.all_gather(counts, count)
-    most = int(max(c.item() for c in counts))
-    padded = tensor.new_zeros((most,) + tuple(tensor.shape[1:]))
-    padded[:tensor.shape[0]] = tensor
-    parts = [torch.zeros_like(padded) for _ in counts]
-    dist.all_gather(parts, padded)
-    return torch.cat([p[:int(c.item())] for p, c in zip(parts, counts)])
 
 
 def _classification_default(attr: str) -> Optional[str]:
@@ -83,9 +67,7 @@ class MetricTask:
         self.select = "val"
         self.score_key = "val_recall@1"
         self.selection_loader = None
-        self._objective: Optional[Distiller] = None
         self._best: Dict[int, Any] = {}
-        self._checked = False
 
     # ------------------------------------------------------------------ defaults
     def configure(self, args, kind: str, log=print) -> None:
@@ -133,29 +115,24 @@ class MetricTask:
         log(f"metric recipe: Adam (weight decay {args.weight_decay}), lr {args.learning_rate} x{args.lr_decay_rate} "
             f"from epochs {args.lr_decay_epochs} on (the references' schedule), {args.iter_per_epoch} batches of "
             f"{args.batch_size} ({args.num_image_per_class} images per class) per epoch")
-        if kind == "student":
-            self._configure_student(args, log)
-        else:
-            options = {k: v for k, v in method_options(args).items() if k in TEACHER_OPTIONS}
-            options.setdefault("triplet_sample", "all")  # run.py's default --sample
-            self._teacher_options = options
-            log(f"metric objective: {options.get('loss', 'l2_triplet')} with the '{options['triplet_sample']}' "
-                f"sampler, margin {options.get('margin', 0.2)}")
 
-    def _configure_student(self, args, log) -> None:
-        if args.distill == "kd":  # the classification default; metric datasets have no class logits
-            args.distill = "metric"
+    def check_weights(self, weights: Dict[str, float]) -> None:
+        """Metric learning has no class logits: no cross-entropy, no KD; its losses are the method's."""
         for flag, key in (("-a/--alpha (KD)", "alpha"), ("-r/--gamma (cross-entropy)", "gamma")):
-            if getattr(args, key, None):
+            if weights.get(key):
                 raise ConfigError(f"{flag} does not apply to metric learning (no class logits): "
                                   "the loss is the sum of the ratio-weighted metric terms")
-        if args.distill == "metric":
-            from distillers.methods.metric_objective import RATIOS
-            options = method_options(args)
-            if not any(float(options.get(r, 0) or 0) for r in RATIOS):
-                raise ConfigError("--distill metric needs at least one loss: set one of "
-                                  + ", ".join("--" + r for r in RATIOS)
-                                  + " (e.g. --dist_ratio 1 --angle_ratio 2 for RKD, --triplet_ratio 1)")
+
+    def own_terms(self, weights: Dict[str, float]) -> Dict[str, Any]:
+        return {}
+
+    def teacher_objective(self, args, spec) -> Distiller:
+        """A teacher run trains with the task's default method at its declared teacher settings
+        (the seeds' run.py: a triplet loss), tuned by the teacher flags (--loss, --sample, --margin)."""
+        cls = DISTILLERS.get(default_method("metric"))
+        options = {**cls.teacher_options, **{k: v for k, v in method_options(args).items() if k in cls.option_names()}}
+        self._teacher_options = options
+        return build_distiller(cls.registry_name, spec, **options)
 
     # ------------------------------------------------------------------ model arguments
     def model_kwargs(self, args, role: str) -> Dict[str, Any]:
@@ -227,39 +204,6 @@ class MetricTask:
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=args.lr_decay_rate)
         return opt, sched
 
-    def _teacher_objective(self, trainer, embedding: torch.Tensor) -> Distiller:
-        if self._objective is None:
-            options = getattr(self, "_teacher_options", None) or {"triplet_sample": "all"}
-            spec = ShapeSpec(student={"logits": tuple(embedding.shape[1:])}, teacher={},
-                             batch_size=getattr(trainer, "batch_per_rank", None))
-            self._objective = build_distiller("metric", spec, triplet_ratio=1.0, **options).to(embedding.device)
-        return self._objective
-
-    def _check_method(self, method) -> None:
-        self._checked = True
-        reaches = getattr(method, "reaches_embedding", None)
-        reaches = reaches() if callable(reaches) else any(t in EMBEDDING_TAPS for t in method.student_taps)
-        if not reaches:
-            warnings.warn(
-                f"no loss term of --distill {getattr(method, 'registry_name', '?')} reaches the student's "
-                "embedding head (only stage features are distilled, e.g. AOMD or AT alone): the head gets "
-                "no gradient and only decays under weight decay, so retrieval runs through an untrained "
-                "projection. Add an embedding term, e.g. --triplet_ratio 1")
-
-    def combine(self, trainer, s: Dict[str, Any], t: Dict[str, Any], y: torch.Tensor,
-                out: Dict[str, torch.Tensor]):
-        embedding = s["logits"]
-        if trainer.kd is not None:
-            raise ConfigError("KD (-a/--alpha) does not apply to metric learning: embeddings have no classes")
-        if trainer.method is None:  # teacher run: the metric objective at triplet_ratio 1, no teacher
-            out = self._teacher_objective(trainer, embedding)(s, t, {"labels": y})
-            total = Distiller.total(out)
-        else:
-            if not self._checked:
-                self._check_method(trainer.method)
-            total = trainer.beta * Distiller.total(out)
-        return total.to(embedding.device), embedding, dict(out)
-
     def train_correct(self, logits: torch.Tensor, y: torch.Tensor) -> int:
         return 0
 
@@ -267,11 +211,11 @@ class MetricTask:
     def foreign_checkpoint(self, args, state: Dict[str, Any], path: str, log=print) -> Dict[str, Any]:
         """A checkpoint this project did not write, as ``--mode eval`` reads one: the RKD seed's
         ``best.pth``, ``torch.save(model.state_dict())`` of its LinearEmbedding (keys ``base.<conv1 ..
-        layer4>.*`` and ``linear.weight/bias``, the module names of :mod:`models.metric`; a
+        layer4>.*`` and ``linear.weight/bias``, the module names of :mod:`models.embedding_nets`; a
         ``{'model': ...}`` dict or DataParallel's ``module.`` prefix are read too). The network is
         ``--base`` or, unset, the backbone whose pooled width feeds the head (512: resnet18, 2048:
         resnet50); the embedding size is the head's; ``--l2normalize`` defaults to true, as run.py."""
-        from models.metric import BACKBONES
+        from models.embedding_nets import BACKBONES
 
         try:
             weights = ckpt.model_state(state)
@@ -307,7 +251,7 @@ class MetricTask:
             labels.append(y)
         if not embeddings:
             embeddings, labels = [torch.zeros(0, 1, device=device)], [torch.zeros(0, dtype=torch.long, device=device)]
-        return _gather_rows(torch.cat(embeddings)), _gather_rows(torch.cat(labels))
+        return gather(torch.cat(embeddings)), gather(torch.cat(labels))
 
     def recall(self, model: nn.Module, loader, device: torch.device, prefix: str = "") -> Dict[str, float]:
         embeddings, labels = self.embed(model, loader, device)

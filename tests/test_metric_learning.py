@@ -13,11 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from data import metric as md
+from data import metric_learning as md
 from distillers import ShapeSpec, build_distiller, golden
 from distillers.golden import GoldenCase
 from distillers.methods import _pairs
-from distillers.metrics import recall_at_k
+from distillers.retrieval import recall_at_k
 from engine import cli, config
 from engine.checkpoint import load, save_atomic
 from engine.distributed import DistInfo
@@ -184,7 +184,7 @@ SEED_AOMD = "--dataset cars196 --epochs 80 --lr_decay_epochs 40 60 --lr_decay_ga
 
 
 def test_the_seed_commands_map_onto_our_flags():
-    from engine.metric_task import MetricTask
+    from engine.metric_learning_task import MetricTask
 
     args = config.parse(config.teacher_parser(), SEED_TEACHER.split())
     MetricTask().configure(args, "teacher", log=lambda *a: None)
@@ -230,7 +230,7 @@ def test_m_per_class_batches_are_seeded_per_epoch_and_rank():
 
 # ------------------------------------------------------------------------------- models
 def test_resnet_embedding_nets_match_the_reference_layout(tree, tmp_path):
-    from distillers.taps import FeatureTaps, standard_taps
+    from core.taps import FeatureTaps, standard_taps
 
     for arch, pool in (("resnet18", 512), ("resnet50", 2048)):
         model = create_model(arch, family="metric", embedding_size=64, pretrained=False)
@@ -283,7 +283,7 @@ def test_samplers_follow_the_reference_rules():
         assert len(a) == 18 and bool((labels[a] != labels[n]).all())
     one_class = _pairs.sample_triplets(e[:3], labels[:3], "distance")
     assert all(x.numel() == 0 for x in one_class)
-    with pytest.raises(ValueError, match="unknown triplet sampler 'bogus'"):
+    with pytest.raises(ValueError, match="triplet_sample='bogus' is not accepted"):
         build_distiller("triplet", ShapeSpec(student={"logits": (5,)}, teacher={}), triplet_sample="bogus")
 
 
@@ -322,7 +322,7 @@ def test_teacher_trains_with_triplet_distance_sampling_and_evaluates(tree, tmp_p
     assert x.shape == (12, 3, 32, 32) and np.bincount(y.numpy()).max() == 4
     loss, embedding, terms = trainer.losses(x, y, extras)
     assert set(terms) == {"triplet"} and torch.isfinite(loss) and embedding.shape == (12, EMBED)
-    assert trainer.task._objective.terms["triplet"].triplet_sample == "distance"
+    assert trainer.objective.distillers[0][1].terms["triplet"].triplet_sample == "distance"
     result = trainer.fit()
     assert not torch.equal(before["linear.weight"], trainer.model.state_dict()["linear.weight"])
     assert {"recall@1", "recall@8", "val_recall@1", "best_recall@1"} <= set(result)
@@ -464,9 +464,8 @@ def test_composite_objective_trains_every_term_and_checkpoints_its_parts(tree, t
 def test_aomd_alone_warns_that_the_embedding_head_gets_no_gradient(tree, teachers, tmp_path):
     trainer = student(tree, tmp_path, teachers["tiny_metric_wide"], "--teacher_base", "tiny_metric_wide",
                       "--aomd_ratio", "2e2")
-    x, y, extras = unpack(next(iter(trainer.train_loader)), trainer.device)
-    with pytest.warns(UserWarning, match="embedding head"):
-        trainer.losses(x, y, extras)
+    with pytest.warns(UserWarning, match="no loss term reaches"):
+        trainer.fit()
 
 
 def test_rkd_student_end_to_end_through_the_cli(tree, teachers, tmp_path, capsys):
@@ -486,7 +485,7 @@ def test_rkd_student_end_to_end_through_the_cli(tree, teachers, tmp_path, capsys
 
 # ------------------------------------------------------------- the seeds' commands as typed
 def test_the_start_message_says_how_best_pth_is_selected():
-    from engine.metric_task import MetricTask
+    from engine.metric_learning_task import MetricTask
 
     lines = []
     args = config.parse(config.teacher_parser(), SEED_TEACHER.split())
@@ -528,7 +527,7 @@ class _SeedEmbedding(torch.nn.Module):
 
 
 def test_a_seed_best_pth_evaluates_with_mode_eval(tree, tmp_path, capsys, monkeypatch):
-    from engine.metric_task import MetricTask
+    from engine.metric_learning_task import MetricTask
 
     torch.manual_seed(5)
     seed_model = _SeedEmbedding().eval()
@@ -559,9 +558,9 @@ def test_a_seed_best_pth_evaluates_with_mode_eval(tree, tmp_path, capsys, monkey
     assert cli.teacher(argv + ["--base", "resnet50"]) == 2
     err = capsys.readouterr().err
     assert "does not fit architecture 'resnet50'" in err and len(err.strip().splitlines()) == 1
-    assert cli.teacher(["--mode", "eval", "--load", str(path)]) == 2
+    assert cli.teacher(["--mode", "eval", "--load", str(path)]) == 2  # the default dataset is CIFAR-100
     err = capsys.readouterr().err
-    assert "not a distillers checkpoint" in err and "--dataset cub200" in err and "Traceback" not in err
+    assert "--mode is a metric-learning flag: give --dataset cub200" in err and "Traceback" not in err
 
 
 def _cub_tree(root):
@@ -605,7 +604,7 @@ def test_eval_on_another_dataset_takes_the_command_line_data_options(tree, tmp_p
 def _gather_worker(rank, port, tree, out):
     import torch.distributed as dist
     from engine.loaders import eval_loader
-    from engine.metric_task import MetricTask
+    from engine.metric_learning_task import MetricTask
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
@@ -621,7 +620,7 @@ def _gather_worker(rank, port, tree, out):
 
 def test_ddp_evaluation_gathers_every_sample_once(tree, tmp_path):
     from engine.loaders import eval_loader
-    from engine.metric_task import MetricTask
+    from engine.metric_learning_task import MetricTask
 
     port = 29500 + (os.getpid() + 500) % 1000
     torch.multiprocessing.spawn(_gather_worker, args=(port, tree, str(tmp_path / "g.pt")), nprocs=2)
@@ -649,9 +648,9 @@ def test_bad_input_gives_clear_errors(tree, teachers, tmp_path, capsys, monkeypa
     err = capsys.readouterr().err
     assert code == 2 and "--teacher_embedding_size 64 does not match the teacher checkpoint" in err
     assert "has 32 outputs" in err
-    assert cli.student(base) == 2 and "needs at least one loss" in capsys.readouterr().err
-    for parse in (lambda: config.parse(config.teacher_parser(), ["--sample", "bogus"]),
-                  lambda: config.parse(config.student_parser(), ["--triplet_sample", "bogus"])):
+    assert cli.student(base) == 2 and "every loss ratio is 0" in capsys.readouterr().err
+    for parse in (lambda: config.parse(config.teacher_parser(), ["--dataset", "cub200", "--sample", "bogus"]),
+                  lambda: config.parse(config.student_parser(), ["--dataset", "cub200", "--triplet_sample", "bogus"])):
         with pytest.raises(SystemExit):
             parse()
     assert "invalid choice: 'bogus'" in capsys.readouterr().err
