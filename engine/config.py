@@ -160,6 +160,11 @@ def student_parser() -> Parser:
                          help="weight of the KD term, which any method can add (-d/--div is the SimKD spelling)")
     weights.add_argument("-b", "--beta", dest="beta", type=float, default=None,
                          help="weight of the method's own loss")
+    dot = parser.add_argument_group("optimiser")
+    dot.add_argument("--dot", action="store_true",
+                     help="DOT (Zhao et al. 2023): SGD with separate momenta for the task-loss and the distillation-"
+                          "loss gradients (momentum - delta and momentum + delta), usable with any method")
+    dot.add_argument("--dot_delta", type=float, default=0.075, help="DOT's momentum split delta")
     parser.add_argument("--evaluate", action="store_true",
                         help="only evaluate the student checkpoint --path_s (no teacher needed)")
     parser.add_argument("--path_s", default=None, help="student checkpoint for --evaluate")

@@ -117,6 +117,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def average_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The mean of ``tensor`` over ranks (itself on one process)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor.div_(dist.get_world_size())
+    return tensor
+
+
 def average_gradients(params) -> None:
     """Average the gradients of parameters that DDP does not wrap (a distiller's own parts)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:

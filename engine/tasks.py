@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distillers import FeatureTaps
+from distillers.optim import DistillationOrientedTrainer
 from core.registry import Registry
 from engine.distributed import all_reduce_sum
 from engine.loaders import TrainLoader
@@ -107,8 +108,13 @@ class ClassificationTask:
         return f"top-1 {metrics['top1']:.2f}% top-5 {metrics.get('top5', float('nan')):.2f}%"
 
     def optimizer(self, args, params, lr: float):
-        """SGD with a step schedule applied at the start of each (1-based) epoch, as the references."""
-        opt = torch.optim.SGD(params, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
+        """SGD (or DOT's two-momentum SGD with ``--dot``) with a step schedule applied at the start of
+        each (1-based) epoch, as the references."""
+        if getattr(args, "dot", False):
+            opt = DistillationOrientedTrainer(params, lr=lr, momentum=args.momentum, delta=args.dot_delta,
+                                              weight_decay=args.weight_decay)
+        else:
+            opt = torch.optim.SGD(params, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=args.lr_decay_epochs, gamma=args.lr_decay_rate)
         return opt, sched
 

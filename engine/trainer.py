@@ -16,6 +16,7 @@ draw augmentations from per-worker streams that a resume cannot line up again.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sys
@@ -35,8 +36,8 @@ from distillers.base import ADDED_TERM, DISTILLERS
 from core.taps import standard_taps
 from engine import checkpoint as ckpt
 from engine.config import ConfigError, apply_recipe, method_options, resume_conflicts, validate_numbers
-from engine.distributed import (DistInfo, all_reduce_sum, average_gradients, barrier, broadcast_buffers, broadcast_result,
-                                gather_to_main, rank_differences)
+from engine.distributed import (DistInfo, all_reduce_sum, average_gradients, average_tensor, barrier,
+                                broadcast_buffers, broadcast_result, gather_to_main, rank_differences)
 from engine.interrupts import STOP, RunInterrupted, fault_point
 from engine.objective import Objective
 from engine.run_folder import RunFolder
@@ -347,6 +348,12 @@ class Trainer:
         finiteness check, backward, the optimizer step. Returns (loss, prediction, terms).
         Public: the smoke matrix and the cost table run exactly this."""
         x, y, extras = unpack(batch, self.device)
+        if stage is None and hasattr(optimizer, "step_with"):  # DOT: task and distillation gradients apart
+            with self.ddp.no_sync() if self.info.distributed else contextlib.nullcontext():
+                loss, prediction, terms = self.losses(x, y, extras, stage)
+                self._check_finite(loss, terms, stage)
+                self._two_gradient_step(terms, optimizer)
+            return loss, prediction, terms
         loss, prediction, terms = self.losses(x, y, extras, stage)
         self._check_finite(loss, terms, stage)
         optimizer.zero_grad(set_to_none=True)
@@ -357,6 +364,22 @@ class Trainer:
             average_gradients([p for p in self.method.parameters() if p.requires_grad])
         optimizer.step()
         return loss, prediction, terms
+
+    def _two_gradient_step(self, terms: Dict[str, torch.Tensor], optimizer) -> None:
+        """DOT: the gradients of the task's own terms and of the distillation terms, each averaged
+        over ranks, handed to the optimiser separately (DDP's own reduction is off for this step)."""
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        own = set(self.objective.task_terms)
+        parts = {"task": [v for k, v in terms.items() if k in own], "distill": [v for k, v in terms.items() if k not in own]}
+        grads = {}
+        for name, values in parts.items():
+            if not values:
+                grads[name] = [None] * len(params)
+                continue
+            total = torch.stack(values).sum()
+            got = torch.autograd.grad(total, params, retain_graph=name == "task", allow_unused=True)
+            grads[name] = [average_tensor(g) if g is not None else None for g in got]
+        optimizer.step_with(grads["task"], grads["distill"])
 
     def enter_stage(self, stage=None):
         """Make ``stage`` (an init stage, or None: the main stage) the current one: its taps, and

@@ -9,7 +9,7 @@
 # (written by scripts/make_configs.py from the references: weights, options, per-pair values such
 # as DKD's beta or CAT-KD's weight); the run gets --config <it> --path_t <the pair's teacher>.
 # A token is a method, or a results.md row: "crd+kd" -> configs/cifar100/crd_kd/, "kd+ls" -> kd_ls/,
-# "dkd+ls" -> dkd_ls/ (logit standardisation). Without a config for the pair, a plain method runs
+# "dkd+ls" -> dkd_ls/ (logit standardisation), "kd+dot" -> kd_dot/ (the DOT optimiser). Without a config for the pair, a plain method runs
 # with its registered reference values (e.g. CRD-queue, KDSVD, SRRL, SemCKD, SimKD, WSLD, NKD,
 # ICKD, MLKD: no published cell in results.md §1-2), "+kd" adds the KD term with -a 1, and any
 # other "+row" is skipped with a note (no published recipe for that pair). Every checkpoint
@@ -46,7 +46,7 @@ DATASET=${DATASET:-cifar100}
 TRIALS=${TRIALS:-3}
 PAIRS=${PAIRS:-"resnet32x4:resnet8x4"}
 CONFIG_ROOT=${CONFIG_ROOT:-configs/cifar100}
-METHODS=${METHODS:-"kd kd+ls fitnet at sp cc vid rkd pkt ab ft fsp nst crd crd+kd crd_queue dcd dcd+kd rrd rrd+kd kdsvd ofd reviewkd dkd dkd+ls ctkd dist mlkd wsld nkd ickd catkd srrl semckd simkd"}
+METHODS=${METHODS:-"kd kd+ls kd+dot fitnet at sp cc vid rkd pkt ab ft fsp nst crd crd+kd crd_queue dcd dcd+kd rrd rrd+kd kdsvd ofd reviewkd dkd dkd+ls ctkd dist mlkd wsld nkd ickd catkd srrl semckd simkd"}
 
 common=(--dataset "$DATASET")
 [[ -n "${DATA_ROOT:-}" ]] && common+=(--data_root "$DATA_ROOT")

@@ -30,7 +30,8 @@ def load(path):
 def values(args):
     """The flag values a config set: model, weights and method options (``kd_T`` and ``logit_std`` are
     options of the KD term too, whichever way the parser files them)."""
-    out = {k: getattr(args, k) for k in ("distill", "model_s", "model_t", "dataset", "gamma", "alpha", "beta")}
+    out = {k: getattr(args, k) for k in ("distill", "model_s", "model_t", "dataset", "gamma", "alpha", "beta",
+                                         "dot", "dot_delta")}
     if getattr(args, "kd_T", None) is not None:
         out["kd_T"] = args.kd_T
     out.update(config.method_options(args))
@@ -208,7 +209,11 @@ def test_a_config_of_every_folder_builds_a_trainer(tmp_path):
                 trainer = Trainer(config.parse(config.student_parser(), argv), DistInfo(), "student")
             assert isinstance(trainer.method, DISTILLERS.get(args.distill)), folder
             expected = {k: v for k, v in values(args).items() if k not in ("distill", "model_s", "model_t", "dataset",
-                                                                           "gamma", "alpha", "beta", "kd_T", "nce_k")}
+                                                                           "gamma", "alpha", "beta", "kd_T", "nce_k",
+                                                                           "dot", "dot_delta")}
+            if args.dot:  # an optimiser option: the trainer's optimiser is DOT with that delta
+                assert type(trainer.optimizer).__name__ == "DistillationOrientedTrainer", folder
+                assert trainer.optimizer.defaults["delta"] == args.dot_delta
             for key, value in expected.items():
                 assert getattr(trainer.method, key) == (tuple(value) if isinstance(value, list) else value), \
                     (folder, key)

@@ -229,3 +229,29 @@ def test_crd_gets_contrast_indices_automatically(tmp_path, teacher_ckpt):
     before = trainer.method.state_dict()["contrast.memory_v1"].clone()
     trainer.fit()
     assert not torch.equal(before, trainer.method.state_dict()["contrast.memory_v1"])
+
+
+def test_dot_optimiser_with_any_method_trains_resumes_and_reduces_to_sgd(tmp_path, teacher_ckpt, monkeypatch):
+    """--dot: two momenta (task, distillation) in the optimiser state; with delta 0 and no weight decay
+    it is SGD with momentum on the summed gradient; an interrupted DOT run resumes bit for bit."""
+    base = TINY + ["--path_t", teacher_ckpt, "--model_s", "resnet8", "--distill", "kd", "--epochs", "2",
+                   "--weight_decay", "0"]
+    assert cli.student(base + ["--save_dir", str(tmp_path / "sgd")]) == 0
+    assert cli.student(base + ["--dot", "--dot_delta", "0", "--save_dir", str(tmp_path / "dot0")]) == 0
+    dot = base + ["--dot", "--save_dir", str(tmp_path / "dot")]
+    assert cli.student(dot) == 0
+    sgd, dot0, dot75 = (weights(tmp_path / f"{n}/latest.pth") for n in ("sgd", "dot0", "dot"))
+
+    def gap(a, b):  # largest weight difference over the network
+        return max(float((a[k].float() - b[k].float()).abs().max()) for k in a if a[k].is_floating_point())
+
+    # delta 0: SGD up to rounding (two updates per step instead of one), far below what delta 0.075 does
+    assert gap(sgd, dot0) < 1e-3 and gap(sgd, dot75) > 20 * gap(sgd, dot0)
+    state = load(tmp_path / "dot/latest.pth")["optimizer"]["state"]
+    assert any("momentum_kd_buffer" in s for s in state.values()) and any("momentum_buffer" in s for s in state.values())
+    cut = base + ["--dot", "--save_dir", str(tmp_path / "cut")]
+    monkeypatch.setenv("DISTILLERS_FAULT", "SIGINT:train_step:2:2")
+    assert cli.student(cut) == 130
+    monkeypatch.delenv("DISTILLERS_FAULT", raising=False)
+    assert cli.student(cut + ["--resume"]) == 0
+    assert_same(weights(tmp_path / "dot/latest.pth"), weights(tmp_path / "cut/latest.pth"))
