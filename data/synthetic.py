@@ -175,6 +175,12 @@ class SyntheticDataset(Dataset):
     def __getitem__(self, i: int):
         return self.transform(self.images[i]), int(self.targets[i])
 
+    @property
+    def data(self) -> torch.Tensor:
+        """The images as uint8 [N, 32, 32, 3] (a view, no copy): the layout of CifarPickles'
+        ``data``, so in-memory loaders (data/device_loader.py) read either set alike."""
+        return self.images.permute(0, 2, 3, 1)
+
 
 # measured on the default set; other seeds draw other palettes and land within ~0.02
 MEAN, STD = (0.52, 0.50, 0.52), (0.25, 0.25, 0.24)
