@@ -15,10 +15,10 @@ from torch.utils.data import Dataset
 
 from data.registry import DATASETS, BadImageError, DataError, check_split, register_dataset
 from data import cifar, folder, imagenet, metric_learning, synthetic  # noqa: F401  (register the plugins)
-from data.wrappers import WithContrast, WithIndex
+from data.wrappers import WithContrast, WithIndex, WithViews
 
 __all__ = ["DATASETS", "register_dataset", "build_dataset", "dataset_info",
-           "default_data_root", "WithIndex", "WithContrast", "BadImageError", "DataError"]
+           "default_data_root", "WithIndex", "WithContrast", "WithViews", "BadImageError", "DataError"]
 
 
 def default_data_root() -> str:

@@ -30,3 +30,12 @@ def cifar_transform(mean: Sequence[float], std: Sequence[float], augment: bool, 
     steps.append(T.ConvertImageDtype(torch.float) if tensor_input else T.ToTensor())
     steps.append(T.Normalize(mean, std))
     return T.Compose(steps)
+
+
+def with_strong_augment(transform: T.Compose) -> T.Compose:
+    """The same pipeline with RandAugment(2, 10) before the tensor conversion: the strong view of
+    MLKD's weak/strong pair (its reference inserts RandAugment(2, 10) after crop and flip; this is
+    torchvision's RandAugment, whose op list has no Cutout, unlike the reference's own copy)."""
+    steps = list(transform.transforms)
+    at = next(i for i, step in enumerate(steps) if isinstance(step, (T.ToTensor, T.ConvertImageDtype)))
+    return T.Compose(steps[:at] + [T.RandAugment(num_ops=2, magnitude=10)] + steps[at:])

@@ -1,5 +1,6 @@
 """Dataset-agnostic wrappers for instance-level distillers (CRD, RRD and kin).
 
+``WithViews`` gives two augmented views of each image (MLKD's weak and strong);
 ``WithIndex`` adds the sample index (memory-bank methods); ``WithContrast`` adds
 a positive and k negative indices (models-and-data.md §3.2). Negatives are drawn
 without a per-class index table: one label sort and class offsets (O(n) memory)
@@ -9,11 +10,16 @@ same in any DataLoader worker, with any number of workers, in any order.
 """
 from __future__ import annotations
 
+import copy
 from typing import Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from torchvision import transforms as T
+
+from data.registry import DataError
+from data.transforms import with_strong_augment
 
 
 class _Wrapper(Dataset):
@@ -32,6 +38,25 @@ class _Wrapper(Dataset):
     @property
     def num_classes(self) -> int:
         return self.dataset.num_classes
+
+
+class WithViews(_Wrapper):
+    """Items ``(views, y)`` with ``views`` = [weak, strong] stacked on a new first dim: the
+    dataset's own augmentation, and the same followed by RandAugment (MLKD's pair). The strong
+    view is drawn by a shallow copy of the dataset whose ``transform`` is the strong pipeline."""
+
+    def __init__(self, dataset: Dataset):
+        super().__init__(dataset)
+        if not isinstance(getattr(dataset, "transform", None), T.Compose):
+            raise DataError(f"two augmented views need a dataset with a torchvision Compose 'transform'; "
+                            f"{type(dataset).__name__} has none")
+        self.strong = copy.copy(dataset)
+        self.strong.transform = with_strong_augment(dataset.transform)
+
+    def __getitem__(self, idx: int) -> Tuple:
+        weak, y = self.dataset[idx]
+        strong, _ = self.strong[idx]
+        return torch.stack([weak, strong]), y
 
 
 class WithIndex(_Wrapper):

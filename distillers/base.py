@@ -169,7 +169,7 @@ class BatchNeeds:
     ``index``: each sample's dataset index (memory banks). ``contrast_k``: negatives per sample
     drawn by the contrast sampler (CRD), with ``contrast_mode`` 'exact' (the positive is the
     sample itself) or 'relax' (any sample of its class). ``views``: augmented views per image
-    (MLKD's weak/strong pair; the data path serves one view today, see ``distillers/methods/mlkd.py``).
+    (MLKD's weak and strong pair: the second view's taps reach the method as ``batch["strong"]``).
     """
 
     index: bool = False
@@ -252,6 +252,9 @@ class Distiller(nn.Module):
     student_taps: Sequence[str] = ("logits",)
     teacher_taps: Sequence[str] = ("logits",)
     batch_keys: Sequence[str] = ()
+    #: Augmented views of each image the method reads (MLKD: ("weak", "strong")); the first is
+    #: in ``s``/``t``, the second's taps in ``batch["strong"] = {"s": ..., "t": ...}``.
+    views: Sequence[str] = ()
     default_weights: Mapping[str, float] = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
     options: Mapping[str, Any] = {}
     registry_name: str = ""
@@ -288,8 +291,9 @@ class Distiller(nn.Module):
 
     def batch_needs(self) -> BatchNeeds:
         """What this method's batches need (default: sample indices when ``batch_keys`` has
-        ``index``); methods that sample contrasts override it with their own options."""
-        return BatchNeeds(index="index" in self.batch_keys)
+        ``index``, and as many augmented views as ``views`` names); methods that sample
+        contrasts override it with their own options."""
+        return BatchNeeds(index="index" in self.batch_keys, views=max(1, len(self.views)))
 
     def init_stage(self) -> Optional[InitStage]:
         """The method's initialisation stage, if it has one (None for most methods)."""

@@ -34,7 +34,9 @@ class GoldenEntry:
     """How one reference method maps onto a registered distiller.
 
     inputs: golden input name -> ``"s:<tap>"`` / ``"t:<tap>"`` (student/teacher
-        feature; student ones get gradients) or ``"batch:<key>"``. A module tap is given by
+        feature; student ones get gradients) or ``"batch:<key>"``; ``"strong_s:<tap>"`` and
+        ``"strong_t:<tap>"`` are a second augmented view's taps (``batch["strong"]``), optional in
+        a file. A module tap is given by
         its tensors, ``"<side>:<tap>.weight"`` / ``.bias`` (the teacher's classifier as
         ``t:classifier.weight``, OFD's BatchNorms as the list ``t:stages_bn.weight``): a 2-D
         weight becomes an ``nn.Linear`` (it may be called), any other a module that carries the
@@ -222,7 +224,8 @@ TABLE: Dict[str, GoldenEntry] = {
     # CTKD, MLKD, DOT (tests/golden/, made by tests/golden/make_ctkd_mlkd_dot_goldens.py)
     "ctkd": GoldenEntry("ctkd", {**LOGITS, "target": "batch:labels", "epoch": "batch:epoch"},
                         variants={"dkd_base": {"options": {"ctkd_base": "dkd", "dkd_beta": 2.0}}}),
-    "mlkd": GoldenEntry("mlkd", LOGITS, options={"kd_T": 4.0},
+    "mlkd": GoldenEntry("mlkd", {**LOGITS, "logit_s_strong": "strong_s:logits", "logit_t_strong": "strong_t:logits"},
+                        options={"kd_T": 4.0},
                         outputs={"mlkd_instance": "loss_kd", "mlkd_batch": "loss_bc", "mlkd_class": "loss_cc"}),
     "dot": GoldenEntry("", {k: f"arg:{k}" for k in ("x", "y", "feat_t", "w_shared", "b_shared", "w_task", "w_kd")},
                        function="distillers.optim:dot_trajectory",
@@ -366,10 +369,15 @@ class GoldenCase:
         modules: Dict[Tuple[str, str], Dict[str, Any]] = {}  # (side, tap) -> {attribute: tensor(s)}
         for name, role in self.entry.inputs.items():
             side, _, taps = role.partition(":")
+            if side.startswith("strong_") and name not in inputs:
+                continue  # a file of the one-view reference setting: the method uses the first view twice
             for tap, value in _spread(taps, inputs[name]):
                 if tap == "_":
                     continue
-                if side == "batch":
+                if side.startswith("strong_"):  # a second view's taps (BatchNeeds.views), as the trainer gives them
+                    view = batch.setdefault("strong", {"s": {}, "t": {}})[side[len("strong_"):]]
+                    view[tap] = value.clone().requires_grad_(side == "strong_s")
+                elif side == "batch":
                     batch[tap] = value
                 elif _module_attr(tap)[0]:
                     owner, attr = _module_attr(tap)

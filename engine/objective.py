@@ -64,8 +64,12 @@ class Objective:
             for name, value in out.items():
                 value = weight * value.reshape(()).to(prediction.device)
                 terms[name] = terms[name] + value if name in terms else value
+        strong = batch.get("strong")  # a second augmented view (BatchNeeds.views): the task's terms see both
         for name, (weight, loss) in self.task_terms.items():
-            terms[name] = weight * loss(prediction, batch)
+            value = loss(prediction, batch)
+            if strong is not None:
+                value = value + loss(strong["s"]["logits"], batch)
+            terms[name] = weight * value
         # no term (e.g. a main stage whose method acts only in its init stage, with -r 0): a zero with a graph
         total = torch.stack(list(terms.values())).sum() if terms else prediction.sum() * 0
         return total, prediction, terms

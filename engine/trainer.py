@@ -122,6 +122,21 @@ class EpochTotals:
         return out
 
 
+def _split_views(taps: Dict[str, Any], views: int):
+    """Taps of a forward over [view 1; view 2; ...] -> (first view's taps, second view's taps)."""
+    first, second = {}, {}
+    for name, value in taps.items():
+        if isinstance(value, torch.Tensor):
+            parts = value.chunk(views)
+            first[name], second[name] = parts[0], parts[1]
+        elif isinstance(value, list):
+            pairs = [v.chunk(views) if isinstance(v, torch.Tensor) else (v, v) for v in value]
+            first[name], second[name] = [p[0] for p in pairs], [p[1] for p in pairs]
+        else:  # a module tap (a classifier): the same for every view
+            first[name] = second[name] = value
+    return first, second
+
+
 def load_teacher(path: str, model_t: Optional[str], family: str, num_classes: int, **model_kwargs) -> nn.Module:
     """Teacher from our checkpoint or a RepDistiller one; architecture recorded, given or parsed."""
     state = ckpt.load(path)
@@ -261,17 +276,20 @@ class Trainer:
     def _wrap_train_set(self):
         """The training set serving what the objective's terms declared (:class:`BatchNeeds`)."""
         needs = self.objective.batch_needs()
+        train = datasets.WithViews(self.train_set) if needs.views > 1 else self.train_set
         if needs.contrast_k:
-            return datasets.WithContrast(self.train_set, k=needs.contrast_k, mode=needs.contrast_mode,
-                                         seed=self.args.seed)
+            return datasets.WithContrast(train, k=needs.contrast_k, mode=needs.contrast_mode, seed=self.args.seed)
         if needs.index:
-            return datasets.WithIndex(self.train_set)
-        return self.train_set
+            return datasets.WithIndex(train)
+        return train
 
     def _build_loaders(self) -> None:
         args = self.args
         train = self._wrap_train_set()
         pin = self.device.type == "cuda"
+        if args.dali and self.objective.batch_needs().views > 1:
+            raise ConfigError(f"--dali serves one augmented view per image; --distill {args.distill} reads "
+                              f"{self.objective.batch_needs().views}: drop --dali for it")
         if args.dali:
             from data.dali import dali_loaders  # lazily: CIFAR runs never import DALI
             self.train_loader, self.test_loader = dali_loaders(args.dali, args.num_workers, args.seed, self.info,
@@ -320,12 +338,19 @@ class Trainer:
     # ------------------------------------------------------------------ steps
     def losses(self, x, y, extras, stage=None) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
         """One forward: (total loss, the student's prediction, named terms)."""
+        views = x.shape[1] if stage is None and x.dim() == 5 else 1  # [B, views, C, H, W] (BatchNeeds.views)
+        if views > 1:  # one forward over all views (one DDP forward per step), split back per view
+            x = x.transpose(0, 1).reshape(-1, *x.shape[2:])
         s = self.s_taps(x)
         t = {}
         if self.t_taps is not None:
             with torch.no_grad():
                 t = self.t_taps(x)
         batch = {"labels": y, "epoch": self.epoch, **extras}
+        if views > 1:
+            s, s_strong = _split_views(s, views)
+            t, t_strong = _split_views(t, views)
+            batch["strong"] = {"s": s_strong, "t": t_strong}
         if stage is not None:
             terms = self.method.init_forward(s, t, batch)
             return Distiller.total(terms), s["logits"], terms

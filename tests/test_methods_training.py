@@ -84,6 +84,9 @@ def _record(method_name, entry, captured, params_before, method, trainer):
         if side == "batch":
             inputs[name] = batch[taps]
             continue
+        if side.startswith("strong_"):  # the second view's taps the step passed in batch["strong"]
+            inputs[name] = batch["strong"][side[len("strong_"):]][taps].detach().double()
+            continue
         owner, attr = golden._module_attr(taps)
         if owner:  # a module tap's tensor (a classifier's weight, OFD's BatchNorm biases)
             module = (s if side == "s" else t)[owner]

@@ -255,3 +255,30 @@ def test_dot_optimiser_with_any_method_trains_resumes_and_reduces_to_sgd(tmp_pat
     monkeypatch.delenv("DISTILLERS_FAULT", raising=False)
     assert cli.student(cut + ["--resume"]) == 0
     assert_same(weights(tmp_path / "dot/latest.pth"), weights(tmp_path / "cut/latest.pth"))
+
+
+def test_two_view_methods_get_a_weak_and_a_strong_view(tmp_path, teacher_ckpt):
+    """MLKD declares views ("weak", "strong"): the data path serves both (the strong one adds
+    RandAugment), one forward covers both, the method reads the second in batch["strong"], and the
+    task's cross-entropy covers both views, as the reference."""
+    import torch.nn.functional as F
+
+    trainer = Trainer(student_args(tmp_path, "--path_t", teacher_ckpt, "--model_s", "resnet8", "--epochs", "1",
+                                   "--distill", "mlkd"), DistInfo(), "student")
+    assert trainer.objective.batch_needs().views == 2
+    batch = next(iter(trainer.train_loader))
+    x, y = batch[0], batch[1]
+    assert x.shape == (32, 2, 3, 32, 32) and not torch.equal(x[:, 0], x[:, 1])
+    seen = {}
+    forward = trainer.method.forward
+
+    def spy(s, t, batch=None):
+        seen.update(s=s["logits"], strong=batch["strong"]["s"]["logits"], t_strong=batch["strong"]["t"]["logits"])
+        return forward(s, t, batch)
+
+    trainer.method.forward = spy
+    loss, prediction, terms = trainer.train_step(batch, trainer.optimizer)
+    assert seen["strong"].shape == seen["s"].shape and not torch.allclose(seen["strong"], seen["s"])
+    ce = F.cross_entropy(seen["s"], y) + F.cross_entropy(seen["strong"], y)
+    assert torch.allclose(terms["ce"], trainer.gamma * ce)
+    assert torch.isfinite(loss) and set(terms) == {"ce", "mlkd_instance", "mlkd_batch", "mlkd_class"}
