@@ -290,7 +290,9 @@ class Trainer:
         if args.dali and self.objective.batch_needs().views > 1:
             raise ConfigError(f"--dali serves one augmented view per image; --distill {args.distill} reads "
                               f"{self.objective.batch_needs().views}: drop --dali for it")
-        if args.dali:
+        if args.loader == "device":
+            self._device_loaders(train)
+        elif args.dali:
             from data.dali import dali_loaders  # lazily: CIFAR runs never import DALI
             self.train_loader, self.test_loader = dali_loaders(args.dali, args.num_workers, args.seed, self.info,
                                                                self.batch_per_rank, train, self.test_set)
@@ -301,6 +303,20 @@ class Trainer:
         if len(self.train_loader) == 0:
             raise ConfigError(f"the training set ({len(train)} samples) is smaller than one batch "
                               f"({self.batch_per_rank} per process)")
+
+    def _device_loaders(self, train) -> None:
+        """--loader device: batches augmented on the training device (data/device_loader.py)."""
+        from data.device_loader import DeviceTrainLoader
+
+        if self.args.dali or self.objective.batch_needs().views > 1:
+            raise ConfigError("--loader device serves one view of in-memory sets; it does not combine with "
+                              "--dali or a method that reads two views")
+        meta = datasets.dataset_info(self.args.dataset)
+        self.train_loader = DeviceTrainLoader.from_dataset(train, meta["mean"], meta["std"], self.info.rank,
+                                                           self.info.world_size, self.batch_per_rank, self.args.seed,
+                                                           self.device)
+        self.test_loader = eval_loader(self.test_set, self.info, max(1, self.batch_per_rank // 2),
+                                       max(0, self.args.num_workers // 2), self.device.type == "cuda")
 
     def _build_taps(self, stage=None) -> None:
         """Taps for the main stage, or for an initialisation stage when ``stage`` is given."""

@@ -282,3 +282,16 @@ def test_two_view_methods_get_a_weak_and_a_strong_view(tmp_path, teacher_ckpt):
     ce = F.cross_entropy(seen["s"], y) + F.cross_entropy(seen["strong"], y)
     assert torch.allclose(terms["ce"], trainer.gamma * ce)
     assert torch.isfinite(loss) and set(terms) == {"ce", "mlkd_instance", "mlkd_batch", "mlkd_class"}
+
+
+def test_device_loader_trains_and_resumes_mid_epoch_exactly(tmp_path, monkeypatch):
+    """--loader device: the same sample order as the DataLoader path, augmentations a function of
+    (seed, epoch, sample), so even a mid-epoch resume is bit for bit without loader state."""
+    argv = TINY + ["--model", "resnet8", "--epochs", "2", "--loader", "device"]
+    assert cli.teacher(argv + ["--save_dir", str(tmp_path / "a")]) == 0
+    monkeypatch.setenv("DISTILLERS_FAULT", "SIGTERM:train_step:2:2")
+    assert cli.teacher(argv + ["--save_dir", str(tmp_path / "b")]) == 143
+    monkeypatch.delenv("DISTILLERS_FAULT", raising=False)
+    assert cli.teacher(argv + ["--save_dir", str(tmp_path / "b"), "--resume"]) == 0
+    assert_same(weights(tmp_path / "a/latest.pth"), weights(tmp_path / "b/latest.pth"))
+    assert load(tmp_path / "a/latest.pth")["acc"] > 0
