@@ -264,7 +264,7 @@ def complete(parser: Parser, argv: Optional[Sequence[str]] = None) -> None:
                                                        f"method: options of {ADDED_TERM}")
         if method in DISTILLERS and method != ADDED_TERM:
             doc = (DISTILLERS.get(method).__doc__ or "").strip().splitlines()
-            add_method_options(parser, method, f"options of --distill {method}" + (f": {doc[0]}" if doc else ""),
+            add_method_options(parser, method, f"options of --distill {method}" + (f": {doc[0].rstrip('.')}" if doc else ""),
                                skip=added)
     elif task != "classification":  # a teacher trains with its task's default method (metric: triplet)
         cls = DISTILLERS.get(default_method(task))

@@ -36,11 +36,12 @@ from distillers.base import ADDED_TERM, DISTILLERS
 from core.taps import standard_taps
 from engine import checkpoint as ckpt
 from engine.config import ConfigError, apply_recipe, method_options, resume_conflicts, validate_numbers
-from engine.distributed import (DistInfo, all_reduce_sum, average_gradients, average_tensor, barrier,
+from engine.distributed import (DistInfo, average_gradients, average_tensor, barrier,
                                 broadcast_buffers, broadcast_result, gather_to_main, rank_differences)
 from engine.interrupts import STOP, RunInterrupted, fault_point
 from engine.objective import Objective
 from engine.run_folder import RunFolder
+from engine.run_log import EpochTotals, Logger
 from engine.loaders import eval_loader
 from engine.tasks import TASKS, unpack
 from models import create_model
@@ -49,37 +50,6 @@ from models.registry import resolve_model
 
 class TrainingError(ValueError):
     """The run cannot go on (a non-finite loss); the message says where and what to do."""
-
-
-class Logger:
-    """Rank-0 printing and TensorBoard scalars; silent on other ranks.
-
-    The event file is opened at the first scalar, so a run that fails before it
-    leaves no ``tb/`` folder; a resumed run purges events written after its checkpoint.
-    """
-
-    def __init__(self, info: DistInfo, run_dir: Optional[str], tensorboard: bool):
-        self.info = info
-        self.run_dir, self.tensorboard = run_dir, tensorboard
-        self.writer = None
-        self.purge_step: Optional[int] = None
-
-    def __call__(self, *msg: Any) -> None:
-        if self.info.is_main:
-            print(*msg, flush=True)
-
-    def scalars(self, prefix: str, values: Dict[str, float], step: int) -> None:
-        if not (self.info.is_main and self.run_dir and self.tensorboard):
-            return
-        if self.writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(os.path.join(self.run_dir, "tb"), purge_step=self.purge_step)
-        for key, value in values.items():
-            self.writer.add_scalar(f"{prefix}/{key}", value, step)
-
-    def close(self) -> None:
-        if self.writer:
-            self.writer.close()
 
 
 def shape_spec(model: nn.Module, example: torch.Tensor) -> Dict[str, Any]:
@@ -91,35 +61,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-class EpochTotals:
-    """Running sums of one epoch's train metrics, kept in checkpoints so that an epoch
-    resumed in the middle still reports over all of its batches."""
-
-    def __init__(self, values: Optional[Dict[str, float]] = None):
-        self.values: Dict[str, float] = dict(values or {})
-
-    def add(self, n: int, correct: int, loss: float, terms: Dict[str, float], seconds: float) -> None:
-        v = self.values
-        for key, value in (("seen", n), ("correct", correct), ("seconds", seconds), ("loss", loss * n)):
-            v[key] = v.get(key, 0.0) + value
-        for key, value in terms.items():
-            v["term/" + key] = v.get("term/" + key, 0.0) + value * n
-
-    def metrics(self, train_accuracy: bool) -> Dict[str, float]:
-        """Per-sample means over every rank, top-1 if the task has one, and images per second."""
-        keys = sorted(self.values)
-        totals = all_reduce_sum(torch.tensor([self.values[k] for k in keys], dtype=torch.float64))
-        summed = dict(zip(keys, totals.tolist()))
-        seen = max(summed.get("seen", 0.0), 1.0)
-        out = {k[len("term/"):]: v / seen for k, v in summed.items() if k.startswith("term/")}
-        out["loss"] = summed.get("loss", 0.0) / seen
-        if train_accuracy:
-            out["top1"] = 100.0 * summed.get("correct", 0.0) / seen
-        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-        out["images_per_s"] = summed.get("seen", 0.0) / max(summed.get("seconds", 0.0) / world, 1e-9)
-        return out
 
 
 def _split_views(taps: Dict[str, Any], views: int):
