@@ -232,6 +232,13 @@ TABLE: Dict[str, GoldenEntry] = {
                        hparam_options={k: k for k in ("lr", "momentum", "delta", "weight_decay", "steps")},
                        outputs={"1": "params", "2": "momentum_buffer", "3": "momentum_kd_buffer"},
                        task="optimizer"),  # an optimiser: no trainer task runs it yet (the --dot flag is to come)
+    # CTKD and MLKD with logit standardisation (tests/golden/, make_ctkd_mlkd_dot_goldens.py --ls)
+    "ctkd_ls": GoldenEntry("ctkd", {**LOGITS, "target": "batch:labels", "epoch": "batch:epoch"},
+                           options={"logit_std": True},
+                           variants={"dkd_base": {"options": {"ctkd_base": "dkd", "dkd_beta": 2.0}}}),
+    "mlkd_ls": GoldenEntry("mlkd", {**LOGITS, "logit_s_strong": "strong_s:logits", "logit_t_strong": "strong_t:logits"},
+                           options={"kd_T": 2.0, "logit_std": True},
+                           outputs={"mlkd_instance": "loss_kd", "mlkd_batch": "loss_bc", "mlkd_class": "loss_cc"}),
     # ---- end of table ----
 }
 

@@ -22,8 +22,8 @@ Row labels are those of results.md: a method option at its registry default, or 
 the reference recipe of the run's row (``scripts/make_configs.py``: the settings of the generated
 ``configs/cifar100/<row>/<pair>.yaml``), is not part of the label, so a run launched from a config
 and one launched with the same values on the command line share a cell. ``logit_std`` makes
-``KD`` ``KD+LS`` (``DKD+LS``), ``-a`` > 0 on a method without a KD term adds ``+KD``, and CTKD is
-``KD+CTKD`` (``DKD+CTKD`` with ``ctkd_base dkd``). The published numbers (``--compare`` without a
+``KD`` ``KD+LS`` (``DKD+LS``, ``MLKD+LS``), ``-a`` > 0 on a method without a KD term adds ``+KD``, and CTKD is
+``KD+CTKD`` (``DKD+CTKD`` with ``ctkd_base dkd``; ``CTKD+LS`` with ``logit_std``, results.md's name). The published numbers (``--compare`` without a
 file, and the picture) are make_configs.PUBLISHED, a verbatim copy of results.md §1-2 with sources.
 
 ``--plot`` draws top-1 against training cost for one pair: every method's mean ± std over trials
@@ -278,7 +278,7 @@ def variant_name(method: str, weights: Tuple[float, float, float], options) -> s
     if method != "kd" and weights[1] > 0 and not _registry_defaults(method).get("alpha", 0.0):
         name += "+KD"
     if _canon(opts.get("logit_std")) is True:
-        name += "+LS"
+        name = "CTKD+LS" if name == "KD+CTKD" else name + "+LS"  # results.md's row name
     if _canon(opts.get("dot")) is True:
         name += "+DOT"
     return name

@@ -9,13 +9,13 @@
 # (written by scripts/make_configs.py from the references: weights, options, per-pair values such
 # as DKD's beta or CAT-KD's weight); the run gets --config <it> --path_t <the pair's teacher>.
 # A token is a method, or a results.md row: "crd+kd" -> configs/cifar100/crd_kd/, "kd+ls" -> kd_ls/,
-# "dkd+ls" -> dkd_ls/ (logit standardisation), "kd+dot" -> kd_dot/ (the DOT optimiser). Without a config for the pair, a plain method runs
+# "dkd+ls" -> dkd_ls/, "ctkd+ls" -> ctkd_ls/, "mlkd+ls" -> mlkd_ls/ (logit standardisation), "kd+dot" -> kd_dot/ (the DOT optimiser). Without a config for the pair, a plain method runs
 # with its registered reference values (e.g. CRD-queue, KDSVD, SRRL, SemCKD, SimKD, WSLD, NKD,
-# ICKD, MLKD: no published cell in results.md §1-2), "+kd" adds the KD term with -a 1, and any
+# ICKD: no published cell in results.md §1-2), "+kd" adds the KD term with -a 1, and any
 # other "+row" is skipped with a note (no published recipe for that pair). Every checkpoint
 # records its weights and options; scripts/collect_results.py prints them per cell.
-# MLKD runs single-view: the trainer does not feed its second (strong) augmented view yet
-# (distillers/methods/mlkd.py), so its published cells have no config. KD+DOT needs the DOT
+# MLKD and MLKD+LS read a weak and a strong view of each image (the data path serves both; not
+# with --dali). KD+DOT needs the DOT
 # optimiser, not a train_student.py flag yet.
 #
 # Environment (all optional):
@@ -28,7 +28,8 @@
 #                 trial i runs with --seed i (the trial id alone only names the run)
 #   PAIRS         teacher:student pairs (default: resnet32x4:resnet8x4)
 #   METHODS       space-separated tokens method[+row][,option=value...], e.g. "kd kd+ls crd+kd simkd,factor=4"
-#                 (default: every classification method, plus CRD+KD, DCD+KD, RRD+KD, KD+LS, DKD+LS);
+#                 (default: every classification method, plus CRD+KD, DCD+KD, RRD+KD, KD+LS, DKD+LS, CTKD+LS,
+#                 MLKD+LS);
 #                 option=value pairs come after the config on the command line, so they win
 #   CONFIG_ROOT   the configs' folder (default: configs/cifar100)
 #   DATASET       dataset plugin (default cifar100; "synthetic" for a dry run without data)
@@ -46,7 +47,7 @@ DATASET=${DATASET:-cifar100}
 TRIALS=${TRIALS:-3}
 PAIRS=${PAIRS:-"resnet32x4:resnet8x4"}
 CONFIG_ROOT=${CONFIG_ROOT:-configs/cifar100}
-METHODS=${METHODS:-"kd kd+ls kd+dot fitnet at sp cc vid rkd pkt ab ft fsp nst crd crd+kd crd_queue dcd dcd+kd rrd rrd+kd kdsvd ofd reviewkd dkd dkd+ls ctkd dist mlkd wsld nkd ickd catkd srrl semckd simkd"}
+METHODS=${METHODS:-"kd kd+ls kd+dot fitnet at sp cc vid rkd pkt ab ft fsp nst crd crd+kd crd_queue dcd dcd+kd rrd rrd+kd kdsvd ofd reviewkd dkd dkd+ls ctkd ctkd+ls dist mlkd mlkd+ls wsld nkd ickd catkd srrl semckd simkd"}
 
 common=(--dataset "$DATASET")
 [[ -n "${DATA_ROOT:-}" ]] && common+=(--data_root "$DATA_ROOT")

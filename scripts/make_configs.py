@@ -278,20 +278,26 @@ ROWS: Dict[str, Row] = {r.label: r for r in [
     Row("DIST", "dist", "dist", "hunto/DIST_KD classification/configs/strategies/distill/dist_cifar.yaml "
         "(ori_loss_weight 1, kd_loss_weight 2, dist_t4: tau 4, beta 1, gamma 1; lr 0.01 for MobileNetV2 "
         "and ShuffleNets, as the recipe)", options={"logit_std": False}),
-    Row("MLKD", "mlkd", "mlkd", "Jin-Ying/Multi-Level-Logit-Distillation configs/cifar100",
-        blocked="MLKD needs a weak and a strong augmented view of each image; the trainer feeds one view "
-        "(distillers/methods/mlkd.py: single view = the reference with image_strong = image_weak), and L's "
-        "numbers come from a longer recipe with stronger augmentation (results.md §0)"),
+    Row("MLKD", "mlkd", "mlkd", "Jin-Ying/Multi-Level-Logit-Distillation configs/cifar100/ours/<pair>.yaml (CE 0.1, "
+        "KD_WEIGHT 0.9 on every level, T 4 then 3, 5, 2, 6; weak and strong views: the registry's defaults); its "
+        "LR 0.025 (0.01 for MobileNetV2/ShuffleNet students) and 480/960 epochs on cross-family pairs are not "
+        "reproduced (the trainer's recipe), and L's numbers come from a longer recipe (results.md §0)"),
     Row("KD+LS", "kd_ls", "kd", "sunshangquan/logit-standardization-KD README: configs/cifar100/kd/<pair>.yaml "
         "--logit-stand --base-temp 2 --kd-weight 9 (CE 0.1, KD 9, T 2)", weights={"gamma": 0.1, "alpha": 9.0},
         options={"kd_T": 2.0, "logit_std": True}),
-    Row("CTKD+LS", "ctkd_ls", "ctkd", "sunshangquan/logit-standardization-KD CTKD/ (--logit_stand)",
-        blocked="ctkd has no logit_std option (distillers/methods/ctkd.py)"),
+    Row("CTKD+LS", "ctkd_ls", "ctkd", "sunshangquan/logit-standardization-KD CTKD/scripts/run_cifar_distill.sh "
+        "(-r 0.1 -a 9 -b 0 on the learned-T KD term, which its train_student.py standardises: gamma 0.1, beta 9 "
+        "here; global T 1..21, cosine decay 0 -> -1 over 10 epochs; its --kd_T 2 is not read with --have_mlp 1). "
+        "Its logs/CTKD/ctkd,<pair>,2,9.txt show T between 2 and 30: those runs bounded T below by 2, not 1",
+        weights={"gamma": 0.1, "beta": 9.0}, options={"logit_std": True}, skip=("dkd_alpha", "dkd_beta")),
     Row("DKD+LS", "dkd_ls", "dkd", "sunshangquan/logit-standardization-KD README: configs/cifar100/dkd/<pair>.yaml "
         "--logit-stand --base-temp 2 --kd-weight 9 (DKD ALPHA and BETA x 9, T 2)",
         options={"kd_T": 2.0, "warmup": 20, "logit_std": True}, per_pair=_dkd_ls),
-    Row("MLKD+LS", "mlkd_ls", "mlkd", "sunshangquan/logit-standardization-KD README (configs/cifar100/mlkd)",
-        blocked="needs MLKD's two views (see MLKD), and mlkd has no logit_std option"),
+    Row("MLKD+LS", "mlkd_ls", "mlkd", "sunshangquan/logit-standardization-KD README: configs/cifar100/mlkd/<pair>.yaml "
+        "--logit-stand --base-temp 2 --kd-weight 9 (TEMPERATURE 2, KD_WEIGHT 9 on every level, CE 0.1; its "
+        "logs/MLKD name --kd-weight 6 on vgg13->vgg8, vgg13->MobileNetV2, resnet32x4->ShuffleV2); the configs' "
+        "480 epochs (960 for ShuffleNets) and per-pair LR are not reproduced (the trainer's recipe)",
+        weights={"gamma": 0.1, "beta": 9.0}, options={"kd_T": 2.0, "logit_std": True}),
     Row("CAT-KD", "catkd", "catkd", "GzyAftermath/CAT-KD configs/cifar100/CAT_KD/<pair>.yaml (CAT_loss_weight, "
         "CAM_RESOLUTION, IF_NORMALIZE per pair; CE 1, no KD)", per_pair=_catkd,
         note="no CAT-KD number in results.md: the fork's settings, for runs of your own"),

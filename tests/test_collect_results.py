@@ -216,6 +216,21 @@ COST = {"hand-written vanilla": 1.01, "vanilla": 1.0, "kd": 2.5, "crd": 4.75, "d
         "ctkd": 2.5, "ofd": 3.0, "fsp": 1.0, "fsp (init stage)": 2.75}  # no simkd: left out of the picture
 
 
+def test_logit_standardised_runs_take_the_results_md_row_names():
+    name = collect_results.variant_name
+    assert name("kd", (0.1, 9.0, 0.0), (("logit_std", True),)) == "KD+LS"
+    assert name("ctkd", (0.1, 0.0, 9.0), (("logit_std", True),)) == "CTKD+LS"
+    assert name("ctkd", (1.0, 0.0, 1.0), (("ctkd_base", "dkd"), ("logit_std", True))) == "DKD+CTKD+LS"
+    assert name("mlkd", (0.1, 0.0, 9.0), (("logit_std", True),)) == "MLKD+LS"
+    assert collect_results.published("CTKD+LS", ("resnet32x4", "resnet8x4")) == (76.67, "L")
+    # a run with the CTKD+LS config's values has no extra options: it is that cell
+    settings = collect_results.reference_settings("CTKD+LS", ("resnet32x4", "resnet8x4"))
+    options = {k: v for k, v in settings.items() if k not in ("distill", "model_s", "model_t", "dataset",
+                                                              "gamma", "alpha", "beta")}
+    kept = collect_results.canonical_options("ctkd", ("resnet32x4", "resnet8x4"), (0.1, 0.0, 9.0), options)
+    assert [k for k, _ in kept] == ["logit_std"]  # the row-defining option only
+
+
 def test_labels_of_the_new_methods_and_their_reference_settings(runs):
     new_method_runs(runs)
     cells, _ = collect_results.collect([str(runs / "students" / "*")])
@@ -326,7 +341,7 @@ def test_launchers_cover_every_method_with_seeded_trials(tmp_path):
         else:  # no published cell on this pair: the registry's reference values
             assert method in ("crd_queue", "kdsvd", "mlkd", "wsld", "nkd", "ickd", "srrl", "semckd", "simkd"), c
     used = {c[c.index("--config") + 1].split("/")[2] for c in cmds if "--config" in c}
-    assert {"kd_ls", "dkd_ls", "ofd", "dist", "ctkd", "catkd"} <= used  # the new methods and variants
+    assert {"kd_ls", "dkd_ls", "ctkd_ls", "mlkd", "mlkd_ls", "ofd", "dist", "ctkd", "catkd"} <= used  # new ones
 
     cross = dry_run("distill_cifar100_cross.sh", TRIALS="1", SAVE_ROOT=str(tmp_path))
     pairs = {(os.path.basename(os.path.dirname(c[c.index("--path_t") + 1])), c[c.index("--model_s") + 1])

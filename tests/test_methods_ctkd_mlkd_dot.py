@@ -10,6 +10,7 @@ from torch import nn
 
 from distillers import build_distiller
 from distillers.base import ShapeSpec
+from distillers.methods._logits import standardize
 from distillers.methods.ctkd import dkd_at, instance_kd_loss, reversal_lambda
 from distillers.methods.dkd import DKD
 from distillers.methods.kd import kd_loss
@@ -139,6 +140,40 @@ def test_ctkd_instance_variant():
         build_distiller("ctkd", spec(), mlp_name="instance", ctkd_base="dkd")
 
 
+@pytest.mark.parametrize("options", [{}, {"ctkd_base": "dkd", "dkd_beta": 2.0}, {"mlp_name": "instance"}])
+def test_ctkd_logit_std_is_ctkd_on_standardised_logits_at_the_same_temperature(options):
+    labels = torch.randint(0, C, (B,), generator=torch.Generator().manual_seed(14))
+    torch.manual_seed(0)
+    on = build_distiller("ctkd", spec(), logit_std=True, **options).double()
+    off = copy.deepcopy(on)
+    off.logit_std = False
+    z_s, z_t = logits(15).requires_grad_(True), logits(16)
+    batch = {"epoch": 12, "labels": labels}
+    got = on({"logits": z_s}, {"logits": z_t}, batch)
+    # the loss reads standardised logits; the temperature (the instance MLP's input) the raw ones
+    T_raw = off.temperature(z_s, z_t, 1.0)
+    if options.get("mlp_name") == "instance":
+        expected = {"ctkd": instance_kd_loss(standardize(z_s), standardize(z_t), T_raw)}
+        assert not torch.allclose(T_raw, off.temperature(standardize(z_s), standardize(z_t), 1.0))
+    else:
+        expected = off({"logits": standardize(z_s)}, {"logits": standardize(z_t)}, batch)
+    assert set(got) == set(expected)
+    for key in got:
+        assert torch.allclose(got[key], expected[key], rtol=1e-12, atol=0), key
+    assert build_distiller("ctkd", spec()).logit_std is False
+
+
+def test_ctkd_logit_std_is_blind_to_per_sample_scale_and_shift():
+    ctkd = build_distiller("ctkd", spec(), logit_std=True).double()
+    z_s, z_t = logits(17), logits(18)
+    g = torch.Generator().manual_seed(19)
+    scale, shift = torch.rand(B, 1, generator=g, dtype=torch.float64) * 3 + 0.2, torch.randn(B, 1, generator=g,
+                                                                                            dtype=torch.float64)
+    plain = ctkd.total(ctkd({"logits": z_s}, {"logits": z_t}, {"epoch": 12}))
+    moved = ctkd.total(ctkd({"logits": z_s * scale + shift}, {"logits": z_t / scale - shift}, {"epoch": 12}))
+    assert moved.item() == pytest.approx(plain.item(), rel=1e-6)
+
+
 # ---------------------------------------------------------------------------- MLKD
 TEMPS = (4.0, 3.0, 5.0, 2.0, 6.0)
 
@@ -169,15 +204,16 @@ def test_mlkd_single_view_instance_term_is_kd_summed_over_temperatures():
     assert all(abs(v.item()) < 1e-12 for v in twin.values())  # a student equal to its teacher: no loss
 
 
-def test_mlkd_two_views_match_the_reference():
-    record = torch.load(OWN_GOLDEN / "mlkd.pt", weights_only=True)
+@pytest.mark.parametrize("name,options", [("mlkd", {}), ("mlkd_ls", {"kd_T": 2.0, "logit_std": True})])
+def test_mlkd_two_views_match_the_reference(name, options):
+    record = torch.load(OWN_GOLDEN / f"{name}.pt", weights_only=True)
     ref = record["extra"]["two_views"]
     z_s = record["inputs"]["logit_s"].clone().requires_grad_(True)
     z_s_strong = ref["inputs"]["logit_s_strong"].clone().requires_grad_(True)
     views = ({"logits": z_s}, {"logits": record["inputs"]["logit_t"]},
              {"strong": {"s": {"logits": z_s_strong}, "t": {"logits": ref["inputs"]["logit_t_strong"]}}})
-    mlkd = build_distiller("mlkd", spec()).double()
-    mlkd.strong_T_on_weak = (2.0, 6.0)  # the reference's slip
+    mlkd = build_distiller("mlkd", spec(), **options).double()
+    mlkd.strong_levels_on_weak = (3, 4)  # the reference's slip (its T 2 and 6)
     out = mlkd(*views)
     mlkd.total(out).backward()
     tol = dict(rtol=1e-10, atol=1e-10)
@@ -187,10 +223,32 @@ def test_mlkd_two_views_match_the_reference():
     assert torch.allclose(z_s.grad, ref["grads"]["logit_s"], **tol)
     assert torch.allclose(z_s_strong.grad, ref["grads"]["logit_s_strong"], **tol)
     # the default reads the strong view at every temperature
-    default = build_distiller("mlkd", spec()).double()(*views)
+    default = build_distiller("mlkd", spec(), **options).double()(*views)
     (zs_w, zt_w), (zs_s, zt_s) = (z_s.detach(), views[1]["logits"]), (z_s_strong.detach(), ref["inputs"]["logit_t_strong"])
-    shift = sum(kd_loss(zs_s, zt_s, T) - kd_loss(zs_w, zt_w, T) for T in (2.0, 6.0))
+    if options.get("logit_std"):
+        zs_w, zt_w, zs_s, zt_s = map(standardize, (zs_w, zt_w, zs_s, zt_s))
+    shift = sum(kd_loss(zs_s, zt_s, T) - kd_loss(zs_w, zt_w, T) for T in (mlkd.mlkd_T[2], mlkd.mlkd_T[3]))
     assert (default["mlkd_instance"] - out["mlkd_instance"]).item() == pytest.approx(shift.item(), rel=1e-10)
+
+
+def test_mlkd_logit_std_standardises_the_instance_level_only():
+    z_s, z_t = logits(20), logits(21)
+    strong = {"strong": {"s": {"logits": logits(22)}, "t": {"logits": logits(23)}}}
+    for batch in ({}, strong):
+        on = build_distiller("mlkd", spec(), logit_std=True).double()({"logits": z_s}, {"logits": z_t}, batch)
+        off = build_distiller("mlkd", spec()).double()({"logits": z_s}, {"logits": z_t}, batch)
+        # batch and class levels (and the masks) read the raw logits, as the reference's cc_loss/bc_loss
+        assert torch.equal(on["mlkd_batch"], off["mlkd_batch"]) and torch.equal(on["mlkd_class"], off["mlkd_class"])
+        std_batch = {"strong": {side: {"logits": standardize(v["logits"])} for side, v in batch["strong"].items()}} \
+            if batch else {}
+        std = build_distiller("mlkd", spec()).double()({"logits": standardize(z_s)}, {"logits": standardize(z_t)},
+                                                       std_batch)
+        frac_raw, _ = confidence_fractions(z_t)
+        frac_std, _ = confidence_fractions(standardize(z_t))
+        if frac_raw == frac_std:  # same masks: the instance level is MLKD's on standardised logits
+            assert torch.allclose(on["mlkd_instance"], std["mlkd_instance"], rtol=1e-12, atol=0)
+        assert not torch.allclose(on["mlkd_instance"], off["mlkd_instance"])
+    assert build_distiller("mlkd", spec()).logit_std is False
 
 
 # ---------------------------------------------------------------------------- DOT

@@ -14,7 +14,9 @@ from distillers.methods._logits import standardize
 from engine import config
 
 CLASSES = 10
-LOGIT_METHODS = ["kd", "dkd", "dist", "wsld", "nkd"]
+#: methods whose whole loss sees standardised logits (MLKD standardises its instance level only, as its
+#: reference: tests/test_methods_ctkd_mlkd_dot.py)
+LOGIT_METHODS = ["kd", "dkd", "dist", "wsld", "nkd", "ctkd"]
 
 
 def spec(classes=CLASSES, batch_size=None):
@@ -74,7 +76,7 @@ def test_logit_std_is_off_by_default(method):
 # -- option errors ------------------------------------------------------------------------------
 @pytest.mark.parametrize("method,option,value", [
     ("kd", "logit_std", 1), ("dkd", "logit_std", "yes"), ("dist", "logit_std", None),
-    ("wsld", "logit_std", "true"), ("nkd", "logit_std", 0),
+    ("wsld", "logit_std", "true"), ("nkd", "logit_std", 0), ("ctkd", "logit_std", 1), ("mlkd", "logit_std", "on"),
     ("kd", "kd_T", 0), ("dist", "dist_tau", 0.0), ("dist", "dist_beta", -1.0), ("dist", "dist_gamma", "1"),
     ("wsld", "wsld_T", -2.0), ("nkd", "nkd_T", 0), ("nkd", "nkd_gamma", -0.5),
 ])

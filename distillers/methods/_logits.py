@@ -1,4 +1,4 @@
-"""What the logit methods (KD, DKD, DIST, WSLD, NKD) share: logit standardisation (its option too).
+"""What the logit methods (KD, DKD, DIST, WSLD, NKD, CTKD, MLKD) share: logit standardisation (its option too).
 
 Logit standardisation (Sun et al., "Logit Standardization in Knowledge Distillation", CVPR 2024;
 reference sunshangquan/logit-standardization-KD@f6e5aa5, ``normalize`` in
@@ -13,6 +13,11 @@ target masks included) sees standardised logits; every method here does the same
 :func:`logit_pair`. The method's temperature is then the reference's *base temperature*: its
 CIFAR-100 recipe (``--logit-stand --base-temp 2 --kd-weight 9``) uses T = 2 for KD and DKD, the
 loss still multiplied by T^2, with the KD weight 9 (CE 0.1) and DKD's alpha and beta times 9.
+The same commit carries CTKD and MLKD with it, and the two methods here follow them: CTKD
+(``CTKD/distiller_zoo/KD.py`` ``DistillKL_logit_stand``) standardises before its *learned*
+temperature (its script: KD weight 9, CE 0.1); MLKD (``mdistiller/distillers/MLKD.py``) standardises
+the inputs of its instance-level KD terms only, its batch and class levels and confidence masks
+keep the raw logits (recipe: TEMPERATURE 2 for its first level, KD_WEIGHT 9 on every level).
 The option is off by default, so every method keeps its own paper's behaviour.
 """
 import torch

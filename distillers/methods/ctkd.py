@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distillers.base import Distiller, Option, register_distiller
+from distillers.methods._logits import LOGIT_STD, logit_pair
 from distillers.methods.dkd import BETA_PER_PAIR, DEFAULT_BETA, DKD, _kl
 from distillers.methods.kd import kd_loss
 
@@ -86,6 +87,15 @@ class CTKD(Distiller):
     ``ctkd_base dkd`` returns DKD's ``tckd``/``nckd`` at T with ``dkd_alpha`` 1, ``dkd_beta`` (None:
     mdistiller's per-pair value, 8 otherwise; the CTKD script uses 2 for resnet56/resnet20) and no
     warm-up; set ``-r 1 -b 1`` as the reference's DKD+CTKD command does.
+
+    ``logit_std`` (off by default) z-scores both logits per sample before the loss divides them by
+    the learned T (:mod:`distillers.methods._logits`), as the logit-standardisation reference's
+    CTKD (sunshangquan/logit-standardization-KD@f6e5aa5 ``CTKD/distiller_zoo/KD.py``
+    ``DistillKL_logit_stand``); T is learned as above, from the raw logits for the instance MLP. Its
+    CIFAR-100 script (``CTKD/scripts/run_cifar_distill.sh``) is ``-r 0.1 -a 9 -b 0`` on the
+    learned-T KD term, i.e. ``--logit_std true -r 0.1 -b 9`` here; its ``--kd_T 2`` is not read with a
+    learned temperature. With ``ctkd_base dkd`` the standardised logits go to DKD (all of it, masks
+    included, as the same fork's DKD+LS): our composition, since the fork standardises only its KD term.
     """
 
     student_taps = ("logits",)
@@ -105,6 +115,7 @@ class CTKD(Distiller):
         "dkd_alpha": Option(1.0, "DKD's target-class weight (ctkd_base dkd)", min=0),
         "dkd_beta": Option(None, "DKD's non-target weight (ctkd_base dkd; unset: mdistiller's per-pair value, "
                                  "else 8)", type=float, min=0),
+        "logit_std": LOGIT_STD,
     }
 
     def __init__(self, spec, **options):
@@ -136,8 +147,8 @@ class CTKD(Distiller):
         return self.t_start + self.t_end * torch.sigmoid(_ScaleGradient.apply(theta, lambda_))
 
     def forward(self, s, t, batch=None):
-        z_s, z_t = s["logits"], t["logits"]
-        T = self.temperature(z_s, z_t, self.grl_lambda(batch))
+        T = self.temperature(s["logits"], t["logits"], self.grl_lambda(batch))
+        z_s, z_t = logit_pair(s["logits"], t["logits"], self.logit_std)
         if self.ctkd_base == "dkd":
             tckd, nckd = dkd_at(z_s, z_t, batch["labels"], T, self.dkd_alpha, self.dkd_beta)
             return {"tckd": tckd, "nckd": nckd}

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from distillers.base import Distiller, Option, register_distiller
+from distillers.methods._logits import LOGIT_STD, logit_pair
 from distillers.methods.kd import kd_loss
 
 
@@ -51,13 +52,22 @@ class MLKD(Distiller):
 
     The reference computes strong-view batch/class terms too but does not return them (left out
     here as well), and its strong KD at T 2 and 6 reads the weak logits (a copy-paste slip; the
-    default uses the strong view at every T, :attr:`strong_T_on_weak` reproduces the slip).
-    Without ``batch["strong"]`` (today's single-view data path) the one view serves as both, which
-    is the reference's ``forward_train`` with ``image_strong = image_weak``. The reference's CE is
-    on both views (CE_WEIGHT each); the trainer adds gamma * CE on the weak view.
+    default uses the strong view at every T, :attr:`strong_levels_on_weak` reproduces the slip).
+    The trainer serves both views (``BatchNeeds.views``); without ``batch["strong"]`` (a caller with
+    one view) the one view serves as both, which is the reference's ``forward_train`` with
+    ``image_strong = image_weak``. The reference's CE is on both views (CE_WEIGHT each), as the
+    trainer's gamma * CE.
 
     Defaults (``configs/cifar100/ours``): gamma 0.1 (CE_WEIGHT), beta 0.9 (KD_WEIGHT, applied to
     every term), alpha 0; the reference's resnet32x4 -> resnet8x4 recipe uses lr 0.025.
+
+    ``logit_std`` (off by default) z-scores the logits of the instance level, both views, at every
+    temperature, before the division by it (:mod:`distillers.methods._logits`); the batch and class
+    levels and the confidence masks keep the raw logits. So does the logit-standardisation reference
+    (sunshangquan/logit-standardization-KD@f6e5aa5 ``mdistiller/distillers/MLKD.py``: ``logit_stand``
+    reaches its ``kd_loss`` only). Its CIFAR-100 recipe (``--logit-stand --base-temp 2 --kd-weight 9``
+    sets TEMPERATURE 2 and KD_WEIGHT 9, CE_WEIGHT 0.1) is ``--logit_std true --kd_T 2 -r 0.1 -b 9``
+    here; ``mlkd_T`` keeps (3, 5, 2, 6).
     """
 
     student_taps = ("logits",)
@@ -67,9 +77,11 @@ class MLKD(Distiller):
     options = {
         "kd_T": Option(4.0, "first temperature (the plain KD level)", above=0),
         "mlkd_T": Option((3.0, 5.0, 2.0, 6.0), "further temperatures, each adding the three terms again", above=0),
+        "logit_std": LOGIT_STD,
     }
-    #: temperatures at which the strong-view KD term reads the weak logits (the reference: (2.0, 6.0))
-    strong_T_on_weak = ()
+    #: positions in (kd_T, *mlkd_T) whose strong-view KD term reads the weak logits (the reference: (3, 4),
+    #: its T 2 and 6; by position, since the LS recipe's kd_T 2 repeats a temperature)
+    strong_levels_on_weak = ()
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)
@@ -83,11 +95,13 @@ class MLKD(Distiller):
         strong = (batch or {}).get("strong")
         zs_strong, zt_strong = (strong["s"]["logits"], strong["t"]["logits"]) if strong else (z_s, z_t)
         frac_sample, frac_class = confidence_fractions(z_t)
+        kd_s, kd_t = logit_pair(z_s, z_t, self.logit_std)  # the instance level's inputs (the reference's kd_loss)
+        kd_s_strong, kd_t_strong = logit_pair(zs_strong, zt_strong, self.logit_std) if strong else (kd_s, kd_t)
         instance = batch_level = class_level = 0.0
-        for T in (self.kd_T, *self.mlkd_T):
-            on_weak = T in self.strong_T_on_weak
-            instance = (instance + frac_sample * kd_loss(z_s, z_t, T)
-                        + kd_loss(z_s if on_weak else zs_strong, z_t if on_weak else zt_strong, T))
+        for level, T in enumerate((self.kd_T, *self.mlkd_T)):
+            on_weak = level in self.strong_levels_on_weak
+            instance = (instance + frac_sample * kd_loss(kd_s, kd_t, T)
+                        + kd_loss(kd_s if on_weak else kd_s_strong, kd_t if on_weak else kd_t_strong, T))
             batch_level = batch_level + frac_sample * batch_loss(z_s, z_t, T)
             class_level = class_level + frac_class * class_loss(z_s, z_t, T)
         return {"mlkd_instance": instance, "mlkd_batch": batch_level, "mlkd_class": class_level}

@@ -1,10 +1,12 @@
-"""Generate tests/golden/{ctkd,mlkd,dot}.pt from the reference code (see tests/golden/README.md).
+"""Generate tests/golden/{ctkd,mlkd,dot,ctkd_ls,mlkd_ls}.pt from the reference code (see tests/golden/README.md).
 
-    python tests/golden/make_ctkd_mlkd_dot_goldens.py --ctkd CTKD_DIR --mlkd MLKD_DIR \
-        --mdistiller MDISTILLER_DIR [--out tests/golden]
+    python tests/golden/make_ctkd_mlkd_dot_goldens.py [--ctkd CTKD_DIR] [--mlkd MLKD_DIR] \
+        [--mdistiller MDISTILLER_DIR] [--ls LS_DIR] [--out tests/golden]
 
-The directories are checkouts of zhengli97/CTKD, Jin-Ying/Multi-Level-Logit-Distillation and
-megvii-research/mdistiller (commits below). Their code is imported from there, never copied:
+The directories are checkouts of zhengli97/CTKD, Jin-Ying/Multi-Level-Logit-Distillation,
+megvii-research/mdistiller and sunshangquan/logit-standardization-KD (commits below); each one given
+writes its files (``--ls``: ctkd_ls.pt from its ``CTKD/`` copy, mlkd_ls.pt from its
+``mdistiller/distillers/MLKD.py``). Their code is imported from there, never copied:
 packages under private aliases (the references' ``models``/``mdistiller`` names clash with this
 project's and with each other), and CTKD's ``CosineDecay`` class read out of ``train_student.py``
 (whose imports need the ImageNet/DALI stack). CPU, float64, fixed seed; ``.cuda()`` is a no-op.
@@ -30,6 +32,7 @@ COMMITS = {
     "ctkd": "zhengli97/CTKD@7d5252241259ae70d38a832371fed9697d15fc14",
     "mlkd": "Jin-Ying/Multi-Level-Logit-Distillation@5ee473fcf193dfb00a0598b64d0acfe6ad58a482",
     "dot": "megvii-research/mdistiller@a08d46f10d6102bd6e3f258ca5ac880b020ea259",
+    "ls": "sunshangquan/logit-standardization-KD@f6e5aa5172bad618e801163c3385322eea673754",
 }
 #: git blob ids, at those commits, of the files imported (checked before anything runs)
 BLOBS = {
@@ -42,6 +45,15 @@ BLOBS = {
     "mlkd": {"mdistiller/distillers/KD_ours.py": "2eedc85c91018bba920834e25c8e3cbfe434682e",
              "mdistiller/distillers/_base.py": "901ddcf9002c725f946a8459dbecc9fe038efe2c"},
     "dot": {"mdistiller/engine/dot.py": "16197810d4f5c4df8c439835eae87e485bf05aae"},
+    "ls": {"CTKD/models/temp_global.py": "1c1459144f01705e7115e17f2e65cfb53f327db5",
+           "CTKD/distiller_zoo/KD.py": "bd2a0654cb39153f7d5cd1ed676693d21ca90a2a",
+           "CTKD/distiller_zoo/DKD.py": "4a051bf31feaae2f24d3f351b205039c6b7c3f09",
+           "CTKD/helper/loops.py": "3c09dd9f760a107d03a27ca5e464cd02d7c984dd",
+           "CTKD/helper/util.py": "6fed5a616760449f92cc22e58916930e09c7eb9b",
+           "CTKD/train_student.py": "56625f710a8921908ef061fe4b026c4de037d1fd",
+           "mdistiller/distillers/MLKD.py": "3eaf81965f89e764bb2ba2f7a1faca71646e7ca8",
+           "mdistiller/distillers/_base.py": "901ddcf9002c725f946a8459dbecc9fe038efe2c",
+           "mdistiller/distillers/loss.py": "fdd22af1aafa2dc560e8324c42d8c888da044ed8"},
 }
 SEED = 0
 B, C = 8, 10
@@ -94,14 +106,34 @@ class FixedLogits(nn.Module):
 
 
 # ---------------------------------------------------------------------------- CTKD
-def make_ctkd(root: Path):
-    alias_package("ref_ctkd_models", root / "models")
-    alias_package("ref_ctkd_zoo", root / "distiller_zoo")
-    alias_package("ref_ctkd_helper", root / "helper")
-    Global_T = importlib.import_module("ref_ctkd_models.temp_global").Global_T
-    DistillKL = importlib.import_module("ref_ctkd_zoo.KD").DistillKL
-    DKDloss = importlib.import_module("ref_ctkd_zoo.DKD").DKDloss
-    train_distill = importlib.import_module("ref_ctkd_helper.loops").train_distill
+class Standardized(nn.Module):
+    """A loss module called on the standardisation reference's ``normalize`` of both logits."""
+
+    def __init__(self, loss, normalize):
+        super().__init__()
+        self.loss, self.normalize = loss, normalize
+
+    def forward(self, logit_s, logit_t, *rest):
+        return self.loss(self.normalize(logit_s), self.normalize(logit_t), *rest)
+
+
+def make_ctkd(root: Path, logit_stand: bool = False):
+    """ctkd.pt from zhengli97/CTKD, or (``logit_stand``) ctkd_ls.pt from the logit-standardisation
+    fork's copy of it (``root`` = its ``CTKD/`` folder): the same loop with its KD criterion
+    ``DistillKL_logit_stand``."""
+    name = "ctkd_ls" if logit_stand else "ctkd"
+    alias = f"ref_{name}"
+    alias_package(f"{alias}_models", root / "models")
+    alias_package(f"{alias}_zoo", root / "distiller_zoo")
+    alias_package(f"{alias}_helper", root / "helper")
+    Global_T = importlib.import_module(f"{alias}_models.temp_global").Global_T
+    zoo_kd = importlib.import_module(f"{alias}_zoo.KD")
+    DistillKL = zoo_kd.DistillKL
+    # the fork's train_student.py: criterion_div = DistillKL() if opt.logit_stand else DistillKL_logit_stand()
+    # (inverted: its script, which passes no --logit_stand, runs the standardised one)
+    DistillDiv = zoo_kd.DistillKL_logit_stand if logit_stand else DistillKL
+    DKDloss = importlib.import_module(f"{alias}_zoo.DKD").DKDloss
+    train_distill = importlib.import_module(f"{alias}_helper.loops").train_distill
     CosineDecay = class_from_script(root / "train_student.py", "CosineDecay", {"math": math})
     # the CIFAR script: --t_start 1 --t_end 20 (defaults) --cosine_decay 1 --decay_max 0 --decay_min -1 --decay_loops 10
     hp = dict(t_start=1.0, t_end=20.0, decay_max=0.0, decay_min=-1.0, decay_loops=10.0,
@@ -120,7 +152,11 @@ def make_ctkd(root: Path):
                               t_start=hp["t_start"], t_end=hp["t_end"], kd_T=4, gpu=None,
                               multiprocessing_distributed=False, print_freq=1, batch_size=B,
                               dkd_alpha=hp["dkd_alpha"], dkd_beta=hp["dkd_beta"])
-        criteria = nn.ModuleList([nn.CrossEntropyLoss(), DistillKL(), DKDloss() if distill == "dkd" else DistillKL()])
+        if distill == "dkd":  # the fork feeds DKD raw logits: standardising them is our composition
+            criterion_kd = Standardized(DKDloss(), zoo_kd.normalize) if logit_stand else DKDloss()
+        else:
+            criterion_kd = DistillKL()
+        criteria = nn.ModuleList([nn.CrossEntropyLoss(), DistillDiv(), criterion_kd])
         optimizer = torch.optim.SGD(nn.ModuleList([student, mlp]).parameters(), lr=hp["lr"],
                                     momentum=hp["momentum"], weight_decay=hp["weight_decay"])
         out = []
@@ -144,10 +180,34 @@ def make_ctkd(root: Path):
     (_, loss_dkd, grads_dkd, _, _), = run("dkd", 0.0, 0.0, 1.0, [hp["epoch"]])
     if grads_dkd["params.global_T"].isnan().all():  # 0 * log 0 in its probability-space KL: not comparable
         del grads_dkd["params.global_T"]
+    if logit_stand:
+        reference = (f"{COMMITS['ls']} CTKD/models/temp_global.py Global_T + CTKD/distiller_zoo/KD.py "
+                     "DistillKL_logit_stand (dkd_base: DKD.py DKDloss on KD.py normalize, our composition) + "
+                     "CTKD/helper/loops.py train_distill + CTKD/train_student.py CosineDecay")
+        hp = {**hp, "logit_stand": True}
+    else:
+        reference = (f"{COMMITS['ctkd']} models/temp_global.py Global_T + distiller_zoo/KD.py DistillKL "
+                     "(DKD.py DKDloss) + helper/loops.py train_distill + train_student.py CosineDecay")
+    notes = ("One batch per epoch through the reference's own train_distill with mock models "
+             "returning fixed logits (the student's are a parameter). loss = the KD term at the "
+             "learned T (-r 0 -a 1 -b 0); grads.params.global_T is the reversed gradient "
+             "(lambda = CosineDecay(0, -1, 10).get_value(epoch) < 0). step2: the next epoch after "
+             "the reference's SGD step (lr 0.05, momentum 0.9, wd 5e-4; its first step, so the "
+             "update is lr (g + wd theta)); its logit_s input is the student's logits after that "
+             "step. dkd_base: --distill dkd -r 0 -a 0 -b 1 --dkd_beta 2 at the first epoch; its temperature "
+             "gradient is NaN in the reference (the masked teacher probability of the target class "
+             "underflows to 0 and the KL's target-side derivative log 0 + 1 meets d p / d T = 0), so "
+             "only loss and logit_s are recorded for it.")
+    if logit_stand:
+        notes = ("Logit standardisation: the fork's CTKD with its KD criterion DistillKL_logit_stand (normalize "
+                 "both logits, then KD at the learned T), the criterion its CIFAR script runs (train_student.py "
+                 "picks it when --logit_stand is absent; the script passes none). The script's -a 9 (KD weight) "
+                 "is not applied and its --kd_T 2 is not read with --have_mlp 1; t_start 1, t_end 20 and the "
+                 "decay are the script's. dkd_base is our composition: the fork feeds its DKDloss raw logits, "
+                 "here it gets KD.py's normalize of both (as the fork's mdistiller DKD with --logit-stand). " + notes)
     return {
-        "method": "ctkd",
-        "reference": f"{COMMITS['ctkd']} models/temp_global.py Global_T + distiller_zoo/KD.py DistillKL "
-                     "(DKD.py DKDloss) + helper/loops.py train_distill + train_student.py CosineDecay",
+        "method": name,
+        "reference": reference,
         "hparams": hp, "inputs": inputs, "params": {"global_T": theta}, "trainable": ["global_T"],
         "loss": loss, "grads": grads, "state_after": {},
         "extra": {
@@ -157,24 +217,29 @@ def make_ctkd(root: Path):
             "lambda": torch.tensor([lam, lam2]),
             "temperature": hp["t_start"] + hp["t_end"] * torch.sigmoid(theta),
         },
-        "notes": "One batch per epoch through the reference's own train_distill with mock models "
-                 "returning fixed logits (the student's are a parameter). loss = the KD term at the "
-                 "learned T (-r 0 -a 1 -b 0); grads.params.global_T is the reversed gradient "
-                 "(lambda = CosineDecay(0, -1, 10).get_value(epoch) < 0). step2: the next epoch after "
-                 "the reference's SGD step (lr 0.05, momentum 0.9, wd 5e-4; its first step, so the "
-                 "update is lr (g + wd theta)); its logit_s input is the student's logits after that "
-                 "step. dkd_base: --distill dkd -r 0 -a 0 -b 1 --dkd_beta 2 at the first epoch; its temperature "
-                 "gradient is NaN in the reference (the masked teacher probability of the target class "
-                 "underflows to 0 and the KL's target-side derivative log 0 + 1 meets d p / d T = 0), so "
-                 "only loss and logit_s are recorded for it.",
+        "notes": notes,
     }
 
 
 # ---------------------------------------------------------------------------- MLKD
-def make_mlkd(root: Path):
-    alias_package("ref_mlkd", root / "mdistiller" / "distillers")
-    KD_ours = importlib.import_module("ref_mlkd.KD_ours").KD_ours
-    cfg = SimpleNamespace(KD=SimpleNamespace(TEMPERATURE=4.0, LOSS=SimpleNamespace(CE_WEIGHT=0.1, KD_WEIGHT=1.0)))
+def make_mlkd(root: Path, logit_stand: bool = False):
+    """mlkd.pt from Jin-Ying/Multi-Level-Logit-Distillation, or (``logit_stand``) mlkd_ls.pt from the
+    logit-standardisation fork's ``mdistiller/distillers/MLKD.py`` with LOGIT_STAND true and TEMPERATURE 2."""
+    if logit_stand:
+        try:  # MLKD.py's first lines import termios.CEOL and turtle.st, neither used; turtle needs Tk
+            import turtle  # noqa: F401
+        except ImportError:
+            sys.modules["turtle"] = types.ModuleType("turtle")
+            sys.modules["turtle"].st = None
+        alias_package("ref_mlkd_ls", root / "mdistiller" / "distillers")
+        KD_ours = importlib.import_module("ref_mlkd_ls.MLKD").MLKD
+        temperature = 2.0
+    else:
+        alias_package("ref_mlkd", root / "mdistiller" / "distillers")
+        KD_ours = importlib.import_module("ref_mlkd.KD_ours").KD_ours
+        temperature = 4.0
+    cfg = SimpleNamespace(KD=SimpleNamespace(TEMPERATURE=temperature, LOSS=SimpleNamespace(CE_WEIGHT=0.1, KD_WEIGHT=1.0)),
+                          EXPERIMENT=SimpleNamespace(LOGIT_STAND=logit_stand))
 
     g = torch.Generator().manual_seed(SEED + 1)
     weak_s, weak_t = torch.randn(B, C, generator=g) * 2, torch.randn(B, C, generator=g) * 3
@@ -205,11 +270,29 @@ def make_mlkd(root: Path):
     # one view: the strong image is the weak one (the single-view data path)
     loss, (grad_s, _), terms = run([weak_s, strong_s], [weak_t, strong_t], strong_image=0)
     loss2, (grad_weak, grad_strong), terms2 = run([weak_s, strong_s], [weak_t, strong_t], strong_image=1)
+    notes = ("forward_train of the reference on mock student/teacher returning fixed logits per view, "
+             "KD.LOSS.KD_WEIGHT 1 (reference 0.9) so the loss is unweighted; loss = loss_kd + loss_cc + "
+             "loss_bc (loss_ce left out). Main record: image_strong = image_weak (one view). "
+             "extra.two_views: distinct strong logits; the reference's strong KD at T 2 and 6 reads the "
+             "weak logits, and its strong cc/bc terms are computed but not returned.")
+    if logit_stand:
+        reference = f"{COMMITS['ls']} mdistiller/distillers/MLKD.py MLKD.forward_train (kd_loss, cc_loss, bc_loss)"
+        hparams = {"temperature": 2.0, "temperatures": [2.0, 3.0, 5.0, 2.0, 6.0], "kd_weight": 1.0, "logit_stand": True,
+                   "kd_weight_reference": 9.0, "ce_weight_reference": 0.1,
+                   "recipe": "configs/cifar100/mlkd/<pair>.yaml --logit-stand --base-temp 2 --kd-weight 9 "
+                             "(TEMPERATURE 2, KD_WEIGHT 9; kd_weight not applied here)"}
+        notes = ("Logit standardisation: the fork's MLKD with EXPERIMENT.LOGIT_STAND true and KD.TEMPERATURE 2 (its "
+                 "--base-temp); LOGIT_STAND reaches kd_loss only, so loss_kd is on normalize(z) and loss_cc, loss_bc "
+                 "and the masks are on the raw logits. " + notes.replace("KD_WEIGHT 1 (reference 0.9)",
+                                                                        "KD_WEIGHT 1 (recipe 9)"))
+    else:
+        reference = f"{COMMITS['mlkd']} mdistiller/distillers/KD_ours.py KD_ours.forward_train (kd_loss, cc_loss, bc_loss)"
+        hparams = {"temperature": 4.0, "temperatures": [4.0, 3.0, 5.0, 2.0, 6.0], "kd_weight": 1.0,
+                   "kd_weight_reference": 0.9, "ce_weight_reference": 0.1}
     return {
-        "method": "mlkd",
-        "reference": f"{COMMITS['mlkd']} mdistiller/distillers/KD_ours.py KD_ours.forward_train (kd_loss, cc_loss, bc_loss)",
-        "hparams": {"temperature": 4.0, "temperatures": [4.0, 3.0, 5.0, 2.0, 6.0], "kd_weight": 1.0,
-                    "kd_weight_reference": 0.9, "ce_weight_reference": 0.1},
+        "method": "mlkd_ls" if logit_stand else "mlkd",
+        "reference": reference,
+        "hparams": hparams,
         "inputs": {"logit_s": weak_s, "logit_t": weak_t}, "params": {}, "trainable": [],
         "loss": loss, "grads": {"logit_s": grad_s}, "state_after": {},
         "extra": {
@@ -218,11 +301,7 @@ def make_mlkd(root: Path):
                           "loss": loss2, "grads": {"logit_s": grad_weak, "logit_s_strong": grad_strong},
                           **terms2},
         },
-        "notes": "forward_train of the reference on mock student/teacher returning fixed logits per view, "
-                 "KD.LOSS.KD_WEIGHT 1 (reference 0.9) so the loss is unweighted; loss = loss_kd + loss_cc + "
-                 "loss_bc (loss_ce left out). Main record: image_strong = image_weak (one view). "
-                 "extra.two_views: distinct strong logits; the reference's strong KD at T 2 and 6 reads the "
-                 "weak logits, and its strong cc/bc terms are computed but not returned.",
+        "notes": notes,
     }
 
 
@@ -274,13 +353,18 @@ def make_dot(root: Path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ctkd", type=Path, required=True, help="zhengli97/CTKD checkout")
-    parser.add_argument("--mlkd", type=Path, required=True, help="Jin-Ying/Multi-Level-Logit-Distillation checkout")
-    parser.add_argument("--mdistiller", type=Path, required=True, help="megvii-research/mdistiller checkout")
+    parser.add_argument("--ctkd", type=Path, help="zhengli97/CTKD checkout (ctkd.pt)")
+    parser.add_argument("--mlkd", type=Path, help="Jin-Ying/Multi-Level-Logit-Distillation checkout (mlkd.pt)")
+    parser.add_argument("--mdistiller", type=Path, help="megvii-research/mdistiller checkout (dot.pt)")
+    parser.add_argument("--ls", type=Path, help="sunshangquan/logit-standardization-KD checkout (ctkd_ls.pt, mlkd_ls.pt)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
     args = parser.parse_args()
+    given = [(name, root) for name, root in (("ctkd", args.ctkd), ("mlkd", args.mlkd), ("dot", args.mdistiller),
+                                             ("ls", args.ls)) if root is not None]
+    if not given:
+        parser.error("give at least one of --ctkd, --mlkd, --mdistiller, --ls")
 
-    for name, root in (("ctkd", args.ctkd), ("mlkd", args.mlkd), ("dot", args.mdistiller)):
+    for name, root in given:
         check_blobs(name, root)
     torch.set_default_dtype(torch.float64)
     torch.manual_seed(SEED)
@@ -288,7 +372,10 @@ def main():
     nn.Module.cuda = lambda self, *a, **k: self
     common = {"dtype": "float64", "split": "public", "seed": SEED, "torch_version": str(torch.__version__),
               "tolerance": 1e-10}
-    for record in (make_ctkd(args.ctkd), make_mlkd(args.mlkd), make_dot(args.mdistiller)):
+    makers = {"ctkd": lambda root: [make_ctkd(root)], "mlkd": lambda root: [make_mlkd(root)],
+              "dot": lambda root: [make_dot(root)],
+              "ls": lambda root: [make_ctkd(root / "CTKD", logit_stand=True), make_mlkd(root, logit_stand=True)]}
+    for record in (r for name, root in given for r in makers[name](root)):
         record = {**common, **record}
         path = args.out / f"{record['method']}.pt"
         torch.save(record, path)
