@@ -231,7 +231,7 @@ TABLE: Dict[str, GoldenEntry] = {
                        function="distillers.optim:dot_trajectory",
                        hparam_options={k: k for k in ("lr", "momentum", "delta", "weight_decay", "steps")},
                        outputs={"1": "params", "2": "momentum_buffer", "3": "momentum_kd_buffer"},
-                       task="optimizer"),  # an optimiser: no trainer task runs it yet (the --dot flag is to come)
+                       task="optimizer"),  # an optimiser (--dot): the trainer test is tests/test_trainer.py
     # CTKD and MLKD with logit standardisation (tests/golden/, make_ctkd_mlkd_dot_goldens.py --ls)
     "ctkd_ls": GoldenEntry("ctkd", {**LOGITS, "target": "batch:labels", "epoch": "batch:epoch"},
                            options={"logit_std": True},
