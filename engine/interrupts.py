@@ -73,10 +73,12 @@ class StopRequest:
             return self.signal is not None
         if self._group is None:
             self._group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
-        flag = torch.tensor([1 if self.signal else 0], dtype=torch.int32)
+        # the signal's number, so every rank stops for the same reason (SIGTERM outranks SIGINT)
+        mine = int(getattr(signal, self.signal)) if self.signal in signal.Signals.__members__ else 0
+        flag = torch.tensor([mine], dtype=torch.int32)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
         if flag.item() and self.signal is None:
-            self.signal = "another rank's signal"
+            self.signal = signal.Signals(int(flag.item())).name
         return bool(flag.item())
 
 

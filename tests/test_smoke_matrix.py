@@ -187,7 +187,8 @@ def _step(trainer, optimizer, stage=None):
 
 
 def test_matrix_covers_registry_and_lists_are_consistent():
-    assert set(METHODS) | METRIC_LEARNING >= set(list_distillers())
+    built_in = {n for n in list_distillers() if DISTILLERS.get(n).__module__.startswith("distillers.")}
+    assert set(METHODS) | METRIC_LEARNING >= built_in  # (plugins registered by other tests are not the zoo's)
     assert len(METHODS) >= 22, METHODS  # the 22 classification methods of methods.md §1-5
     for table in (INAPPLICABLE, HEAVY):
         for method, t, s in table:
