@@ -111,6 +111,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
                           "distiller, model or dataset (repeatable)")
     run.add_argument("--no_tensorboard", action="store_true", help="do not write TensorBoard logs")
     run.add_argument("--eval_freq", type=int, default=1, help="evaluate every N epochs (and at the end)")
+    run.add_argument("--log_every", type=int, default=0, metavar="STEPS",
+                     help="also log the loss, its terms, the lr and the fraction of step time spent waiting for "
+                          "data to TensorBoard every STEPS steps (train_step/*; 0: once per epoch only)")
 
     dist = parser.add_argument_group("devices and distributed training")
     dist.add_argument("--gpu_id", default=None,
@@ -415,6 +418,8 @@ def validate_numbers(args: argparse.Namespace, world_size: int = 1, log=print) -
         raise bad("--momentum", args.momentum, "must be in [0, 1)")
     if args.eval_freq < 1:
         raise bad("--eval_freq", args.eval_freq, "must be a positive integer")
+    if getattr(args, "log_every", 0) < 0:
+        raise bad("--log_every", args.log_every, "must be 0 (per epoch only) or a positive number of steps")
     if args.num_workers < 0:
         raise bad("--num_workers", args.num_workers, "must be 0 (load in the main process) or more")
     if getattr(args, "nprocs", None) is not None and args.nprocs < 1:
@@ -432,7 +437,7 @@ def validate_numbers(args: argparse.Namespace, world_size: int = 1, log=print) -
 RESUME_FREE = frozenset({
     "resume", "overwrite", "config", "plugins", "no_tensorboard", "save_root", "save_dir", "gpu_id", "device",
     "dist_url", "rank", "dist_backend", "multiprocessing_distributed", "nprocs", "world_size", "evaluate",
-    "path_s", "skip_bad_images", "trial",
+    "path_s", "skip_bad_images", "trial", "log_every",
 })
 #: Flags that may change with a warning: they alter the run, but a user may mean it.
 RESUME_WARN = {

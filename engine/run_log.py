@@ -48,9 +48,12 @@ class EpochTotals:
     def __init__(self, values: Optional[Dict[str, float]] = None):
         self.values: Dict[str, float] = dict(values or {})
 
-    def add(self, n: int, correct: int, loss: float, terms: Dict[str, float], seconds: float) -> None:
+    def add(self, n: int, correct: int, loss: float, terms: Dict[str, float], seconds: float,
+            waited: float = 0.0) -> None:
+        """One step: ``seconds`` from the end of the previous step, ``waited`` of them for the batch."""
         v = self.values
-        for key, value in (("seen", n), ("correct", correct), ("seconds", seconds), ("loss", loss * n)):
+        for key, value in (("seen", n), ("correct", correct), ("seconds", seconds), ("waited", waited),
+                           ("loss", loss * n)):
             v[key] = v.get(key, 0.0) + value
         for key, value in terms.items():
             v["term/" + key] = v.get("term/" + key, 0.0) + value * n
@@ -67,4 +70,5 @@ class EpochTotals:
             out["top1"] = 100.0 * summed.get("correct", 0.0) / seen
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
         out["images_per_s"] = summed.get("seen", 0.0) / max(summed.get("seconds", 0.0) / world, 1e-9)
+        out["data_wait"] = summed.get("waited", 0.0) / max(summed.get("seconds", 0.0), 1e-9)
         return out

@@ -393,15 +393,26 @@ class Trainer:
         name = f"init {self.epoch}/{stage.epochs}" if stage else f"epoch {self.epoch}/{self.args.epochs}"
         bar = tqdm(self.train_loader, desc=name, disable=not show, leave=False, dynamic_ncols=True,
                    initial=self.step_in_epoch, total=self.step_in_epoch + len(self.train_loader))
+        per_epoch = self.step_in_epoch + len(self.train_loader)
+        window = [0.0, 0.0]  # seconds waited for data, seconds in all, since the last --log_every point
         started = time.perf_counter()
         for batch in bar:
+            arrived = time.perf_counter()
             loss, prediction, terms = self.train_step(batch, optimizer, stage)
             self.step_in_epoch += 1
             now = time.perf_counter()
             labels = batch[1].to(self.device)
+            values = {k: float(v.detach()) for k, v in terms.items()}
             totals.add(labels.shape[0], self.task.train_correct(prediction.detach(), labels), loss.item(),
-                       {k: float(v.detach()) for k, v in terms.items()}, now - started)
+                       values, now - started, arrived - started)
+            window = [window[0] + arrived - started, window[1] + now - started]
             started = now
+            step = (abs(self.epoch) - 1) * per_epoch + self.step_in_epoch
+            if self.args.log_every and step % self.args.log_every == 0:  # curves within the epoch
+                self.log.scalars("init_step" if stage else "train_step",
+                                 {"loss": loss.item(), **values, "lr": optimizer.param_groups[0]["lr"],
+                                  "data_wait": window[0] / max(window[1], 1e-9)}, step)
+                window = [0.0, 0.0]
             bar.set_postfix(loss=f"{loss.item():.3f}")
             fault_point("init_step" if stage else "train_step", self.epoch, self.step_in_epoch, self.info.rank)
             if STOP.agreed():  # a safe point: the step is complete
@@ -638,9 +649,11 @@ class Trainer:
                 acc = self.evaluate(head=self._inference_head())
                 self.last_acc = acc[key]
                 self.log.scalars("test", acc, self.epoch)
-                train = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k not in ("images_per_s", "lr"))
+                train = " ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                                 if k not in ("images_per_s", "lr", "data_wait"))
                 self.log(f"epoch {self.epoch}/{args.epochs} lr {lr:.4g} | train {train} | test "
-                         f"{self.task.describe(acc)} | {metrics['images_per_s']:.0f} img/s")
+                         f"{self.task.describe(acc)} | {metrics['images_per_s']:.0f} img/s, "
+                         f"{metrics['data_wait']:.0%} of step time waiting for data")
             improved = evaluated and acc[key] > self.best_acc
             if improved:
                 self.best_acc = acc[key]

@@ -61,7 +61,7 @@ def test_resume_is_bitwise(tmp_path):
 def test_checkpoint_contents_and_tensorboard(tmp_path):
     folder = tmp_path / "run"
     args = config.parse(config.teacher_parser(), [a for a in TINY if a != "--no_tensorboard"] +
-                        ["--model", "resnet8", "--save_dir", str(folder), "--epochs", "1"])
+                        ["--model", "resnet8", "--save_dir", str(folder), "--epochs", "1", "--log_every", "2"])
     Trainer(args, DistInfo(), "teacher").fit()
     state = load(folder / "latest.pth")
     for key in ("model", "optimizer", "scheduler", "rng", "config", "arch", "code_version", "epoch"):
@@ -74,7 +74,10 @@ def test_checkpoint_contents_and_tensorboard(tmp_path):
     acc = EventAccumulator(str(folder / "tb"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    assert {"train/ce", "train/lr", "train/images_per_s", "test/top1", "test/top5"} <= tags
+    assert {"train/ce", "train/lr", "train/images_per_s", "train/data_wait", "test/top1", "test/top5"} <= tags
+    steps = [e.step for e in acc.Scalars("train_step/loss")]  # --log_every 2: 6 steps, 3 points
+    assert steps == [2, 4, 6] and {"train_step/ce", "train_step/lr", "train_step/data_wait"} <= tags
+    assert all(0 <= e.value <= 1 for e in acc.Scalars("train/data_wait") + acc.Scalars("train_step/data_wait"))
 
 
 def test_student_kd_and_evaluate_reproduces_accuracy(tmp_path, teacher_ckpt, capsys):
