@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distillers.base import Distiller, Option, register_distiller
-from distillers.methods._logits import LOGIT_STD, logit_pair
+from distillers.methods._logits import LOGIT_STD, check_same_classes, logit_pair
 from distillers.methods.dkd import BETA_PER_PAIR, DEFAULT_BETA, DKD, _kl
 from distillers.methods.kd import kd_loss
 
@@ -122,16 +122,14 @@ class CTKD(Distiller):
         super().__init__(spec, **options)
         if self.mlp_name == "instance" and self.ctkd_base != "kd":
             raise ValueError("ctkd: the instance-wise temperature works with ctkd_base kd only")
-        n_s, n_t = tuple(spec.student["logits"]), tuple(spec.teacher["logits"])
-        if n_s != n_t:
-            raise ValueError(f"ctkd needs student and teacher logits over the same classes; got {n_s} and {n_t}")
+        check_same_classes("ctkd", spec)
         if self.dkd_beta is None:
             pair = (spec.extra.get("teacher_arch"), spec.extra.get("student_arch"))
             self.dkd_beta = BETA_PER_PAIR.get(pair, DEFAULT_BETA)
         if self.mlp_name == "global":
             self.global_T = nn.Parameter(torch.ones(1))
         else:
-            self.mlp = nn.Sequential(nn.Linear(2 * n_s[0], 256), nn.ReLU(inplace=True), nn.Linear(256, 1))
+            self.mlp = nn.Sequential(nn.Linear(2 * spec.student["logits"][0], 256), nn.ReLU(inplace=True), nn.Linear(256, 1))
 
     def grl_lambda(self, batch) -> float:
         epoch = (batch or {}).get("epoch")

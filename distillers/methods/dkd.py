@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from distillers.base import Distiller, Option, register_distiller
-from distillers.methods._logits import LOGIT_STD, logit_pair
+from distillers.methods._logits import LOGIT_STD, check_same_classes, logit_pair
 
 #: mdistiller ``configs/cifar100/dkd/*.yaml`` DKD.BETA per (teacher, student); other pairs use 8.
 BETA_PER_PAIR = {
@@ -56,10 +56,7 @@ class DKD(Distiller):
         if self.dkd_beta is None:
             pair = (spec.extra.get("teacher_arch"), spec.extra.get("student_arch"))
             self.dkd_beta = BETA_PER_PAIR.get(pair, DEFAULT_BETA)
-        n_s, n_t = tuple(spec.student["logits"]), tuple(spec.teacher["logits"])
-        if n_s != n_t:
-            raise ValueError(
-                f"dkd needs student and teacher logits over the same classes; got {n_s} and {n_t}")
+        check_same_classes("dkd", spec)
 
     def warmup_factor(self, batch) -> float:
         epoch = (batch or {}).get("epoch")

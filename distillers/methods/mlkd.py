@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from distillers.base import Distiller, Option, register_distiller
-from distillers.methods._logits import LOGIT_STD, logit_pair
+from distillers.methods._logits import LOGIT_STD, check_same_classes, logit_pair
 from distillers.methods.kd import kd_loss
 
 
@@ -86,9 +86,7 @@ class MLKD(Distiller):
     def __init__(self, spec, **options):
         super().__init__(spec, **options)
         self.mlkd_T = tuple(float(T) for T in self.mlkd_T)
-        n_s, n_t = tuple(spec.student["logits"]), tuple(spec.teacher["logits"])
-        if n_s != n_t:
-            raise ValueError(f"mlkd needs student and teacher logits over the same classes; got {n_s} and {n_t}")
+        check_same_classes("mlkd", spec)
 
     def forward(self, s, t, batch=None):
         z_s, z_t = s["logits"], t["logits"]
