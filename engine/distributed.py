@@ -60,6 +60,8 @@ def _spawned(local_rank: int, per_node: int, args, main: Callable[[DistInfo, obj
     info = _init_group(args, rank, args.world_size * per_node, local_rank, args.dist_url)
     try:
         code = main(info, args)
+        if not code:  # no rank tears its connections down while another still writes or reduces
+            dist.barrier()
     finally:
         dist.destroy_process_group()
     if code:
@@ -98,7 +100,10 @@ def launch(main: Callable[[DistInfo, object], int], args) -> int:
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         info = _init_group(args, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), local_rank, "env://")
         try:
-            return main(info, args)
+            code = main(info, args)
+            if not code:
+                dist.barrier()
+            return code
         finally:
             dist.destroy_process_group()
     if args.multiprocessing_distributed or args.nprocs:
