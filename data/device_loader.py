@@ -50,17 +50,23 @@ def _splitmix(x: np.ndarray) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
+def view_key(seed: int, epoch: int, index) -> np.ndarray:
+    """uint64 hash of (seed, epoch, each sample ``index``): the counter behind a sample's
+    augmentation in ``epoch``, here and in :mod:`data.seeded_views` (which seeds a generator
+    with it). Pure numpy on unsigned integers, so the same on every machine and torch
+    version; negative epochs (the trainer's initialisation stage) are fine."""
+    key = _splitmix(_splitmix(np.array([seed % 2**64], np.uint64)) ^ np.uint64(epoch % 2**64))
+    return _splitmix(key ^ np.asarray(index, np.int64).astype(np.uint64))
+
+
 def view_ids(seed: int, epoch: int, index, padding: int = 4, flip: bool = True) -> np.ndarray:
     """The view id of each sample ``index`` in ``epoch``: ``(dy * (2p+1) + dx) * 2 + flip``.
 
-    Uniform over the (2p+1)^2 * 2 views (the flip bit is 0 when ``flip`` is off). Pure
-    numpy on unsigned integers, so it is the same on every machine and torch version.
-    Negative epochs (the trainer's initialisation stage) are fine.
+    Uniform over the (2p+1)^2 * 2 views (the flip bit is 0 when ``flip`` is off): the
+    :func:`view_key` modulo the number of views.
     """
     side = 2 * padding + 1
-    key = _splitmix(_splitmix(np.array([seed % 2**64], np.uint64)) ^ np.uint64(epoch % 2**64))
-    ids = (_splitmix(key ^ np.asarray(index, np.int64).astype(np.uint64))
-           % np.uint64(side * side * 2)).astype(np.int64)
+    ids = (view_key(seed, epoch, index) % np.uint64(side * side * 2)).astype(np.int64)
     return ids if flip else ids & ~1
 
 
