@@ -295,6 +295,13 @@ class Distiller(nn.Module):
         contrasts override it with their own options."""
         return BatchNeeds(index="index" in self.batch_keys, views=max(1, len(self.views)))
 
+    def parts(self) -> Sequence[Tuple[str, float, "Distiller"]]:
+        """The named, weighted methods this one is composed of; empty for a method that is its own
+        terms. The objective weighs each part as a term of its own (``name``: the sum of that
+        part's terms), so a composed method's weights are the objective's, not hidden inside it
+        (the metric-learning seeds' ``--*_ratio`` flags)."""
+        return ()
+
     def init_stage(self) -> Optional[InitStage]:
         """The method's initialisation stage, if it has one (None for most methods)."""
         return None

@@ -11,7 +11,7 @@ hands its prediction to the terms after it, so KD and cross-entropy see that pre
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -22,47 +22,76 @@ from engine.config import ConfigError
 TaskLoss = Callable[[torch.Tensor, Mapping[str, Any]], torch.Tensor]
 
 
+class Term(NamedTuple):
+    """A weighted method of the objective; ``name`` (a part of a composed method) sums its terms
+    into one term of that name, else the method's own term names are kept."""
+
+    weight: float
+    distiller: Distiller
+    name: Optional[str] = None
+
+
 class Objective:
     """``objective(s, t, batch) -> (total, prediction, {term: weighted value})``.
 
-    ``distillers`` are (weight, distiller) pairs in call order; ``task_terms`` maps a term
-    name to (weight, loss of the prediction). The trainer only calls this, logs the terms
-    and steps.
+    ``distillers`` are (weight, distiller) pairs in call order (a composed method, one with
+    :meth:`~distillers.base.Distiller.parts`, becomes one :class:`Term` per part, its weight
+    times the part's); ``task_terms`` maps a term name to (weight, loss of the prediction).
+    The trainer only calls this, logs the terms and steps.
     """
 
     def __init__(self, distillers: Sequence[Tuple[float, Distiller]] = (),
                  task_terms: Optional[Mapping[str, Tuple[float, TaskLoss]]] = None):
-        self.distillers: List[Tuple[float, Distiller]] = [(float(w), d) for w, d in distillers if w]
+        self.terms: List[Term] = []
+        for weight, distiller in distillers:
+            parts = distiller.parts() if weight else ()
+            if parts:  # a composed method: each part is a term of its own, weighted here
+                self.terms += [Term(float(weight * w), part, name) for name, w, part in parts if w]
+            elif weight:
+                self.terms.append(Term(float(weight), distiller))
         self.task_terms: Dict[str, Tuple[float, TaskLoss]] = {
             name: (float(w), fn) for name, (w, fn) in (task_terms or {}).items() if w}
-        if not self.distillers and not self.task_terms:
+        if not self.terms and not self.task_terms:
             raise ConfigError("every loss weight is 0: nothing to train (set -r/--gamma, -a/--alpha or -b/--beta)")
 
     @property
     def student_taps(self) -> List[str]:
         """Student taps every term reads (the prediction included)."""
-        names = ["logits"] + [n for _, d in self.distillers for n in d.student_taps]
+        names = ["logits"] + [n for term in self.terms for n in term.distiller.student_taps]
         return list(dict.fromkeys(names))
 
     @property
     def teacher_taps(self) -> List[str]:
-        return list(dict.fromkeys(n for _, d in self.distillers for n in d.teacher_taps))
+        return list(dict.fromkeys(n for term in self.terms for n in term.distiller.teacher_taps))
 
     def batch_needs(self) -> BatchNeeds:
         """What the data path must serve for every term together (indices, contrast samples)."""
         needs = BatchNeeds()
-        for _, distiller in self.distillers:
-            needs = needs.merged(distiller.batch_needs())
+        for term in self.terms:
+            needs = needs.merged(term.distiller.batch_needs())
         return needs
+
+    def describe(self) -> str:
+        """``0.1 * ce + 0.9 * kd(kd_T=4.0, logit_std=False)``: every term with its weight and options
+        (a part of a composed method as ``name=method(...)``)."""
+        parts = []
+        for term in self.terms:
+            options = ", ".join(f"{k}={getattr(term.distiller, k)!r}" for k in type(term.distiller).option_names())
+            label = f"{term.name}=" if term.name is not None else ""
+            parts.append(f"{term.weight:g} * {label}{term.distiller.registry_name}({options})")
+        parts += [f"{weight:g} * {name}" for name, (weight, _) in self.task_terms.items()]
+        return " + ".join(parts)
 
     def __call__(self, s: Dict[str, Any], t: Dict[str, Any], batch: Dict[str, Any]):
         prediction = s["logits"]
         terms: Dict[str, torch.Tensor] = {}
-        for weight, distiller in self.distillers:
-            out = dict(distiller({**s, "logits": prediction}, t, batch))
+        for term in self.terms:
+            out = dict(term.distiller({**s, "logits": prediction}, t, batch))
             prediction = out.pop(PREDICTION, prediction)
+            if term.name is not None:  # a part of a composed method: its terms summed under its name
+                out = {term.name: Distiller.total(out)}
             for name, value in out.items():
-                value = weight * value.reshape(()).to(prediction.device)
+                value = term.weight * value.reshape(()).to(prediction.device)
                 terms[name] = terms[name] + value if name in terms else value
         strong = batch.get("strong")  # a second augmented view (BatchNeeds.views): the task's terms see both
         for name, (weight, loss) in self.task_terms.items():

@@ -428,7 +428,7 @@ class Trainer:
         if missed:
             warnings.warn(f"no loss term reaches {len(missed)} student parameter(s) ({', '.join(missed[:4])}"
                           f"{', ...' if len(missed) > 4 else ''}): they get no gradient and only decay under "
-                          f"weight decay. Loss = {self.describe_objective()}; add a term that reads them "
+                          f"weight decay. Loss = {self.objective.describe()}; add a term that reads them "
                           "(e.g. the task's own loss or, in metric learning, --triplet_ratio 1)")
 
     def evaluate(self, model: Optional[nn.Module] = None, head: Optional[nn.Module] = None) -> Dict[str, float]:
@@ -591,7 +591,7 @@ class Trainer:
         self.log(f"batch {a.batch_size} ({self.batch_per_rank} per process; last partial batch dropped), "
                  f"lr {a.learning_rate}, decay x{a.lr_decay_rate} after epochs {a.lr_decay_epochs}, "
                  f"wd {a.weight_decay}, momentum {a.momentum}, {a.epochs} epochs")
-        self.log(f"loss = {self.describe_objective()}")
+        self.log(f"loss = {self.objective.describe()}")
         if self.kind == "student":
             extra = sum(p.numel() for p in self.method.parameters() if p.requires_grad)
             self.log(f"{extra} extra trainable parameters (weights: command line, else the method's reference values)")
@@ -599,15 +599,6 @@ class Trainer:
                 fault_point("teacher_eval", rank=self.info.rank)
                 acc = self.evaluate(self.teacher)
                 self.log(f"teacher {getattr(self.teacher, 'arch', '')} test {self.task.describe(acc)}")
-
-    def describe_objective(self) -> str:
-        """``0.1 * ce + 0.9 * kd(kd_T=4.0, logit_std=False)``: every term with its weight and options."""
-        parts = []
-        for weight, distiller in self.objective.distillers:
-            options = ", ".join(f"{k}={getattr(distiller, k)!r}" for k in type(distiller).option_names())
-            parts.append(f"{weight:g} * {distiller.registry_name}({options})")
-        parts += [f"{weight:g} * {name}" for name, (weight, _) in self.objective.task_terms.items()]
-        return " + ".join(parts)
 
     def _run_init_stage(self) -> None:
         stage = self.method.init_stage()

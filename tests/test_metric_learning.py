@@ -322,7 +322,8 @@ def test_teacher_trains_with_triplet_distance_sampling_and_evaluates(tree, tmp_p
     assert x.shape == (12, 3, 32, 32) and np.bincount(y.numpy()).max() == 4
     loss, embedding, terms = trainer.losses(x, y, extras)
     assert set(terms) == {"triplet"} and torch.isfinite(loss) and embedding.shape == (12, EMBED)
-    assert trainer.objective.distillers[0][1].terms["triplet"].triplet_sample == "distance"
+    (term,) = trainer.objective.terms  # the teacher's objective: the triplet part of the metric method
+    assert term.name == "triplet" and term.weight == 1.0 and term.distiller.triplet_sample == "distance"
     result = trainer.fit()
     assert not torch.equal(before["linear.weight"], trainer.model.state_dict()["linear.weight"])
     assert {"recall@1", "recall@8", "val_recall@1", "best_recall@1"} <= set(result)
@@ -445,6 +446,10 @@ def test_composite_objective_trains_every_term_and_checkpoints_its_parts(tree, t
     loss, _, terms = trainer.losses(x, y, extras)
     assert set(terms) == {"triplet", "dist", "angle", "dark", "at", "fitnet", "sp", "aomd"}
     assert torch.allclose(loss, sum(terms.values()))
+    # the ratios are the objective's weights of ordinary terms, not weights hidden inside one method
+    assert {term.name: term.weight for term in trainer.objective.terms} == {
+        "triplet": 1.0, "dist": 1.0, "angle": 2.0, "dark": 1.0, "at": 1e3, "fitnet": 1.0, "sp": 20.0, "aomd": 200.0}
+    assert "2 * angle=metric_rkd(distance_weight=0.0, angle_weight=1.0)" in trainer.objective.describe()
     trainer.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimised = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}

@@ -20,8 +20,10 @@ flag                loss (registered class)                              term
                      ``--aomd_local``)
 ==================  ==================================================  ============
 
-A zero ratio builds nothing (the references computed every term and multiplied by 0). There is
-no cross-entropy and no KD. The teacher run (``train_teacher.py``) uses the same class with
+A zero ratio builds nothing (the references computed every term and multiplied by 0). The
+enabled losses are the method's :meth:`~distillers.base.Distiller.parts`: the objective weighs
+each as a term of its own, ``ratio * loss`` (``--distill metric`` shows them as
+``1 * triplet=triplet(...) + 2 * angle=metric_rkd(...)``). There is no cross-entropy and no KD. The teacher run (``train_teacher.py``) uses the same class with
 ``triplet_ratio 1`` and no teacher terms.
 """
 from typing import Dict
@@ -76,8 +78,10 @@ class MetricObjective(Distiller):
             name, extra = LOSSES[self.loss]
             self._add("triplet", self.triplet_ratio, name, margin=self.margin,
                       triplet_sample=self.triplet_sample, **extra)
-        if self.dist_ratio or self.angle_ratio:
-            self._add("rkd", 1.0, "metric_rkd", distance_weight=self.dist_ratio, angle_weight=self.angle_ratio)
+        if self.dist_ratio:  # RKD's two terms as two parts, each weighted by its own ratio
+            self._add("dist", self.dist_ratio, "metric_rkd", distance_weight=1.0, angle_weight=0.0)
+        if self.angle_ratio:
+            self._add("angle", self.angle_ratio, "metric_rkd", distance_weight=0.0, angle_weight=1.0)
         if self.dark_ratio:
             self._add("dark", self.dark_ratio, "darkrank", dark_alpha=self.dark_alpha, dark_beta=self.dark_beta)
         if self.at_ratio:
@@ -99,12 +103,11 @@ class MetricObjective(Distiller):
         self.terms[key] = build_distiller(name, self.spec, **options)
         self.weights[key] = weight
 
+    def parts(self):
+        """Each enabled loss with its ratio: the objective weighs them as terms of their own."""
+        return [(key, self.weights[key], module) for key, module in self.terms.items()]
+
     def forward(self, s, t, batch=None):
-        out = {}
-        for key, module in self.terms.items():
-            terms = module(s, t, batch)
-            if key == "rkd":  # already weighted by dist_ratio / angle_ratio
-                out.update({("dist" if k == "distance" else k): v for k, v in terms.items()})
-            else:
-                out[key] = self.weights[key] * Distiller.total(terms)
-        return out
+        """The ratio-weighted terms, for a caller that uses this method on its own (the trainer's
+        objective calls the parts instead)."""
+        return {key: weight * Distiller.total(module(s, t, batch)) for key, weight, module in self.parts()}
