@@ -14,7 +14,10 @@ runs at 64), ``val_resize`` (crop x 8/7, i.e. 256 for 224), ``rrc_scale`` /
 ``rrc_ratio`` (torchvision's 0.08-1 and 3/4-4/3), ``reference_rrc=true`` for the
 SimKD/GD DALI values 0.1-1 and 0.8-1.25 (explicit ``rrc_*`` values still win), and
 ``skip_bad_images`` (unreadable files: :class:`data.folder.ImageFiles`; the torchvision
-path only, DALI decodes the files itself).
+path only, DALI decodes the files itself). ``seeded_views=true`` swaps the train split's
+crop and flip for :class:`data.seeded_views.SeededRandomResizedCrop`, whose views are a
+function of (seed, epoch, index) and replay exactly (for a store of teacher outputs); such
+a split must be wrapped in :class:`data.seeded_views.WithSeededViews`, which renders them.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from torchvision import transforms as T
 
 from data.folder import IMAGENET_MEAN, IMAGENET_STD, ImageFolderSplit, _class_folders
 from data.registry import register_dataset
+from data.seeded_views import SeededRandomResizedCrop
 
 TORCHVISION_RRC = ((0.08, 1.0), (3 / 4, 4 / 3))
 REFERENCE_RRC = ((0.1, 1.0), (0.8, 1.25))
@@ -43,8 +47,11 @@ class Geometry:
     mean: Tuple[float, float, float] = IMAGENET_MEAN
     std: Tuple[float, float, float] = IMAGENET_STD
 
-    def transform(self, augment: bool) -> T.Compose:
-        if augment:
+    def transform(self, augment: bool, seeded_views: bool = False) -> T.Compose:
+        """``seeded_views``: the train crop and flip as one :class:`SeededRandomResizedCrop`."""
+        if augment and seeded_views:
+            steps = [SeededRandomResizedCrop(self.crop, scale=self.rrc_scale, ratio=self.rrc_ratio)]
+        elif augment:
             steps = [T.RandomResizedCrop(self.crop, scale=self.rrc_scale, ratio=self.rrc_ratio),
                      T.RandomHorizontalFlip()]
         else:
@@ -90,25 +97,27 @@ def _check_layout(root: str, split: str) -> None:
 class ImageNetFolder(ImageFolderSplit):
     """One split (``train`` or ``test`` = ``val/``) with the ImageNet transforms.
 
-    ``geometry`` is kept for the DALI pipelines, ``samples`` lists (path, label).
+    ``geometry`` is kept for the DALI pipelines, ``samples`` lists (path, label);
+    ``seeded_views`` (train only): module docstring.
     """
 
     test_dirs = ("val",)
 
     def __init__(self, root: str, split: str, augment: bool, geometry: Geometry = Geometry(),
-                 skip_bad_images: bool = False):
+                 skip_bad_images: bool = False, seeded_views: bool = False):
         root = os.path.expanduser(root)
         _check_layout(root, split)
         self.geometry = geometry
-        super().__init__(root, split, augment, transform=geometry.transform(augment),
+        self.seeded_views = bool(seeded_views and augment)
+        super().__init__(root, split, augment, transform=geometry.transform(augment, self.seeded_views),
                          skip_bad_images=skip_bad_images)
 
 
 @register_dataset("imagenet", family="imagenet", num_classes=None, input_size=224,
                   mean=IMAGENET_MEAN, std=IMAGENET_STD, image_files=True)
 def imagenet(root: str, split: str, augment: bool, skip_bad_images: bool = False,
-             **options) -> ImageNetFolder:
+             seeded_views: bool = False, **options) -> ImageNetFolder:
     """Options: ``crop``, ``val_resize``, ``rrc_scale``, ``rrc_ratio``, ``reference_rrc``,
-    ``skip_bad_images`` (module docstring). ``num_classes`` is the number of class folders in
-    ``train/``."""
-    return ImageNetFolder(root, split, augment, geometry(**options), skip_bad_images)
+    ``skip_bad_images``, ``seeded_views`` (module docstring). ``num_classes`` is the number of
+    class folders in ``train/``."""
+    return ImageNetFolder(root, split, augment, geometry(**options), skip_bad_images, seeded_views)
