@@ -245,3 +245,51 @@ def test_two_processes_share_one_store(tmp_path):
         assert proc.returncode == 0, err
         assert out.strip() == f"ok {rank}"
     assert TeacherStore.open(folder, {"k": 1}, 10, 162, {"logits": (4,)}).filled_fraction("logits") == 10 / 1620
+
+
+# ---------------------------------------------------------------- scripts/fill_teacher_store.py
+FILL = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {scripts!r})
+    import fill_teacher_store
+    code = fill_teacher_store.main(sys.argv[1:])
+    assert "engine.trainer" not in sys.modules, "the fill script must not import the trainer"
+    sys.exit(code)
+""")
+
+
+def test_fill_script_stores_the_teachers_outputs_and_resumes(tmp_path, teacher):
+    import data
+
+    checkpoint = tmp_path / "teacher.pth"
+    torch.save({"model": teacher.state_dict()}, checkpoint)
+    folder = tmp_path / "store"
+    args = ["--path_t", str(checkpoint), "--model_t", "resnet8", "--dataset", "synthetic", "--data_opt",
+            "train_size=30", "--teacher_store", str(folder), "--limit", "12", "--views", "0", "77", "161",
+            "--batch_size", "16", "--device", "cpu"]
+    run = lambda *cmd: subprocess.run([sys.executable, *cmd, *args], capture_output=True, text=True,  # noqa: E731
+                                      timeout=120)
+    first = run("-c", FILL.format(scripts=str(REPO / "scripts")))
+    assert first.returncode == 0, first.stderr
+    assert "filled 36 entries (36/36 requested entries present)" in first.stdout
+
+    train = data.build_dataset("synthetic", "unused", "train", train_size=30)
+    info = data.dataset_info("synthetic")
+    key = store_key(teacher, "synthetic", 30, info["mean"], info["std"], data_options={"train_size": 30})
+    store = TeacherStore.open(str(folder), key, 30, 162, {"logits": (10,), "pooled": (64,)})
+    index = torch.arange(12).repeat_interleave(3)
+    view = torch.tensor([0, 77, 161]).repeat(12)
+    hit, stored = store.lookup(["logits", "pooled"], index, view)
+    assert hit.all()
+    x = crop_flip_normalize(train.images, index, decode_views(view), torch.tensor(info["mean"]).view(3, 1, 1),
+                            torch.tensor(info["std"]).view(3, 1, 1), 4)
+    with FeatureTaps(teacher, ["logits", "pooled"]) as taps, torch.no_grad():
+        direct = taps(x)
+    for tap in ("logits", "pooled"):
+        torch.testing.assert_close(stored[tap], direct[tap], rtol=0, atol=1e-5)
+    assert not store.lookup(["logits"], torch.tensor([12, 0]), torch.tensor([0, 1]))[0].any()  # beyond the request
+    assert store.filled_fraction("logits") == 36 / (30 * 162)
+
+    second = run(str(REPO / "scripts" / "fill_teacher_store.py"))
+    assert second.returncode == 0, second.stderr
+    assert "filled 0 entries (36/36 requested entries present)" in second.stdout
