@@ -25,7 +25,8 @@ from typing import List, Tuple
 import numpy as np
 from PIL import Image
 
-from data.dali import DaliEvalLoader, DaliTrainLoader, _Feed, _Pipelines, _Samples, dali_loaders
+from data.dali import (DEVICE_PADDING, HOST_PADDING, DaliEvalLoader, DaliTrainLoader, _Feed, _Pipelines,
+                       _Samples, dali_loaders)
 from data.seeded_views import rrc_params
 
 
@@ -64,14 +65,16 @@ class _SeededPipelines(_Pipelines):
             return super()._build(feed, train, seed)
         fn, types, g = self.fn, self.types, self.samples.geometry
         views = _ViewFeed(feed, g, self.view_seed, self.epoch)
+        on_gpu = self.placement == "gpu"
+        padding = dict(device_memory_padding=DEVICE_PADDING, host_memory_padding=HOST_PADDING) if on_gpu else {}
         pipe = self.dali.Pipeline(batch_size=self.batch_size, num_threads=self.threads,
                                   device_id=self.device_id, seed=seed)
         with pipe:
             files, index, anchor, shape, flip = fn.external_source(
                 source=views, num_outputs=5, batch=True,
                 dtype=[types.UINT8, types.INT64, types.INT32, types.INT32, types.INT32])
-            images = fn.decoders.image_slice(files, anchor, shape, device="mixed" if self.placement == "gpu" else "cpu",
-                                             output_type=types.RGB, adjust_orientation=False)
+            images = fn.decoders.image_slice(files, anchor, shape, device="mixed" if on_gpu else "cpu",
+                                             output_type=types.RGB, adjust_orientation=False, **padding)
             images = fn.resize(images, resize_x=g.crop, resize_y=g.crop, interp_type=types.INTERP_LINEAR,
                                antialias=True)
             images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW", mirror=flip,

@@ -110,8 +110,8 @@ class SeededRandomResizedCrop(torch.nn.Module):
     be called with the view: ``crop(image, crop.params(seed, epoch, index, image))``.
     """
 
-    def __init__(self, size, scale: Sequence[float] = TORCHVISION_SCALE, ratio: Sequence[float] = TORCHVISION_RATIO,
-                 interpolation: InterpolationMode = InterpolationMode.BILINEAR, antialias: bool = True):
+    def __init__(self, size, scale: Sequence[float] = TORCHVISION_SCALE,
+                 ratio: Sequence[float] = TORCHVISION_RATIO, interpolation: InterpolationMode = InterpolationMode.BILINEAR, antialias: bool = True):
         super().__init__()
         self.size = [size, size] if isinstance(size, int) else list(size)
         self.scale, self.ratio = tuple(scale), tuple(ratio)
@@ -130,7 +130,8 @@ class SeededRandomResizedCrop(torch.nn.Module):
         return TF.hflip(image) if flip else image
 
     def extra_repr(self) -> str:
-        return f"size={self.size}, scale={self.scale}, ratio={self.ratio}, interpolation={self.interpolation.value}"
+        return (f"size={self.size}, scale={self.scale}, ratio={self.ratio}, "
+                f"interpolation={self.interpolation.value}")
 
 
 def _split_at_crop(transform) -> Tuple[T.Compose, SeededRandomResizedCrop, T.Compose]:
