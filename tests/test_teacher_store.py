@@ -293,3 +293,26 @@ def test_fill_script_stores_the_teachers_outputs_and_resumes(tmp_path, teacher):
     second = run(str(REPO / "scripts" / "fill_teacher_store.py"))
     assert second.returncode == 0, second.stderr
     assert "filled 0 entries (36/36 requested entries present)" in second.stdout
+
+
+def test_concurrent_creators_and_tap_adders_meet_one_store(tmp_path):
+    """Threads stand in for processes: each open() takes its own flock on <dir>.lock."""
+    import threading
+
+    start, errors, stores = threading.Barrier(8), [], []
+
+    def open_one(k):
+        start.wait()
+        try:
+            stores.append(open_store(tmp_path / "s", shapes={"logits": (10,), f"tap{k % 2}": (3,)}))
+        except Exception as err:  # noqa: BLE001 (reported below)
+            errors.append(err)
+
+    threads = [threading.Thread(target=open_one, args=(k,)) for k in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert set(open_store(tmp_path / "s").shapes) == {"logits", "pooled", "tap0", "tap1"}
+    assert not list(tmp_path.glob("s.tmp-*")) and not list((tmp_path / "s").glob(".tmp-*"))
