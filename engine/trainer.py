@@ -2,9 +2,10 @@
 
 A teacher run is a student run without a teacher and without a distiller. A
 student step taps the student (and, under ``no_grad``, the teacher) with forward
-hooks, hands the features to the distiller, and minimises
-``gamma * CE + alpha * KD + beta * method``. Initialisation stages (AB, FT, FSP)
-run first through the same epoch loop.
+hooks and minimises the run's :class:`~engine.objective.Objective`
+(``gamma * CE + alpha * KD + beta * method``). Initialisation stages (AB, FT, FSP)
+run first through the same epoch loop. What the run is made of is built by
+:mod:`engine.build`; its checkpoints are taken and continued by :mod:`engine.resume`.
 
 Nothing is lost and nothing is trained twice: SIGINT and SIGTERM are deferred to the
 next safe point (:mod:`engine.interrupts`): after an optimizer step, or after an epoch's
@@ -18,49 +19,34 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import sys
 import time
 import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import data as datasets
-from distillers import Distiller, FeatureTaps, ShapeSpec, build_distiller
-from distillers.base import ADDED_TERM, DISTILLERS
-from core.taps import standard_taps
-from engine import checkpoint as ckpt
-from engine.config import ConfigError, apply_recipe, method_options, resume_conflicts, validate_numbers
-from engine.distributed import (DistInfo, average_gradients, average_tensor, barrier,
-                                broadcast_buffers, broadcast_result, gather_to_main, rank_differences)
+from distillers import Distiller, FeatureTaps, ShapeSpec
+from engine.checkpoint import save_atomic
+from engine.build import (build_distillation, build_loaders, check_names, check_run_folder, load_teacher,
+                          run_name, seed_everything, shape_spec, wrap_train_set)
+from engine.config import ConfigError, apply_recipe, validate_numbers
+from engine.distributed import DistInfo, average_gradients, average_tensor, barrier, broadcast_buffers, broadcast_result
 from engine.interrupts import STOP, RunInterrupted, fault_point
 from engine.objective import Objective
+from engine.resume import restore, resume_path, snapshot
 from engine.run_folder import RunFolder
 from engine.run_log import EpochTotals, Logger
-from engine.loaders import eval_loader
 from engine.tasks import TASKS, unpack
 from models import create_model
-from models.registry import resolve_model
 
 
 class TrainingError(ValueError):
     """The run cannot go on (a non-finite loss); the message says where and what to do."""
-
-
-def shape_spec(model: nn.Module, example: torch.Tensor) -> Dict[str, Any]:
-    with FeatureTaps(model, standard_taps(model)) as taps:
-        return taps.shapes(example)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _split_views(taps: Dict[str, Any], views: int):
@@ -76,21 +62,6 @@ def _split_views(taps: Dict[str, Any], views: int):
         else:  # a module tap (a classifier): the same for every view
             first[name] = second[name] = value
     return first, second
-
-
-def load_teacher(path: str, model_t: Optional[str], family: str, num_classes: int, **model_kwargs) -> nn.Module:
-    """Teacher from our checkpoint or a RepDistiller one; architecture recorded, given or parsed."""
-    state = ckpt.load(path)
-    arch = model_t or state.get("arch") or ckpt.arch_from_path(path)
-    try:
-        model = create_model(arch, num_classes=num_classes,
-                             family=None if ":" in str(arch) else family, **model_kwargs)
-    except KeyError as err:
-        raise ckpt.CheckpointError(
-            f"cannot tell the teacher's architecture from '{path}' (got '{arch}'): pass --model_t. {err}"
-        ) from None
-    ckpt.load_weights(model, ckpt.model_state(state), f"teacher checkpoint '{path}'")
-    return model
 
 
 class Trainer:
@@ -113,12 +84,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _build(self) -> None:
+        """Everything the run needs, from the flags (engine/build.py), before any step."""
         args = self.args
         seed_everything(args.seed)  # same initial weights on every rank
         meta = datasets.dataset_info(args.dataset)
         self.task = TASKS.build(meta.get("task", "classification"))
         self.task.configure(args, self.kind, log=self.log)  # task defaults (metric: model, method, recipe)
-        self._check_names()
+        check_names(args, self.kind)
         self.family = meta["family"]
         model_name = args.model if self.kind == "teacher" else args.model_s
         apply_recipe(args, self.family, model_name, log=self.log)
@@ -128,46 +100,28 @@ class Trainer:
         self.train_set = datasets.build_dataset(args.dataset, root, "train", **args.data_opts)
         self.test_set = datasets.build_dataset(args.dataset, root, "test", **args.data_opts)
         self.num_classes = self.train_set.num_classes
-        example = torch.zeros((2,) + tuple(self.test_set[0][0].shape))
-
         self.model = create_model(model_name, num_classes=self.num_classes,
                                   **self.task.model_kwargs(args, "student" if self.kind == "student" else "model"),
                                   family=None if ":" in model_name else self.family).to(self.device)
-        self.teacher = self.method = self.added_term = None
-        self.gamma, self.alpha, self.beta = 1.0, 0.0, 0.0
-        self._build_distillation(example)
-        self.run_dir = args.save_dir or os.path.join(args.save_root, f"{self.kind}s", self.run_name())
-        self._check_run_folder()
+        self._build_objective(torch.zeros((2,) + tuple(self.test_set[0][0].shape)))
+        self.run_dir = args.save_dir or os.path.join(
+            args.save_root, f"{self.kind}s", run_name(args, self.kind, getattr(self.teacher, "arch", ""), self.weights))
+        check_run_folder(self.run_dir, args)
         self.log = Logger(self.info, self.run_dir, not args.no_tensorboard)
-        self._build_loaders()
+        needs = self.objective.batch_needs()
+        self.train_loader, self.test_loader = build_loaders(
+            args, self.info, self.task, wrap_train_set(self.train_set, needs, args.seed), self.test_set,
+            self.batch_per_rank, needs, self.device)
         self._build_taps()
-        self.optimizer, self.scheduler = self._optimizer(self._main_parameters(), args.learning_rate)
+        self.optimizer, self.scheduler = self.task.optimizer(args, self.main_parameters(), args.learning_rate)
         seed_everything(args.seed + self.info.rank)  # distinct augmentation streams per rank
 
-    def _check_run_folder(self) -> None:
-        """Refuse, before any data loader starts, a folder that cannot take this run."""
-        RunFolder.check_writable(self.run_dir)
-        holds_run = os.path.isfile(os.path.join(self.run_dir, "latest.pth"))
-        if holds_run and not self.args.resume and not self.args.overwrite:
-            raise ConfigError(f"run folder '{self.run_dir}' already holds a run (latest.pth): continue it with "
-                              "--resume, start it over with --overwrite, or choose another --save_dir / --trial")
-        if self.args.resume and self.args.overwrite:
-            raise ConfigError("--resume and --overwrite contradict each other: continue the run, or start it over")
-
-    def _check_names(self) -> None:
-        """Fail on an unknown method, model or dataset before any data is read."""
+    def _build_objective(self, example: torch.Tensor) -> None:
+        """Teacher, shapes, method, KD term, weights and the objective (a teacher run: the task's
+        own terms, and in metric learning the task's teacher method)."""
         args = self.args
-        family = datasets.dataset_info(args.dataset)["family"]
-        names = [args.model] if self.kind == "teacher" else [args.model_s] + ([args.model_t] if args.model_t else [])
-        for name in names:
-            if ":" not in name:
-                resolve_model(name, family)
-        if self.kind == "student":
-            DISTILLERS.get(args.distill)
-
-    def _build_distillation(self, example: torch.Tensor) -> None:
-        """Teacher, method, KD term and their weights (a teacher run: the task's own terms only)."""
-        args = self.args
+        self.teacher = self.method = self.added_term = None
+        self.weights = {"gamma": 1.0, "alpha": 0.0, "beta": 0.0}
         if self.kind == "student":
             if not args.path_t:
                 raise ConfigError("train_student.py needs a teacher checkpoint: --path_t PATH")
@@ -183,81 +137,24 @@ class Trainer:
         if self.kind == "teacher":
             own = self.task.teacher_objective(args, self.spec)  # metric learning: the triplet objective
             self.objective = Objective([(1.0, own.to(self.device))] if own is not None else [],
-                                       self.task.own_terms({"gamma": 1.0}))
+                                       self.task.own_terms(self.weights))
             return
-        cls = DISTILLERS.get(args.distill)
-        weights = dict(cls.default_weights)
-        weights.update({k: getattr(args, k) for k in ("gamma", "alpha", "beta") if getattr(args, k) is not None})
-        self.task.check_weights(weights)
-        self.gamma, self.alpha, self.beta = weights["gamma"], weights["alpha"], weights["beta"]
-        options = method_options(args)
-        kd_names = set(DISTILLERS.get(ADDED_TERM).option_names())
-        stray = sorted(set(options) - set(cls.option_names()) - kd_names)
-        if stray:
-            raise ConfigError(f"option(s) {', '.join('--' + s for s in stray)} do not apply to --distill "
-                              f"{args.distill}; its options: {', '.join(cls.option_names()) or 'none'}")
-        self.method = self._build_method(args.distill, {k: v for k, v in options.items() if k in cls.option_names()})
-        if self.alpha:  # the KD term any method can add; --kd_T and --logit_std are its options too
-            self.added_term = self._build_method(ADDED_TERM, {k: v for k, v in options.items() if k in kd_names})
-        self.objective = Objective([(self.beta, self.method), (self.alpha, self.added_term)],
-                                   self.task.own_terms(weights))
+        self.method, self.added_term, self.weights, self.objective = build_distillation(
+            args, self.task, self.spec, self.device)
         if self.method.init_stage() is not None:
             self.phase = "init"
-            if not self.method.student_taps and self.beta:
-                warnings.warn(f"--distill {args.distill} has no main-stage loss: -b {self.beta} has no effect "
-                              "(its loss acts in the initialisation stage)")
 
-    def _build_method(self, name: str, options: Dict[str, Any]) -> Distiller:
-        try:
-            return build_distiller(name, self.spec, **options).to(self.device)
-        except (ValueError, TypeError) as err:  # the method's own message says why
-            raise ConfigError(f"--distill {name} with teacher {self.spec.extra['teacher_arch']} and "
-                              f"student {self.spec.extra['student_arch']}: {err}") from None
+    @property
+    def gamma(self) -> float:
+        return self.weights["gamma"]
 
-    def _wrap_train_set(self):
-        """The training set serving what the objective's terms declared (:class:`BatchNeeds`)."""
-        needs = self.objective.batch_needs()
-        train = datasets.WithViews(self.train_set) if needs.views > 1 else self.train_set
-        if needs.contrast_k:
-            return datasets.WithContrast(train, k=needs.contrast_k, mode=needs.contrast_mode, seed=self.args.seed)
-        if needs.index:
-            return datasets.WithIndex(train)
-        return train
+    @property
+    def alpha(self) -> float:
+        return self.weights["alpha"]
 
-    def _build_loaders(self) -> None:
-        args = self.args
-        train = self._wrap_train_set()
-        pin = self.device.type == "cuda"
-        if args.dali and self.objective.batch_needs().views > 1:
-            raise ConfigError(f"--dali serves one augmented view per image; --distill {args.distill} reads "
-                              f"{self.objective.batch_needs().views}: drop --dali for it")
-        if args.loader == "device":
-            self._device_loaders(train)
-        elif args.dali:
-            from data.dali import dali_loaders  # lazily: CIFAR runs never import DALI
-            self.train_loader, self.test_loader = dali_loaders(args.dali, args.num_workers, args.seed, self.info,
-                                                               self.batch_per_rank, train, self.test_set)
-        else:
-            self.train_loader = self.task.train_loader(args, self.info, train, self.batch_per_rank, pin)
-            self.test_loader = eval_loader(self.test_set, self.info, max(1, self.batch_per_rank // 2),
-                                           max(0, args.num_workers // 2), pin)
-        if len(self.train_loader) == 0:
-            raise ConfigError(f"the training set ({len(train)} samples) is smaller than one batch "
-                              f"({self.batch_per_rank} per process)")
-
-    def _device_loaders(self, train) -> None:
-        """--loader device: batches augmented on the training device (data/device_loader.py)."""
-        from data.device_loader import DeviceTrainLoader
-
-        if self.args.dali or self.objective.batch_needs().views > 1:
-            raise ConfigError("--loader device serves one view of in-memory sets; it does not combine with "
-                              "--dali or a method that reads two views")
-        meta = datasets.dataset_info(self.args.dataset)
-        self.train_loader = DeviceTrainLoader.from_dataset(train, meta["mean"], meta["std"], self.info.rank,
-                                                           self.info.world_size, self.batch_per_rank, self.args.seed,
-                                                           self.device)
-        self.test_loader = eval_loader(self.test_set, self.info, max(1, self.batch_per_rank // 2),
-                                       max(0, self.args.num_workers // 2), self.device.type == "cuda")
+    @property
+    def beta(self) -> float:
+        return self.weights["beta"]
 
     def _build_taps(self, stage=None) -> None:
         """Taps for the main stage, or for an initialisation stage when ``stage`` is given."""
@@ -273,24 +170,11 @@ class Trainer:
         self.s_taps = FeatureTaps(self.model, s_names, forward=self.ddp)
         self.t_taps = FeatureTaps(self.teacher, t_names, stop_early=True) if t_names else None
 
-    def _main_parameters(self) -> List[nn.Parameter]:
+    def main_parameters(self) -> List[nn.Parameter]:
         params = list(self.model.parameters())
         if self.method is not None:
             params += [p for p in self.method.parameters() if p.requires_grad]
         return params
-
-    def _optimizer(self, params, lr: float):
-        return self.task.optimizer(self.args, params, lr)
-
-    def run_name(self) -> str:
-        a = self.args
-        clean = lambda s: str(s).replace(":", "-").replace("/", "-")  # noqa: E731
-        seed = "" if str(a.seed) == str(a.trial) else f"_seed_{a.seed}"  # two seeds, two folders
-        if self.kind == "teacher":
-            return clean(f"{a.model}_{a.dataset}_lr_{a.learning_rate}_decay_{a.weight_decay}_trial_{a.trial}{seed}")
-        t_arch = getattr(self.teacher, "arch", "teacher")
-        return clean(f"S_{a.model_s}_T_{t_arch}_{a.dataset}_{a.distill}_r_{self.gamma}_a_{self.alpha}"
-                     f"_b_{self.beta}_trial_{a.trial}{seed}")
 
     # ------------------------------------------------------------------ steps
     def losses(self, x, y, extras, stage=None) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
@@ -376,7 +260,7 @@ class Trainer:
         else:
             if self.phase == "init":
                 self.method.finish_init_stage()
-                self.optimizer, self.scheduler = self._optimizer(self._main_parameters(), self.args.learning_rate)
+                self.optimizer, self.scheduler = self.task.optimizer(self.args, self.main_parameters(), self.args.learning_rate)
             self.phase = "main"
         self._build_taps(stage)
         return self.optimizer
@@ -439,37 +323,15 @@ class Trainer:
 
     # ------------------------------------------------------------- checkpoints
     def state(self, acc: float) -> Dict[str, Any]:
-        """This moment of the run as one checkpoint dict (a collective under DDP: every rank
-        contributes its RNG state, its running train metrics and the buffers it holds alone)."""
-        a = self.args
-        own = self.method.state_dict() if self.method is not None else {}
-        per_rank = gather_to_main({"rng": ckpt.rng_state(), "epoch_totals": dict(self.epoch_totals.values),
-                                   "buffers": rank_differences(own)})
-        if not self.info.is_main:
-            return {}
-        return {
-            "format": ckpt.FORMAT, "arch": getattr(self.model, "arch", a.model if self.kind == "teacher" else a.model_s),
-            "num_classes": self.num_classes, "dataset": a.dataset, "model": self.model.state_dict(),
-            "epoch": self.epoch, "step": self.step_in_epoch, "phase": self.phase, "init_done": self.init_done,
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "distiller": own,
-            "distiller_name": a.distill if self.kind == "student" else "",
-            "distiller_options": {k: v for k, v in vars(self.method).items() if k in type(self.method).option_names()}
-            if self.method is not None else {},
-            "shape_spec": ckpt.spec_to_dict(self.spec) if self.method is not None else {},
-            "world_size": self.info.world_size, "ranks": per_rank, "rng": per_rank[0]["rng"],
-            "config": {k: v for k, v in vars(a).items()},
-            "weights": {"gamma": self.gamma, "alpha": self.alpha, "beta": self.beta},
-            "code_version": ckpt.code_version(), "acc": acc, "best_acc": self.best_acc,
-            "finished": self.phase == "main" and self.epoch > a.epochs,
-        }
+        """This moment of the run as one checkpoint dict (:func:`engine.resume.snapshot`; a collective)."""
+        return snapshot(self, acc)
 
     def save(self, name: str, acc: float) -> str:
         """Write a checkpoint (every rank must call: the per-rank state is gathered)."""
         path = os.path.join(self.run_dir, name)
         state = self.state(acc)
         if self.info.is_main:
-            ckpt.save_atomic(state, path)
+            save_atomic(state, path)
         self.saved_any = True
         return path
 
@@ -480,69 +342,9 @@ class Trainer:
         raise RunInterrupted(f"stopped by {STOP.signal} at {where}: state saved to {path}; "
                              "continue with --resume", STOP.signal)
 
-    def _resume_path(self) -> Optional[str]:
-        """The checkpoint to continue from, or None for a fresh start (said when --resume finds none)."""
-        if not self.args.resume:
-            return None
-        if self.args.resume != "auto":
-            return self.args.resume
-        path = os.path.join(self.run_dir, "latest.pth")
-        if not os.path.isfile(path):
-            self.log(f"--resume: no latest.pth in {self.run_dir} yet: starting the run from the beginning")
-            return None
-        return path
-
     def resume(self, path: str) -> None:
-        state = ckpt.load(path)
-        if state.get("format") != ckpt.FORMAT:
-            raise ckpt.CheckpointError(f"'{path}' is not a distillers training checkpoint")
-        ckpt.require(state, path, ("model", "epoch", "step", "phase", "init_done", "best_acc", "optimizer",
-                                   "scheduler", "distiller", "rng", "config"))
-        arch = getattr(self.model, "arch", None)
-        if state.get("arch") != arch:
-            raise ckpt.CheckpointError(f"'{path}' was trained as '{state.get('arch')}', this run builds '{arch}'")
-        name = self.args.distill if self.kind == "student" else ""
-        if state.get("distiller_name", "") != name:
-            raise ckpt.CheckpointError(f"'{path}' is a {state.get('distiller_name') or 'teacher/vanilla'} run, "
-                                       f"this run is {name or 'a teacher/vanilla run'}: resume it with its own "
-                                       "method, or start a new run")
-        recorded_world = int(state.get("world_size", 1))
-        if recorded_world != self.info.world_size:
-            raise ckpt.CheckpointError(
-                f"'{path}' was written by {recorded_world} process(es), this run has {self.info.world_size}: "
-                f"every rank's data shard and random streams belong to that count; resume with "
-                f"{recorded_world} process(es)")
-        changed, warnings_ = resume_conflicts(state["config"], vars(self.args))
-        if changed:
-            raise ConfigError(f"--resume: {'; '.join(changed)}. A resumed run keeps the values it started with "
-                              "(drop these flags), or start a new run (--overwrite or another --save_dir)")
-        for text in warnings_:
-            self.log(f"warning: --resume: {text}")
-        ckpt.load_weights(self.model, state["model"], f"checkpoint '{path}'")
-        self.epoch, self.step_in_epoch = state["epoch"], state["step"]
-        self.phase, self.init_done, self.best_acc = state["phase"], state["init_done"], state["best_acc"]
-        self.last_acc = state.get("acc", float("nan"))
-        if self.method is not None:
-            stage = self.method.init_stage()
-            if stage is not None and self.phase == "main":
-                self.method.finish_init_stage()
-                self.optimizer, self.scheduler = self._optimizer(self._main_parameters(), self.args.learning_rate)
-            try:
-                self.method.load_state_dict(state["distiller"])
-            except RuntimeError as err:
-                raise ckpt.CheckpointError(f"'{path}': the {name} parts do not fit this run: "
-                                           f"{str(err).splitlines()[0]}") from None
-        if self.phase == "main":
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-        mine = (state.get("ranks") or [{"rng": state["rng"]}])[self.info.rank]
-        if self.method is not None and mine.get("buffers"):
-            self.method.load_state_dict({**self.method.state_dict(), **mine["buffers"]})
-        self.epoch_totals = EpochTotals(mine.get("epoch_totals"))
-        ckpt.set_rng_state(mine["rng"])
-        self._resume_state = state
-        self.log.purge_step = self.epoch  # TensorBoard drops events written after this checkpoint
-        self.log(f"resumed from {path}: {self.phase} epoch {self.epoch}, batch {self.step_in_epoch}")
+        """Continue from checkpoint ``path`` (:func:`engine.resume.restore`)."""
+        self._resume_state = restore(self, path)
 
     # -------------------------------------------------------------------- run
     def fit(self) -> Dict[str, float]:
@@ -554,7 +356,7 @@ class Trainer:
             fault_point("start", rank=self.info.rank)
             if self.args.overwrite and folder is not None:
                 folder.start_over()
-            path = self._resume_path()
+            path = resume_path(self.args, self.run_dir, self.log)
             if path:
                 self.resume(path)
                 if self.phase == "main" and self.epoch > self.args.epochs:
