@@ -128,7 +128,7 @@ class FeatureTaps:
     def __init__(self, model: nn.Module, names: Iterable[str], *, stop_early: bool = False,
                  points: Optional[TapMap] = None, forward: Optional[Callable] = None):
         self.model = model
-        self._forward = forward or model  # e.g. the DistributedDataParallel wrapper of ``model``
+        self._forward = forward if forward is not None else model  # e.g. the DDP (or compiled) wrapper of ``model``
         try:
             default_points = tap_points_of(model) if points is None else dict(points)
         except TapError:

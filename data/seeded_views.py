@@ -22,7 +22,7 @@ meeting one of its own earlier views is ~epochs^2 / 2^33 unlikely per sample.
 Use: build ``imagenet`` with ``seeded_views=True`` (its train transform then starts with
 :class:`SeededRandomResizedCrop`), wrap the train set in :class:`WithSeededViews` and call
 its ``set_epoch`` each epoch (``engine.loaders.TrainLoader`` does). Items are
-``(image, label, index, view)``.
+``(image, label)``; a sample's view id in an epoch is :func:`view_slot` (epoch).
 
 DALI (``--dali``): its ``fn.random_resized_crop`` and ``fn.decoders.image_random_crop``
 draw windows from an operator-level ``seed`` only and take no per-sample window, so they
@@ -145,8 +145,10 @@ def _split_at_crop(transform) -> Tuple[T.Compose, SeededRandomResizedCrop, T.Com
 
 
 class WithSeededViews(_Wrapper):
-    """Items ``(image, label, index, view)``: sample ``index`` rendered at its view of the
-    current epoch, ``view`` = :func:`view_slot` (epoch).
+    """Items ``(image, label)``: sample ``index`` rendered at its view of the current epoch,
+    whose id is :func:`view_slot` (epoch) for every sample. Items are a plain dataset's, so
+    the index wrappers (``WithIndex``, ``WithContrast``) compose around it as around any set;
+    their ``set_epoch`` reaches it.
 
     Images are read by a shallow copy of the dataset whose transform stops before the
     seeded crop; the crop and the steps after it (ToTensor, Normalize, ...) run here.
@@ -173,4 +175,4 @@ class WithSeededViews(_Wrapper):
         epoch = self.epoch
         image, label = self.source[index]
         image = self.crop(image, self.crop.params(self.seed, epoch, index, image))
-        return self.after(image), label, int(index), view_slot(epoch)
+        return self.after(image), label

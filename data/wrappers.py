@@ -39,6 +39,11 @@ class _Wrapper(Dataset):
     def num_classes(self) -> int:
         return self.dataset.num_classes
 
+    def set_epoch(self, epoch: int) -> None:
+        """Pass the epoch on to a wrapped set that draws per epoch (seeded views)."""
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
 
 class WithViews(_Wrapper):
     """Items ``(views, y)`` with ``views`` = [weak, strong] stacked on a new first dim: the
@@ -103,6 +108,7 @@ class WithContrast(_Wrapper):
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch.fill_(epoch)
+        super().set_epoch(epoch)
 
     def __getitem__(self, idx: int) -> Tuple:
         img, y = self.dataset[idx]

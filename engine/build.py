@@ -132,13 +132,32 @@ def build_distillation(args, task, spec: ShapeSpec, device) -> Distillation:
 
 
 def wrap_train_set(train_set, needs: BatchNeeds, seed: int):
-    """The training set serving what the objective's terms declared (:class:`BatchNeeds`)."""
+    """The training set serving what the objective's terms declared (:class:`BatchNeeds`).
+
+    A set built with ``seeded_views`` (ImageNet-style folders) renders each sample's view of
+    an epoch from (seed, epoch, index) and always serves the index: with the epoch, it names
+    the view for the teacher store."""
+    seeded = getattr(train_set, "seeded_views", False)
+    if seeded:
+        from data.seeded_views import WithSeededViews
+        if needs.views > 1:
+            raise ConfigError(f"--data_opt seeded_views=true renders one view per image; --distill reads "
+                              f"{needs.views}: drop seeded_views for this method")
+        train_set = WithSeededViews(train_set, seed)
     train = datasets.WithViews(train_set) if needs.views > 1 else train_set
     if needs.contrast_k:
         return datasets.WithContrast(train, k=needs.contrast_k, mode=needs.contrast_mode, seed=seed)
-    if needs.index:
+    if needs.index or seeded:
         return datasets.WithIndex(train)
     return train
+
+
+def seeded_views_of(train_set):
+    """The :class:`~data.seeded_views.WithSeededViews` inside the wrapped training set, or None."""
+    from data.seeded_views import WithSeededViews
+    while train_set is not None and not isinstance(train_set, WithSeededViews):
+        train_set = getattr(train_set, "dataset", None)
+    return train_set
 
 
 def build_loaders(args, info, task, train, test_set, batch_per_rank: int, needs: BatchNeeds, device):
@@ -150,6 +169,10 @@ def build_loaders(args, info, task, train, test_set, batch_per_rank: int, needs:
                               f"image; --distill {args.distill} reads {needs.views}: drop it for this method")
         if args.loader == "device" and args.dali:
             raise ConfigError("--loader device and --dali are two loaders: choose one")
+        if args.dali and seeded_views_of(train) is not None:
+            raise ConfigError("--data_opt seeded_views=true renders its views on the torchvision path; with "
+                              "--dali drop seeded_views (data/dali_seeded.py replays them in DALI, not wired to "
+                              "the trainer yet)")
     if args.loader == "device":  # batches augmented on the training device (data/device_loader.py)
         from data.device_loader import DeviceTrainLoader
         meta = datasets.dataset_info(args.dataset)
@@ -167,3 +190,55 @@ def build_loaders(args, info, task, train, test_set, batch_per_rank: int, needs:
         raise ConfigError(f"the training set ({len(train)} samples) is smaller than one batch "
                           f"({batch_per_rank} per process)")
     return train_loader, test_loader
+
+
+def open_teacher_store(args, teacher: nn.Module, spec: ShapeSpec, objective: Objective, train_loader,
+                       train_set):
+    """(the run's :class:`~engine.teacher_store.TeacherStore` or None, why it is off).
+
+    The store serves a student's main stage when its batches are views that can be named
+    again: ``--loader device`` (a CIFAR view, one of 162, is a function of seed, epoch and
+    sample) or ``--data_opt seeded_views=true`` on ImageNet-style folders (one seeded
+    random-resized crop per sample and epoch: the store holds one slot per epoch, keyed by
+    the seed). Every teacher tap the objective reads must be small per sample (logits,
+    pooled); otherwise the teacher runs on every batch as without it, and the reason is
+    returned for the log.
+    """
+    from core.taps import tap_points_of
+    from engine import teacher_store as ts
+
+    taps = objective.teacher_taps
+    if args.no_teacher_store or not taps:
+        return None, "off (--no_teacher_store)" if taps else ""
+    seeded = seeded_views_of(train_set)
+    if not hasattr(train_loader, "last_views") and (seeded is None or args.dali):
+        return None, ("off: the DataLoader path draws each augmentation at random, so a view cannot be "
+                      "named again; --loader device (in-memory CIFAR-style sets) or --data_opt "
+                      "seeded_views=true (image folders) make views a function of (seed, epoch, sample) "
+                      "that the store can key")
+    modules = [name for name, point in tap_points_of(teacher).items() if point.io == "module"]
+    ok, why = ts.storable_taps(spec.teacher, taps, modules=modules, reader=f"--distill {args.distill}")
+    if not ok:
+        return None, f"off: {why}"
+    meta = datasets.dataset_info(args.dataset)
+    if seeded is not None:  # one view per sample and epoch, drawn from the seed
+        crop = seeded.crop
+        scheme = {"kind": "seeded_random_resized_crop", "seed": seeded.seed, "size": list(crop.size),
+                  "scale": list(crop.scale), "ratio": list(crop.ratio), "interpolation": crop.interpolation.value}
+        key = ts.store_key(teacher, args.dataset, len(train_set), meta["mean"], meta["std"],
+                           dtype=args.teacher_store_dtype, data_options=args.data_opts, scheme=scheme)
+        views = args.epochs
+    else:
+        key = ts.store_key(teacher, args.dataset, len(train_set), meta["mean"], meta["std"],
+                           padding=train_loader.padding, size=int(train_loader.images.shape[-1]),
+                           flip=train_loader.flip, dtype=args.teacher_store_dtype, data_options=args.data_opts)
+        views = ts.num_views(train_loader.padding)
+    # the folder that holds run folders: --save_root, or the one holding an explicit --save_dir
+    runs_root = os.path.dirname(os.path.abspath(args.save_dir)) if args.save_dir else args.save_root
+    folder = args.teacher_store or ts.default_store_dir(runs_root, key)
+    try:
+        store = ts.TeacherStore.open(folder, key, len(train_set), views,
+                                     {tap: spec.teacher[tap] for tap in taps}, ts.DTYPES[args.teacher_store_dtype])
+    except ts.StoreError as err:
+        raise ConfigError(str(err)) from None
+    return store, ""

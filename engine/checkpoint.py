@@ -3,7 +3,7 @@
 A checkpoint is a plain dict of tensors and primitives::
 
     format, arch, num_classes, dataset, model, epoch, step, phase, init_done, optimizer,
-    scheduler, distiller, distiller_name, distiller_options, shape_spec, world_size,
+    scheduler, scaler (--amp fp16), distiller, distiller_name, distiller_options, shape_spec, world_size,
     ranks (per rank: rng, epoch_totals, buffers that differ from rank 0's), rng (rank 0's),
     config, weights, code_version, acc, best_acc, finished
 

@@ -25,9 +25,9 @@ RECIPES: Dict[str, Dict[str, Any]] = {
     # SimKD / GD imagenet/ (lr 0.1 for a global batch of 256)
     "imagenet": dict(epochs=120, learning_rate=0.1, lr_decay_epochs=[30, 60, 90], lr_decay_rate=0.1,
                      weight_decay=1e-4, momentum=0.9, batch_size=256),
-    # lenscloth/RKD run.py (Adam; students: engine.metric_learning_flags.METRIC_RECIPES["student"])
-    "metric": dict(epochs=40, learning_rate=1e-5, lr_decay_epochs=[25, 30, 35], lr_decay_rate=0.5,
-                   weight_decay=1e-5, momentum=0.9, batch_size=128),
+    # metric learning: the seeds' recipes (engine.metric_learning_flags.METRIC_RECIPES), filled in by
+    # the metric task before this table is read
+    "metric": {},
 }
 #: Students the references train at lr 0.01 on CIFAR (they override the flag silently; we print it).
 SMALL_LR_MODELS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
@@ -115,6 +115,16 @@ def _common(parser: argparse.ArgumentParser) -> None:
                      help="also log the loss, its terms, the lr and the fraction of step time spent waiting for "
                           "data to TensorBoard every STEPS steps (train_step/*; 0: once per epoch only)")
 
+    compute = parser.add_argument_group("how a step computes (engine/precision.py)")
+    compute.add_argument("--amp", choices=["bf16", "fp16"], default=None,
+                         help="mixed precision: forwards and losses under autocast in bfloat16, or float16 "
+                              "with a gradient scaler (in the checkpoint); weights stay float32")
+    compute.add_argument("--channels_last", action="store_true",
+                         help="NHWC memory format for the networks and the batches (tensor cores, oneDNN)")
+    compute.add_argument("--compile", action="store_true",
+                         help="torch.compile the student's forward (inductor); a model that cannot be "
+                              "compiled stops at the first step with one line")
+
     dist = parser.add_argument_group("devices and distributed training")
     dist.add_argument("--gpu_id", default=None,
                       help="CUDA devices to use, e.g. '0' or '0,1,2,3' (sets CUDA_VISIBLE_DEVICES)")
@@ -173,6 +183,17 @@ def student_parser() -> Parser:
                      help="DOT (Zhao et al. 2023): SGD with separate momenta for the task-loss and the distillation-"
                           "loss gradients (momentum - delta and momentum + delta), usable with any method")
     dot.add_argument("--dot_delta", type=float, default=0.075, help="DOT's momentum split delta")
+    store = parser.add_argument_group(
+        "teacher-output store: the teacher's small outputs (logits, pooled) per (sample, view) on disk, so "
+        "later runs on the same teacher skip its forward (with --loader device, or --data_opt seeded_views=true "
+        "on image folders; README: the teacher-output store)")
+    store.add_argument("--teacher_store", default=None, metavar="DIR",
+                       help="the store's folder (default: teacher_store/<hash of teacher, dataset, views, dtype> "
+                            "in --save_root, or beside --save_dir when given); scripts/fill_teacher_store.py "
+                            "fills every view once")
+    store.add_argument("--no_teacher_store", action="store_true", help="run the teacher on every batch")
+    store.add_argument("--teacher_store_dtype", choices=["float32", "float16"], default="float32",
+                       help="storage of the stored outputs (float16 halves the disk, rounds to ~3 digits)")
     parser.add_argument("--evaluate", action="store_true",
                         help="only evaluate the student checkpoint --path_s (no teacher needed)")
     parser.add_argument("--path_s", default=None, help="student checkpoint for --evaluate")
@@ -446,6 +467,10 @@ RESUME_WARN = {
     "num_workers": "the loader's worker streams change, so augmentations are no longer those of the first run",
     "path_t": "the teacher is read from the new path; it must be the same teacher",
     "data_root": "the data are read from the new folder; they must be the same data",
+    "teacher_store": "the teacher's outputs are read from another store (equal within float tolerance)",
+    "no_teacher_store": "the teacher's outputs are computed or read from the store (equal within float tolerance)",
+    "channels_last": "the step's numerics may differ in the last bits",
+    "compile": "the step's numerics may differ in the last bits",
 }
 
 

@@ -36,6 +36,7 @@ def snapshot(trainer, acc: float) -> Dict[str, Any]:
         "epoch": trainer.epoch, "step": trainer.step_in_epoch, "phase": trainer.phase,
         "init_done": trainer.init_done,
         "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
+        "scaler": trainer.precision.state_dict(),  # --amp fp16's loss scale ({} otherwise)
         "distiller": own, "distiller_name": a.distill if student else "",
         "distiller_options": {k: v for k, v in vars(method).items() if k in type(method).option_names()}
         if method is not None else {},
@@ -110,6 +111,7 @@ def restore(trainer, path: str) -> Dict[str, Any]:
     if trainer.phase == "main":
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.scheduler.load_state_dict(state["scheduler"])
+    trainer.precision.load_state_dict(state.get("scaler") or {})
     mine = (state.get("ranks") or [{"rng": state["rng"]}])[trainer.info.rank]
     if method is not None and mine.get("buffers"):
         method.load_state_dict({**method.state_dict(), **mine["buffers"]})

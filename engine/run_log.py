@@ -43,25 +43,35 @@ class Logger:
 
 class EpochTotals:
     """Running sums of one epoch's train metrics, kept in checkpoints so that an epoch
-    resumed in the middle still reports over all of its batches."""
+    resumed in the middle still reports over all of its batches.
+
+    Values given as tensors (the loss, its terms, the correct count) are summed on their
+    device in float64, so a step never waits for the GPU; :attr:`values` reads them (at log
+    points, checkpoints and the end of the epoch). The sums are those of Python floats, bit
+    for bit (float64 additions in the same order), so a resumed epoch reports the same.
+    """
 
     def __init__(self, values: Optional[Dict[str, float]] = None):
-        self.values: Dict[str, float] = dict(values or {})
+        self._sums: Dict[str, Any] = dict(values or {})
 
-    def add(self, n: int, correct: int, loss: float, terms: Dict[str, float], seconds: float,
+    @property
+    def values(self) -> Dict[str, float]:
+        return {k: float(v) for k, v in self._sums.items()}
+
+    def add(self, n: int, correct: Any, loss: Any, terms: Dict[str, Any], seconds: float,
             waited: float = 0.0) -> None:
         """One step: ``seconds`` from the end of the previous step, ``waited`` of them for the batch."""
-        v = self.values
-        for key, value in (("seen", n), ("correct", correct), ("seconds", seconds), ("waited", waited),
-                           ("loss", loss * n)):
-            v[key] = v.get(key, 0.0) + value
+        for key, value in (("seen", n), ("correct", _float64(correct)), ("seconds", seconds), ("waited", waited),
+                           ("loss", _float64(loss) * n)):
+            self._sums[key] = self._sums.get(key, 0.0) + value
         for key, value in terms.items():
-            v["term/" + key] = v.get("term/" + key, 0.0) + value * n
+            self._sums["term/" + key] = self._sums.get("term/" + key, 0.0) + _float64(value) * n
 
     def metrics(self, train_accuracy: bool) -> Dict[str, float]:
         """Per-sample means over every rank, top-1 if the task has one, and images per second."""
-        keys = sorted(self.values)
-        totals = all_reduce_sum(torch.tensor([self.values[k] for k in keys], dtype=torch.float64))
+        values = self.values
+        keys = sorted(values)
+        totals = all_reduce_sum(torch.tensor([values[k] for k in keys], dtype=torch.float64))
         summed = dict(zip(keys, totals.tolist()))
         seen = max(summed.get("seen", 0.0), 1.0)
         out = {k[len("term/"):]: v / seen for k, v in summed.items() if k.startswith("term/")}
@@ -72,3 +82,8 @@ class EpochTotals:
         out["images_per_s"] = summed.get("seen", 0.0) / max(summed.get("seconds", 0.0) / world, 1e-9)
         out["data_wait"] = summed.get("waited", 0.0) / max(summed.get("seconds", 0.0), 1e-9)
         return out
+
+
+def _float64(value: Any) -> Any:
+    """A tensor as a float64 scalar on its device (a Python number as is): the sums' precision."""
+    return value.detach().reshape(()).to(torch.float64) if isinstance(value, torch.Tensor) else value

@@ -77,13 +77,16 @@ def num_views(padding: int = 4) -> int:
 
 def store_key(teacher: nn.Module, dataset_name: str, num_samples: int, mean: Sequence[float],
               std: Sequence[float], padding: int = 4, size: int = 32, flip: bool = True,
-              dtype: str = "float32", data_options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+              dtype: str = "float32", data_options: Optional[Dict[str, Any]] = None,
+              scheme: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Everything a stored value depends on: the teacher's weights and architecture, the
     images (dataset, its size and options such as ``synthetic``'s seed), how a view is
     rendered (padding, crop size, flip, normalisation) and the storage dtype.
 
     The one definition shared by scripts/fill_teacher_store.py and the trainer, so a
-    store filled offline is found and accepted by the run that reads it.
+    store filled offline is found and accepted by the run that reads it. ``scheme``
+    replaces the CIFAR view description (padding, size, flip) for other view schemes
+    (ImageNet's seeded random-resized crops: their seed, size, scale and ratio).
     """
     return _as_json({
         "teacher": teacher_fingerprint(teacher),
@@ -93,7 +96,7 @@ def store_key(teacher: nn.Module, dataset_name: str, num_samples: int, mean: Seq
         "num_samples": int(num_samples),
         "mean": [float(m) for m in mean],
         "std": [float(s) for s in std],
-        "views": {"padding": int(padding), "size": int(size), "flip": bool(flip)},
+        "views": scheme or {"padding": int(padding), "size": int(size), "flip": bool(flip)},
         "dtype": str(dtype),
     })
 

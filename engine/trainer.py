@@ -33,15 +33,18 @@ import data as datasets
 from distillers import Distiller, FeatureTaps, ShapeSpec
 from engine.checkpoint import save_atomic
 from engine.build import (build_distillation, build_loaders, check_names, check_run_folder, load_teacher,
-                          run_name, seed_everything, shape_spec, wrap_train_set)
+                          open_teacher_store, run_name, seed_everything, shape_spec, wrap_train_set)
 from engine.config import ConfigError, apply_recipe, validate_numbers
 from engine.distributed import DistInfo, average_gradients, average_tensor, barrier, broadcast_buffers, broadcast_result
+from engine.finite_watch import FiniteWatch, NonFiniteLoss
 from engine.interrupts import STOP, RunInterrupted, fault_point
+from engine.precision import Precision
 from engine.objective import Objective
 from engine.resume import restore, resume_path, snapshot
 from engine.run_folder import RunFolder
 from engine.run_log import EpochTotals, Logger
 from engine.tasks import TASKS, unpack
+from engine.teacher_store import StoredTeacher
 from models import create_model
 
 
@@ -79,6 +82,7 @@ class Trainer:
         self.epoch_totals = EpochTotals()
         self.saved_any = False  # whether this run wrote a checkpoint (else its new folder is removed)
         self.gradients_checked = False
+        self.compiled_once = False
         self.log = Logger(info, None, False)
         self._build()
 
@@ -100,19 +104,34 @@ class Trainer:
         self.train_set = datasets.build_dataset(args.dataset, root, "train", **args.data_opts)
         self.test_set = datasets.build_dataset(args.dataset, root, "test", **args.data_opts)
         self.num_classes = self.train_set.num_classes
+        self.precision = Precision(getattr(args, "amp", None), self.device, getattr(args, "channels_last", False))
         self.model = create_model(model_name, num_classes=self.num_classes,
                                   **self.task.model_kwargs(args, "student" if self.kind == "student" else "model"),
                                   family=None if ":" in model_name else self.family).to(self.device)
         self._build_objective(torch.zeros((2,) + tuple(self.test_set[0][0].shape)))
+        if self.precision.amp == "fp16" and getattr(args, "dot", False):
+            raise ConfigError("--dot hands two gradients to its optimiser, which a float16 gradient scaler does "
+                              "not support: use --amp bf16 (no scaling) with --dot, or drop --dot")
+        for network in (self.model, self.teacher):
+            if network is not None:
+                self.precision.prepare_model(network)
         self.run_dir = args.save_dir or os.path.join(
             args.save_root, f"{self.kind}s", run_name(args, self.kind, getattr(self.teacher, "arch", ""), self.weights))
         check_run_folder(self.run_dir, args)
         self.log = Logger(self.info, self.run_dir, not args.no_tensorboard)
         needs = self.objective.batch_needs()
+        self.train_served = wrap_train_set(self.train_set, needs, args.seed)
         self.train_loader, self.test_loader = build_loaders(
-            args, self.info, self.task, wrap_train_set(self.train_set, needs, args.seed), self.test_set,
-            self.batch_per_rank, needs, self.device)
+            args, self.info, self.task, self.train_served, self.test_set, self.batch_per_rank, needs, self.device)
         self._build_taps()
+        self.store, self.store_off = None, ""
+        if self.kind == "student":
+            self.store, self.store_off = open_teacher_store(args, self.teacher, self.spec, self.objective,
+                                                            self.train_loader, self.train_served)
+        self.stored_teacher = StoredTeacher(lambda x: self.t_taps(x), self.store, self.objective.teacher_taps) \
+            if self.store is not None else None
+        # reading a device flag costs nothing on the CPU; on a GPU it waits for the device
+        self.watch = FiniteWatch(every=1 if self.device.type == "cpu" else 25)
         self.optimizer, self.scheduler = self.task.optimizer(args, self.main_parameters(), args.learning_rate)
         seed_everything(args.seed + self.info.rank)  # distinct augmentation streams per rank
 
@@ -167,7 +186,10 @@ class Trainer:
         for old in ("s_taps", "t_taps"):
             if getattr(self, old, None) is not None:
                 getattr(self, old).close()
-        self.s_taps = FeatureTaps(self.model, s_names, forward=self.ddp)
+        forward = self.ddp
+        if getattr(self.args, "compile", False):  # compiled with the hooks in place; failures surface at the first step
+            forward = torch.compile(self.ddp)
+        self.s_taps = FeatureTaps(self.model, s_names, forward=forward)
         self.t_taps = FeatureTaps(self.teacher, t_names, stop_early=True) if t_names else None
 
     def main_parameters(self) -> List[nn.Parameter]:
@@ -177,58 +199,86 @@ class Trainer:
         return params
 
     # ------------------------------------------------------------------ steps
-    def losses(self, x, y, extras, stage=None) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
-        """One forward: (total loss, the student's prediction, named terms)."""
-        views = x.shape[1] if stage is None and x.dim() == 5 else 1  # [B, views, C, H, W] (BatchNeeds.views)
-        if views > 1:  # one forward over all views (one DDP forward per step), split back per view
+    def losses(self, x, y, extras, stage=None, views=None) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
+        """One forward: (total loss, the student's prediction, named terms). ``views`` (index, view
+        id) name the batch's augmented views for the teacher store."""
+        n_views = x.shape[1] if stage is None and x.dim() == 5 else 1  # [B, views, C, H, W] (BatchNeeds.views)
+        if n_views > 1:  # one forward over all views (one DDP forward per step), split back per view
             x = x.transpose(0, 1).reshape(-1, *x.shape[2:])
-        s = self.s_taps(x)
-        t = {}
-        if self.t_taps is not None:
-            with torch.no_grad():
-                t = self.t_taps(x)
-        batch = {"labels": y, "epoch": self.epoch, **extras}
-        if views > 1:
-            s, s_strong = _split_views(s, views)
-            t, t_strong = _split_views(t, views)
-            batch["strong"] = {"s": s_strong, "t": t_strong}
-        if stage is not None:
-            terms = self.method.init_forward(s, t, batch)
-            return Distiller.total(terms), s["logits"], terms
-        return self.objective(s, t, batch)
+        x = self.precision.prepare_input(x)
+        with self.precision.autocast():
+            s = self._student_forward(x)
+            t = {}
+            if stage is None and self.stored_teacher is not None and views is not None:
+                with torch.autocast(self.device.type, enabled=False):  # stored outputs are float32 outputs
+                    t = self.stored_teacher(x, *views)
+            elif self.t_taps is not None:
+                with torch.no_grad():
+                    t = self.t_taps(x)
+            batch = {"labels": y, "epoch": self.epoch, **extras}
+            if n_views > 1:
+                s, s_strong = _split_views(s, n_views)
+                t, t_strong = _split_views(t, n_views)
+                batch["strong"] = {"s": s_strong, "t": t_strong}
+            if stage is not None:
+                terms = self.method.init_forward(s, t, batch)
+                return Distiller.total(terms), s["logits"], terms
+            return self.objective(s, t, batch)
 
-    def _check_finite(self, loss: torch.Tensor, terms: Dict[str, torch.Tensor], stage) -> None:
-        """Stop before a non-finite loss reaches the weights; the last checkpoint stays the last good one."""
-        if torch.isfinite(loss):
-            return
-        where = f"{'init ' if stage else ''}epoch {self.epoch}, batch {self.step_in_epoch + 1}"
-        values = ", ".join(f"{k} {float(v):.4g}" for k, v in terms.items() if k != "logits")
-        saved = os.path.join(self.run_dir, "latest.pth")
-        kept = (f"'{saved}' (the last finite state) is kept" if os.path.isfile(saved)
-                else "no checkpoint was written yet")
-        raise TrainingError(f"the loss is {float(loss)} at {where} (terms: {values}); stopped before the bad step, "
-                            f"{kept}. Lower --learning_rate or check the data and the loss weights")
+    def _student_forward(self, x: torch.Tensor) -> Dict[str, Any]:
+        if not getattr(self.args, "compile", False) or self.compiled_once:
+            return self.s_taps(x)
+        try:  # the first compiled forward compiles: say in one line when a model cannot be
+            taps = self.s_taps(x)
+        except Exception as err:  # noqa: BLE001 - torch.compile raises many kinds
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ConfigError(f"--compile: torch.compile cannot compile {getattr(self.model, 'arch', 'the student')} "
+                              f"({type(err).__name__}: {first}); run without --compile") from None
+        self.compiled_once = True
+        return taps
 
-    def train_step(self, batch, optimizer, stage=None):
+    def _check_finite(self, stage=None) -> None:
+        """Read the non-finite-loss record (a host sync): stop, naming the first bad step, before it
+        reaches a checkpoint; the last checkpoint stays the last finite state."""
+        try:
+            self.watch.check()
+        except NonFiniteLoss as bad:
+            values = ", ".join(f"{k} {v:.4g}" for k, v in bad.terms.items())
+            saved = os.path.join(self.run_dir, "latest.pth")
+            kept = (f"'{saved}' (the last finite state) is kept" if os.path.isfile(saved)
+                    else "no checkpoint was written yet")
+            when = "before the bad step" if not bad.steps_after else f"{bad.steps_after} step(s) later, at the check"
+            raise TrainingError(f"the loss is {bad.loss} at {bad.where} (terms: {values}); stopped {when}, "
+                                f"{kept}. Lower --learning_rate or check the data and the loss weights") from None
+
+    def train_step(self, batch, optimizer, stage=None, views=None):
         """One step of the loop: forward through the objective (or an init stage's loss), a
-        finiteness check, backward, the optimizer step. Returns (loss, prediction, terms).
+        finiteness record, backward, the optimizer step. Returns (loss, prediction, terms).
         Public: the smoke matrix and the cost table run exactly this."""
         x, y, extras = unpack(batch, self.device)
+        return self._step(x, y, extras, optimizer, stage, views)
+
+    def _step(self, x, y, extras, optimizer, stage=None, views=None):
+        where = f"{'init ' if stage else ''}epoch {self.epoch}, batch {self.step_in_epoch + 1}"
         if stage is None and hasattr(optimizer, "step_with"):  # DOT: task and distillation gradients apart
             with self.ddp.no_sync() if self.info.distributed else contextlib.nullcontext():
-                loss, prediction, terms = self.losses(x, y, extras, stage)
-                self._check_finite(loss, terms, stage)
+                loss, prediction, terms = self.losses(x, y, extras, stage, views)
+                self.watch.record(loss, terms, where)
+                if self.watch.due():
+                    self._check_finite()
                 self._two_gradient_step(terms, optimizer)
             return loss, prediction, terms
-        loss, prediction, terms = self.losses(x, y, extras, stage)
-        self._check_finite(loss, terms, stage)
+        loss, prediction, terms = self.losses(x, y, extras, stage, views)
+        self.watch.record(loss, terms, where)
+        if self.watch.due():
+            self._check_finite()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.precision.backward(loss)
         if stage is None and not self.gradients_checked:
             self._warn_untrained_parameters()
         if self.method is not None:
             average_gradients([p for p in self.method.parameters() if p.requires_grad])
-        optimizer.step()
+        self.precision.step(optimizer)
         return loss, prediction, terms
 
     def _two_gradient_step(self, terms: Dict[str, torch.Tensor], optimizer) -> None:
@@ -282,27 +332,41 @@ class Trainer:
         started = time.perf_counter()
         for batch in bar:
             arrived = time.perf_counter()
-            loss, prediction, terms = self.train_step(batch, optimizer, stage)
+            x, y, extras = unpack(batch, self.device)
+            views = self._batch_views(extras) if stage is None and self.stored_teacher is not None else None
+            loss, prediction, terms = self._step(x, y, extras, optimizer, stage, views)
             self.step_in_epoch += 1
             now = time.perf_counter()
-            labels = batch[1].to(self.device)
-            values = {k: float(v.detach()) for k, v in terms.items()}
-            totals.add(labels.shape[0], self.task.train_correct(prediction.detach(), labels), loss.item(),
-                       values, now - started, arrived - started)
+            # running sums stay on the device: read at log points and at the end of the epoch
+            totals.add(y.shape[0], self.task.train_correct(prediction.detach(), y), loss.detach(),
+                       {k: v.detach() for k, v in terms.items()}, now - started, arrived - started)
             window = [window[0] + arrived - started, window[1] + now - started]
             started = now
             step = (abs(self.epoch) - 1) * per_epoch + self.step_in_epoch
             if self.args.log_every and step % self.args.log_every == 0:  # curves within the epoch
                 self.log.scalars("init_step" if stage else "train_step",
-                                 {"loss": loss.item(), **values, "lr": optimizer.param_groups[0]["lr"],
+                                 {"loss": loss.item(), **{k: float(v.detach()) for k, v in terms.items()},
+                                  "lr": optimizer.param_groups[0]["lr"],
                                   "data_wait": window[0] / max(window[1], 1e-9)}, step)
                 window = [0.0, 0.0]
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if show and self.watch.every == 1 or self.args.log_every and step % self.args.log_every == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
             fault_point("init_step" if stage else "train_step", self.epoch, self.step_in_epoch, self.info.rank)
             if STOP.agreed():  # a safe point: the step is complete
                 self._stop(f"{'init ' if stage else ''}epoch {self.epoch}, batch {self.step_in_epoch}")
         bar.close()
+        self._check_finite()
         return totals.metrics(self.task.train_accuracy)
+
+    def _batch_views(self, extras):
+        """(sample index, view id) of this batch, the store's keys: the device loader's crop and
+        flip, or a seeded-views set's epoch slot."""
+        loader = self.train_loader
+        if hasattr(loader, "last_views"):
+            from data.device_loader import encode_views
+            return loader.last_index, encode_views(loader.last_views, loader.padding)
+        index = extras["index"]
+        return index, torch.full_like(index, self.epoch - 1)
 
     def _warn_untrained_parameters(self) -> None:
         """After the first backward: say which student parameters no loss term reaches (e.g. an
@@ -319,7 +383,8 @@ class Trainer:
         model = model or self.model
         if model is self.model:  # every rank evaluates with rank 0's BatchNorm statistics
             broadcast_buffers(self.model)
-        return self.task.evaluate(model, self.test_loader, self.device, head)
+        with self.precision.autocast():
+            return self.task.evaluate(model, self.test_loader, self.device, head)
 
     # ------------------------------------------------------------- checkpoints
     def state(self, acc: float) -> Dict[str, Any]:
@@ -329,6 +394,7 @@ class Trainer:
     def save(self, name: str, acc: float) -> str:
         """Write a checkpoint (every rank must call: the per-rank state is gathered)."""
         path = os.path.join(self.run_dir, name)
+        self._check_finite()  # a non-finite step never reaches a checkpoint
         state = self.state(acc)
         if self.info.is_main:
             save_atomic(state, path)
@@ -394,6 +460,17 @@ class Trainer:
                  f"lr {a.learning_rate}, decay x{a.lr_decay_rate} after epochs {a.lr_decay_epochs}, "
                  f"wd {a.weight_decay}, momentum {a.momentum}, {a.epochs} epochs")
         self.log(f"loss = {self.objective.describe()}")
+        compute = [f"--amp {self.precision.amp}" if self.precision.amp else "",
+                   "--channels_last" if self.precision.channels_last else "",
+                   "--compile" if getattr(a, "compile", False) else ""]
+        if any(compute):
+            self.log("compute: " + " ".join(c for c in compute if c))
+        if self.store is not None:
+            filled = min(self.store.filled_fraction(t) for t in self.objective.teacher_taps)
+            self.log(f"teacher store {self.store.directory} ({', '.join(self.objective.teacher_taps)}, "
+                     f"{self.args.teacher_store_dtype}): {filled:.1%} of the views filled; the teacher runs on the others")
+        elif self.store_off:
+            self.log(f"teacher store {self.store_off}")
         if self.kind == "student":
             extra = sum(p.numel() for p in self.method.parameters() if p.requires_grad)
             self.log(f"{extra} extra trainable parameters (weights: command line, else the method's reference values)")
@@ -435,6 +512,8 @@ class Trainer:
                     warnings.simplefilter("ignore", UserWarning)
                 self.scheduler.step()
             metrics["lr"] = lr
+            if self.store is not None:
+                metrics.update(self._store_metrics())
             self.log.scalars("train", metrics, self.epoch)
             evaluated = self.epoch % args.eval_freq == 0 or self.epoch == args.epochs
             if evaluated:
@@ -443,10 +522,12 @@ class Trainer:
                 self.last_acc = acc[key]
                 self.log.scalars("test", acc, self.epoch)
                 train = " ".join(f"{k} {v:.4f}" for k, v in metrics.items()
-                                 if k not in ("images_per_s", "lr", "data_wait"))
+                                 if k not in ("images_per_s", "lr", "data_wait") and not k.startswith("teacher_store"))
                 self.log(f"epoch {self.epoch}/{args.epochs} lr {lr:.4g} | train {train} | test "
                          f"{self.task.describe(acc)} | {metrics['images_per_s']:.0f} img/s, "
-                         f"{metrics['data_wait']:.0%} of step time waiting for data")
+                         f"{metrics['data_wait']:.0%} of step time waiting for data"
+                         + (f" | teacher store {metrics['teacher_store_hits']:.0%} hits, "
+                            f"{metrics['teacher_store_gb']:.2f} GB" if self.store is not None else ""))
             improved = evaluated and acc[key] > self.best_acc
             if improved:
                 self.best_acc = acc[key]
@@ -460,6 +541,14 @@ class Trainer:
         self.log(f"final test {key} {acc[key]:.2f} (best {self.best_acc:.2f}), checkpoints in {self.run_dir}")
         self._report_skipped_images()
         return {**acc, f"best_{key}": self.best_acc}
+
+    def _store_metrics(self) -> Dict[str, float]:
+        """The epoch's teacher-store hit rate over every rank, and the store's size on disk."""
+        from engine.distributed import all_reduce_sum
+        counts = all_reduce_sum(torch.tensor([self.store.hits, self.store.lookups], dtype=torch.float64))
+        self.store.reset_counters()
+        return {"teacher_store_hits": counts[0].item() / max(counts[1].item(), 1.0),
+                "teacher_store_gb": self.store.size_on_disk() / 1e9}
 
     def _report_skipped_images(self) -> None:
         """--skip_bad_images: say at the end how many unreadable files were replaced (this process's)."""

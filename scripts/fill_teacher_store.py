@@ -27,7 +27,6 @@ from typing import Iterator, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import yaml
-from torch import nn
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -36,25 +35,12 @@ import data as datasets  # noqa: E402
 from core.taps import FeatureTaps  # noqa: E402
 from data.device_loader import DeviceTrainLoader, crop_flip_normalize, decode_views  # noqa: E402
 from engine import checkpoint as ckpt  # noqa: E402
+from engine.build import load_teacher  # noqa: E402
 from engine.teacher_store import (DTYPES, StoreError, TeacherStore, default_store_dir,  # noqa: E402
                                   num_views, storable_taps, store_key)
-from models import create_model  # noqa: E402
 
 #: Samples whose pending views are gathered at a time: bounds the host memory of the plan.
 SAMPLES_PER_CHUNK = 1024
-
-
-def load_teacher(path: str, model_t: Optional[str], family: str, num_classes: int) -> nn.Module:
-    """The teacher as the trainer loads it (our checkpoint or RepDistiller's), frozen in eval mode."""
-    state = ckpt.load(path)
-    arch = model_t or state.get("arch") or ckpt.arch_from_path(path)
-    try:
-        model = create_model(arch, num_classes=num_classes, family=None if ":" in str(arch) else family)
-    except KeyError as err:
-        raise ckpt.CheckpointError(f"cannot tell the teacher's architecture from '{path}' (got '{arch}'): "
-                                   f"pass --model_t. {err}") from None
-    ckpt.load_weights(model, ckpt.model_state(state), f"teacher checkpoint '{path}'")
-    return model.eval().requires_grad_(False)
 
 
 def pending_batches(store: TeacherStore, taps: Sequence[str], samples: int, views: np.ndarray,
@@ -121,6 +107,7 @@ def fill(args: argparse.Namespace) -> int:
                                    **args.data_opts)
     device = torch.device(args.device)
     teacher = load_teacher(args.path_t, args.model_t, info["family"], train.num_classes).to(device)
+    teacher.eval().requires_grad_(False)
     # the device loader's own checks and layout: uint8 NCHW images, [C, 1, 1] mean and std
     loader = DeviceTrainLoader.from_dataset(train, info["mean"], info["std"], 0, 1, args.batch_size, 0, device)
     images, padding = loader.images, loader.padding

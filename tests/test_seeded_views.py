@@ -11,7 +11,8 @@ import data
 from data.device_loader import view_key
 from data.imagenet import REFERENCE_RRC, TORCHVISION_RRC
 from data.registry import DataError
-from data.seeded_views import SeededRandomResizedCrop, WithSeededViews, rrc_params
+from data.seeded_views import SeededRandomResizedCrop, WithSeededViews, rrc_params, view_slot
+from data.wrappers import WithIndex
 from engine.distributed import DistInfo
 from engine.loaders import TrainLoader
 
@@ -51,8 +52,9 @@ def seeded_set(tree, seed=7, **options):
 
 
 def _items(dataset, epoch):
+    """(image, label, index, view id) of every sample in ``epoch``."""
     dataset.set_epoch(epoch)
-    return [dataset[i] for i in range(len(dataset))]
+    return [(*dataset[i], i, view_slot(epoch)) for i in range(len(dataset))]
 
 
 def _torchvision_view(seed, epoch, index, image, size, scale, ratio):
@@ -138,9 +140,9 @@ def test_same_views_from_two_instances_fresh_views_each_epoch(tree):
 def _by_index(loader, epoch):
     loader.set_epoch(epoch)
     seen = {}
-    for images, labels, index, view in loader:
-        for image, label, i, v in zip(images, labels, index.tolist(), view.tolist()):
-            seen[i] = (image, int(label), v)
+    for images, labels, index in loader:
+        for image, label, i in zip(images, labels, index.tolist()):
+            seen[i] = (image, int(label), view_slot(loader.dataset.dataset.epoch))
     return seen
 
 
@@ -148,7 +150,7 @@ def test_dataloader_workers_and_batch_orders_replay_the_same_views(tree):
     """engine.loaders.TrainLoader sets the epoch before each fresh (non-persistent) iterator, so
     its worker processes render the epoch's views; the order of batches does not matter."""
     reference = seeded_set(tree)
-    loaders = [TrainLoader(seeded_set(tree), DistInfo(), batch_size=4, num_workers=workers, seed=order)
+    loaders = [TrainLoader(WithIndex(seeded_set(tree)), DistInfo(), batch_size=4, num_workers=workers, seed=order)
                for workers, order in ((0, 1), (2, 2))]
     for epoch in (2, 5):
         expected = {i: item for i, item in enumerate(_items(reference, epoch))}

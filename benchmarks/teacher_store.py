@@ -1,0 +1,269 @@
+#!/usr/bin/env python
+"""Distillation at the cost of plain training: the teacher-output store (a benchmark, not a test).
+
+    python benchmarks/teacher_store.py [--rounds 7] [--steps 2] [--threads 1] [--out benchmarks/results]
+
+Three tables, CPU, batch 64, CIFAR-100-shaped in-memory data (``storerandom``: 50,000 random
+uint8 images, 100 classes, registered here), served by ``--loader device``, random teachers:
+
+1. **Step cost**, resnet32x4 -> resnet8x4 and resnet56 -> resnet20: a vanilla student step, a
+   KD and a CRD step with the teacher run on every batch (``--no_teacher_store``), and with a
+   filled store (every view of the timed batches stored before timing). Each step is the
+   trainer's own loop body (``Trainer.train_epoch`` over replayed batches: taps, teacher or
+   store, the objective, backward, SGD, bookkeeping); data loading is not timed. All variants
+   of a pair run in rounds, each round in a fresh random order; a ratio is taken inside a
+   round and the table gives its median over rounds with the interquartile range.
+2. **Epoch time** of a KD run (resnet32x4 -> resnet8x4) on the first ``--epoch_samples``
+   samples, through ``Trainer.train_epoch`` with the device loader: store off, cold (an
+   empty store: the teacher runs on every view and fills it), warm (a second run with the
+   same seed: every view is read back).
+3. **Filling the whole store** with ``scripts/fill_teacher_store.py``'s loop (all 162 views
+   of every image): its cost in teacher-forward epochs and in KD-step epochs, against what a
+   launcher sweep of N runs of E epochs on that teacher spends on teacher forwards.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from typing import Dict, List
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from data.device_loader import crop_flip_normalize, decode_views, encode_views  # noqa: E402
+from data.registry import DATASETS, register_dataset  # noqa: E402
+from engine import config  # noqa: E402
+from engine.checkpoint import save_atomic  # noqa: E402
+from engine.distributed import DistInfo  # noqa: E402
+from engine.trainer import Trainer  # noqa: E402
+from models import create_model  # noqa: E402
+
+NUM_CLASSES, NUM_DATA = 100, 50_000
+PAIRS = [("resnet32x4", "resnet8x4"), ("resnet56", "resnet20")]
+
+
+class RandomUint8:
+    """N random uint8 32x32 RGB images with balanced labels, held in memory as CIFAR is."""
+
+    def __init__(self, size: int, seed: int):
+        rng = np.random.default_rng(seed)
+        self.data = rng.integers(0, 256, (size, 32, 32, 3), dtype=np.uint8)
+        self.targets = list(np.arange(size) % NUM_CLASSES)
+        self.num_classes = NUM_CLASSES
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        return torch.from_numpy(self.data[i]).permute(2, 0, 1).float() / 255, int(self.targets[i])
+
+
+if "storerandom" not in DATASETS:
+    @register_dataset("storerandom", family="cifar", num_classes=NUM_CLASSES, input_size=32,
+                      mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    def storerandom(root, split, augment, *, train_size=NUM_DATA, test_size=64, seed=0):
+        return RandomUint8(train_size if split == "train" else test_size, seed + (split == "test"))
+
+
+def make_teacher(arch: str, path: str) -> str:
+    torch.manual_seed(1)
+    model = create_model(arch, num_classes=NUM_CLASSES)
+    model.train()
+    with torch.no_grad():  # BatchNorm statistics of one random batch
+        model(torch.randn(64, 3, 32, 32))
+    save_atomic({"arch": arch, "model": model.state_dict()}, path)
+    return path
+
+
+class Replay:
+    """The device loader's protocol over prepared batches, with their views (the store's keys)."""
+
+    def __init__(self, batches, steps: int, padding: int):
+        self.batches, self.steps, self.padding = batches, steps, padding
+        self.last_index = self.last_views = None
+
+    def set_epoch(self, epoch, skip=0):
+        pass
+
+    def __len__(self):
+        return self.steps
+
+    def __iter__(self):
+        for i in range(self.steps):
+            batch, index, views = self.batches[i % len(self.batches)]
+            self.last_index, self.last_views = index, views
+            yield batch
+
+
+def trainer_for(teacher: str, student: str, teacher_path: str, method, save: str, *extra) -> Trainer:
+    argv = ["--dataset", "storerandom", "--batch_size", "64", "--num_workers", "0", "--no_tensorboard",
+            "--epochs", "1", "--loader", "device", "--save_dir", save, "--save_root", save] + list(extra)
+    if method is None:
+        trainer = Trainer(config.parse(config.teacher_parser(), argv + ["--model", student]), DistInfo(), "teacher")
+    else:
+        argv += ["--model_s", student, "--path_t", teacher_path, "--distill", method]
+        trainer = Trainer(config.parse(config.student_parser(), argv), DistInfo(), "student")
+    trainer.log = lambda *a, **k: None
+    return trainer
+
+
+class StepVariant:
+    def __init__(self, name: str, trainer: Trainer, batches: int = 2):
+        self.name, self.trainer = name, trainer
+        loader = trainer.train_loader
+        loader.set_epoch(1)
+        it = iter(loader)
+        self.batches = []
+        for _ in range(batches):
+            batch = next(it)
+            self.batches.append((batch, loader.last_index, loader.last_views))
+        self.padding = loader.padding
+        if trainer.stored_teacher is not None:  # fill the store for the timed views
+            for batch, index, views in self.batches:
+                trainer.stored_teacher(batch[0], index, encode_views(views, self.padding))
+
+    def run(self, steps: int) -> float:
+        trainer = self.trainer
+        trainer.train_loader = Replay(self.batches, steps, self.padding)
+        trainer.step_in_epoch = 0
+        started = time.perf_counter()
+        trainer.train_epoch(trainer.optimizer)
+        return (time.perf_counter() - started) / steps
+
+
+def quartiles(values: List[float]):
+    values = sorted(values)
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[1], q[0], q[2]
+
+
+def fmt(values: List[float]) -> str:
+    med, lo, hi = quartiles(values)
+    return f"{med:.2f} ({lo:.2f}–{hi:.2f})"
+
+
+def step_table(args, tmp: str) -> List[str]:
+    lines = ["| teacher → student | step | ms / step | × vanilla step |", "|---|---|---:|---:|"]
+    for teacher, student in PAIRS:
+        path = make_teacher(teacher, os.path.join(tmp, f"{teacher}.pth"))
+        store = os.path.join(tmp, f"store_{teacher}")
+        variants = [StepVariant("vanilla", trainer_for(teacher, student, path, None, os.path.join(tmp, "v")))]
+        for method in ("kd", "crd"):
+            variants.append(StepVariant(f"{method}, teacher on every batch", trainer_for(
+                teacher, student, path, method, os.path.join(tmp, f"{method}_off"), "--no_teacher_store")))
+            variants.append(StepVariant(f"{method}, filled store", trainer_for(
+                teacher, student, path, method, os.path.join(tmp, f"{method}_on"), "--teacher_store", store)))
+        times: Dict[str, List[float]] = {v.name: [] for v in variants}
+        ratios: Dict[str, List[float]] = {v.name: [] for v in variants}
+        order = random.Random(args.seed)
+        for round_ in range(args.rounds + 1):
+            got = {}
+            for variant in order.sample(variants, len(variants)):
+                got[variant.name] = variant.run(args.steps)
+            if round_ == 0:
+                continue  # warm-up
+            for name, seconds in got.items():
+                times[name].append(seconds * 1000)
+                ratios[name].append(seconds / got["vanilla"])
+        for variant in variants:
+            lines.append(f"| {teacher} → {student} | {variant.name} | {statistics.median(times[variant.name]):.0f} | "
+                         f"{fmt(ratios[variant.name])} |")
+        print("\n".join(lines[-len(variants):]), flush=True)
+    return lines
+
+
+def epoch_table(args, tmp: str) -> List[str]:
+    teacher, student = PAIRS[0]
+    path = make_teacher(teacher, os.path.join(tmp, "epoch_teacher.pth"))
+    store = os.path.join(tmp, "epoch_store")
+    rows = [("off", "--no_teacher_store"), ("cold (first run, empty store)", "--teacher_store", store),
+            ("warm (second run, same seed)", "--teacher_store", store)]
+    lines = [f"| KD epoch, {teacher} → {student}, {args.epoch_samples} samples | seconds | images / s | "
+             "store hits |", "|---|---:|---:|---:|"]
+    for i, (name, *flags) in enumerate(rows):
+        trainer = trainer_for(teacher, student, path, "kd", os.path.join(tmp, f"epoch{i}"), "--data_opt",
+                              f"train_size={args.epoch_samples}", *flags)
+        started = time.perf_counter()
+        trainer.train_epoch(trainer.optimizer)
+        seconds = time.perf_counter() - started
+        hits = f"{trainer.store.hit_rate:.0%}" if trainer.store is not None else "–"
+        images = len(trainer.train_loader) * 64
+        lines.append(f"| {name} | {seconds:.1f} | {images / seconds:.0f} | {hits} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
+def fill_table(args, tmp: str) -> List[str]:
+    """Teacher forwards per second when filling (batches of views) vs a KD step's images per second."""
+    teacher, student = PAIRS[0]
+    path = make_teacher(teacher, os.path.join(tmp, "fill_teacher.pth"))
+    trainer = trainer_for(teacher, student, path, "kd", os.path.join(tmp, "fill"), "--no_teacher_store")
+    model, loader = trainer.teacher, trainer.train_loader
+    index = torch.arange(args.fill_samples).repeat_interleave(162)
+    view = torch.arange(162).repeat(args.fill_samples)
+    started = time.perf_counter()
+    with torch.no_grad():
+        for lo in range(0, len(index), 256):
+            x = crop_flip_normalize(loader.images, index[lo:lo + 256], decode_views(view[lo:lo + 256]),
+                                    loader.mean, loader.std, loader.padding)
+            model(x)
+    fill_rate = len(index) / (time.perf_counter() - started)
+    kd = StepVariant("kd", trainer)
+    kd.run(1)
+    kd_rate = 64 / kd.run(args.steps * 2)
+    fill_epochs_of_kd = 162 * kd_rate / fill_rate  # filling the store, in KD-training epochs of time
+    lines = ["| | value |", "|---|---:|",
+             f"| teacher forward while filling ({teacher}, batch 256) | {fill_rate:.0f} views / s |",
+             f"| KD training step ({teacher} → {student}, batch 64) | {kd_rate:.0f} images / s |",
+             f"| filling all 162 views of every image | 162 teacher-forward epochs = {fill_epochs_of_kd:.0f} "
+             "KD epochs of time |"]
+    for runs, epochs in ((22 * 3, 240), (10, 240)):
+        lines.append(f"| a sweep of {runs} runs × {epochs} epochs computes | {runs * epochs} teacher-forward "
+                     f"epochs; the filled store replaces them with 162 |")
+    print("\n".join(lines), flush=True)
+    return lines
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--rounds", type=int, default=7, help="timed rounds (after one warm-up round)")
+    parser.add_argument("--steps", type=int, default=2, help="steps per variant per round")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--epoch_samples", type=int, default=2048, help="training samples of the epoch table")
+    parser.add_argument("--fill_samples", type=int, default=64, help="images whose 162 views the fill table renders")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the per-round visiting order")
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"),
+                        help="folder for teacher_store.md")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        print("step cost", flush=True)
+        steps = step_table(args, tmp)
+        print("epoch time", flush=True)
+        epochs = epoch_table(args, tmp)
+        print("filling the store", flush=True)
+        fill = fill_table(args, tmp)
+    os.makedirs(args.out, exist_ok=True)
+    header = (f"CPU, {torch.get_num_threads()} thread(s), torch {torch.__version__}, {args.rounds} rounds of "
+              f"{args.steps} steps, {time.strftime('%Y-%m-%d')}")
+    text = "\n".join([header, "", *steps, "", *epochs, "", *fill, ""])
+    with open(os.path.join(args.out, "teacher_store.md"), "w") as fh:
+        fh.write(text)
+    print(f"\nwritten {os.path.join(args.out, 'teacher_store.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
