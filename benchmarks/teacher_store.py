@@ -45,6 +45,7 @@ from engine.checkpoint import save_atomic  # noqa: E402
 from engine.distributed import DistInfo  # noqa: E402
 from engine.trainer import Trainer  # noqa: E402
 from models import create_model  # noqa: E402
+from cost_table import fmt_ratio  # noqa: E402  (benchmarks/, this script's folder)
 
 NUM_CLASSES, NUM_DATA = 100, 50_000
 PAIRS = [("resnet32x4", "resnet8x4"), ("resnet56", "resnet20")]
@@ -139,19 +140,6 @@ class StepVariant:
         return (time.perf_counter() - started) / steps
 
 
-def quartiles(values: List[float]):
-    values = sorted(values)
-    if len(values) == 1:
-        return values[0], values[0], values[0]
-    q = statistics.quantiles(values, n=4, method="inclusive")
-    return q[1], q[0], q[2]
-
-
-def fmt(values: List[float]) -> str:
-    med, lo, hi = quartiles(values)
-    return f"{med:.2f} ({lo:.2f}–{hi:.2f})"
-
-
 def step_table(args, tmp: str) -> List[str]:
     lines = ["| teacher → student | step | ms / step | × vanilla step |", "|---|---|---:|---:|"]
     for teacher, student in PAIRS:
@@ -177,7 +165,7 @@ def step_table(args, tmp: str) -> List[str]:
                 ratios[name].append(seconds / got["vanilla"])
         for variant in variants:
             lines.append(f"| {teacher} → {student} | {variant.name} | {statistics.median(times[variant.name]):.0f} | "
-                         f"{fmt(ratios[variant.name])} |")
+                         f"{fmt_ratio(ratios[variant.name])} |")
         print("\n".join(lines[-len(variants):]), flush=True)
     return lines
 

@@ -33,6 +33,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision import transforms as T
 
 from data.registry import DataError
 from data.samplers import EpochSampler
@@ -149,6 +150,22 @@ class DeviceTrainLoader:
         self.sampler = EpochSampler(range(len(self.labels)), rank, world_size, seed=seed)
         self.last_index = self.last_views = None
         self.set_epoch(0)
+
+    @staticmethod
+    def serves(dataset, padding: int = 4) -> bool:
+        """Whether ``dataset`` (or the WithIndex/WithContrast around it) is an in-memory set
+        whose own augmentation is exactly this loader's: uint8 ``data`` and ``targets``
+        (CifarPickles, ``synthetic``) and a train transform of RandomCrop(padding=4),
+        RandomHorizontalFlip and the tensor conversion and normalisation, nothing else random."""
+        base = dataset.dataset if isinstance(dataset, (WithIndex, WithContrast)) else dataset
+        data = getattr(base, "data", None)
+        if not (hasattr(base, "targets") and getattr(data, "dtype", None) in (np.uint8, torch.uint8)
+                and getattr(data, "ndim", 0) == 4):
+            return False
+        steps = list(getattr(getattr(base, "transform", None), "transforms", ()))
+        kinds = [type(step) for step in steps]
+        return (kinds[:2] == [T.RandomCrop, T.RandomHorizontalFlip] and steps[0].padding == padding
+                and set(kinds[2:]) <= {T.ToTensor, T.ConvertImageDtype, T.Normalize})
 
     @classmethod
     def from_dataset(cls, dataset, mean, std, rank: int, world_size: int, batch_size: int, seed: int,

@@ -160,20 +160,32 @@ def seeded_views_of(train_set):
     return train_set
 
 
+def loader_kind(args, train, needs: BatchNeeds) -> str:
+    """``--loader``, with ``auto`` resolved: the device loader for an in-memory set read with one
+    view per image (not with --dali), else the DataLoader."""
+    if args.loader != "auto":
+        return args.loader
+    from data.device_loader import DeviceTrainLoader
+    if args.dali or needs.views > 1 or not DeviceTrainLoader.serves(train):
+        return "dataloader"
+    return "device"
+
+
 def build_loaders(args, info, task, train, test_set, batch_per_rank: int, needs: BatchNeeds, device):
     """(train loader, test loader): the device loader, DALI, or the task's DataLoader."""
     pin = device.type == "cuda"
-    if args.loader == "device" or args.dali:
+    kind = loader_kind(args, train, needs)
+    if kind == "device" or args.dali:
         if needs.views > 1:
             raise ConfigError(f"--{'dali' if args.dali else 'loader device'} serves one augmented view per "
                               f"image; --distill {args.distill} reads {needs.views}: drop it for this method")
-        if args.loader == "device" and args.dali:
+        if kind == "device" and args.dali:
             raise ConfigError("--loader device and --dali are two loaders: choose one")
         if args.dali and seeded_views_of(train) is not None:
             raise ConfigError("--data_opt seeded_views=true renders its views on the torchvision path; with "
                               "--dali drop seeded_views (data/dali_seeded.py replays them in DALI, not wired to "
                               "the trainer yet)")
-    if args.loader == "device":  # batches augmented on the training device (data/device_loader.py)
+    if kind == "device":  # batches augmented on the training device (data/device_loader.py)
         from data.device_loader import DeviceTrainLoader
         meta = datasets.dataset_info(args.dataset)
         train_loader = DeviceTrainLoader.from_dataset(train, meta["mean"], meta["std"], info.rank, info.world_size,

@@ -70,11 +70,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
                       help="image-folder datasets: skip files that cannot be decoded (each is replaced by the "
                            "next readable sample, warned about once and counted) instead of stopping with the "
                            "file's path; scripts/verify_images.py ROOT lists them before a run")
-    data.add_argument("--loader", choices=["dataloader", "device"], default="dataloader",
-                      help="training loader of in-memory CIFAR-style sets (cifar10/100, synthetic): 'device' "
-                           "crops, flips and normalises whole batches on the training device, no PIL, no "
-                           "workers (views a function of seed, epoch and sample: resume-exact with any workers "
-                           "setting); 'dataloader': torch DataLoader with PIL transforms")
+    data.add_argument("--loader", choices=["auto", "device", "dataloader"], default="auto",
+                      help="training loader. 'device': the in-memory uint8 set (cifar10/100, synthetic) is "
+                           "cropped, flipped and normalised a batch at a time on the training device, no PIL, "
+                           "no workers; each view a function of (seed, epoch, sample), which the teacher store "
+                           "keys. 'dataloader': torch DataLoader with PIL transforms. 'auto': device for in-memory "
+                           "sets read with one view per image, else dataloader (both reach the same accuracy: "
+                           "README, Loaders)")
     data.add_argument("--dali", choices=["cpu", "gpu"], default=None,
                       help="read ImageNet-style folders with NVIDIA DALI pipelines on the CPU or GPU "
                            "(pip install -e .[dali]); default: torchvision DataLoader")

@@ -454,8 +454,10 @@ class Trainer:
     def describe(self) -> None:
         a = self.args
         self.log(f"run folder: {self.run_dir}")
+        loader = ("device (augmented a batch at a time on the device; --loader dataloader for PIL)"
+                  if hasattr(self.train_loader, "last_views") else "DALI" if a.dali else "DataLoader")
         self.log(f"dataset {a.dataset}: {len(self.train_set)} train / {len(self.test_set)} test, "
-                 f"{self.num_classes} classes; processes {self.info.world_size} on {self.device}")
+                 f"{self.num_classes} classes; processes {self.info.world_size} on {self.device}; loader {loader}")
         self.log(f"batch {a.batch_size} ({self.batch_per_rank} per process; last partial batch dropped), "
                  f"lr {a.learning_rate}, decay x{a.lr_decay_rate} after epochs {a.lr_decay_epochs}, "
                  f"wd {a.weight_decay}, momentum {a.momentum}, {a.epochs} epochs")

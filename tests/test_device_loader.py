@@ -231,3 +231,28 @@ def test_cuda_equals_cpu(cifar):
         assert all(x.is_cuda for x in b)
         assert all(torch.allclose(x.cpu(), y) if x.is_floating_point() else torch.equal(x.cpu(), y)
                    for x, y in zip(b, a))
+
+
+def test_the_default_loader_is_the_device_loader_where_it_reproduces_the_augmentation(cifar, tmp_path):
+    """--loader auto: in-memory sets whose own train transform is exactly RandomCrop(padding 4) +
+    flip get the device loader; anything else (no augmentation, two views, DALI, files on disk)
+    keeps the DataLoader. Both reach the same accuracy (README, Loaders)."""
+    from types import SimpleNamespace
+
+    from engine.build import loader_kind
+
+    def kind(dataset, views=1, dali=None, loader="auto"):
+        return loader_kind(SimpleNamespace(loader=loader, dali=dali), dataset, BatchNeeds(views=views))
+
+    synthetic = build_dataset("synthetic", str(tmp_path), "train", train_size=64, test_size=8)
+    assert kind(synthetic) == kind(WithIndex(synthetic)) == kind(cifar) == "device"
+    assert kind(build_dataset("synthetic", str(tmp_path), "train", train_size=64, test_size=8,
+                              augment=False)) == "dataloader"
+    assert kind(synthetic, views=2) == kind(synthetic, dali="cpu") == "dataloader"
+    assert kind(synthetic, loader="dataloader") == "dataloader"
+    folder = tmp_path / "folder" / "train" / "a"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(folder / "0.png")
+    (tmp_path / "folder" / "test" / "a").mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(tmp_path / "folder" / "test" / "a" / "0.png")
+    assert kind(build_dataset("imagefolder", str(tmp_path / "folder"), "train")) == "dataloader"

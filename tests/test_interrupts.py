@@ -115,6 +115,7 @@ def test_signal_then_resume_equals_the_straight_run(straight, tmp_path, monkeypa
 
 def test_workers_resume_exactly_at_an_epoch_boundary(tmp_path, monkeypatch):
     workers = [a if a != "0" or TEACHER[i - 1] != "--num_workers" else "2" for i, a in enumerate(TEACHER)]
+    workers += ["--loader", "dataloader"]  # the DataLoader path with its worker processes
     assert run(cli.teacher, workers + ["--save_dir", str(tmp_path / "a")]) == 0
     argv = workers + ["--save_dir", str(tmp_path / "b")]
     assert run(cli.teacher, argv, "SIGTERM:epoch_end:1", monkeypatch) == 143

@@ -212,3 +212,19 @@ def test_memories_match_across_ranks_and_one_process(tmp_path):
     for key, value in single.items():
         assert torch.equal(ranks[0][key], ranks[1][key]), key
         torch.testing.assert_close(ranks[0][key], value, rtol=1e-10, atol=1e-10, msg=key)
+
+
+@pytest.mark.parametrize("width", [50, 100])  # 300 rows: gathered when K+1 = 50, one GEMM when K+1 = 100
+def test_contrast_dots_are_the_gathered_dot_products_either_way(width):
+    from distillers.methods._memory import contrast_dots
+    torch.manual_seed(0)
+    bank = torch.randn(300, 16, dtype=torch.float64)
+    anchors = torch.randn(8, 16, dtype=torch.float64, requires_grad=True)
+    index = torch.randint(0, 300, (8, width))
+    weights = torch.randn(8, width, dtype=torch.float64)
+    expected = (bank[index] * anchors[:, None]).sum(-1)
+    (expected_grad,) = torch.autograd.grad((expected * weights).sum(), anchors)
+    got = contrast_dots(bank, anchors, index)
+    bank.add_(1.0)  # the memory update after scoring overwrites the bank in place before backward
+    (grad,) = torch.autograd.grad((got * weights).sum(), anchors)
+    assert torch.allclose(got, expected) and torch.allclose(grad, expected_grad)

@@ -108,7 +108,7 @@ def test_the_log_reports_hits_size_and_why_the_store_is_off(tmp_path, teacher, c
     assert "teacher store 100% hits" in out  # the second run, same seed and teacher, reads every view
     assert cli.student(base + ["--save_dir", str(tmp_path / "c"), "--distill", "fitnet"]) == 0
     assert "teacher store off: --distill fitnet reads the teacher's feature map" in capsys.readouterr().out
-    dataloader = [a for a in base if a not in ("--loader", "device")]
+    dataloader = [a if a != "device" else "dataloader" for a in base]  # --loader dataloader
     assert cli.student(dataloader + ["--save_dir", str(tmp_path / "d")]) == 0
     assert "teacher store off: the DataLoader path draws each augmentation at random" in capsys.readouterr().out
     state = load(tmp_path / "b/latest.pth")
