@@ -493,6 +493,8 @@ def resume_conflicts(recorded: Dict[str, Any], current: Dict[str, Any]):
         flag = "--" + key.replace("method__", "")
         said = lambda v: "its default" if v is None else repr(v)  # noqa: E731
         text = f"{flag} is {said(new)} here, the run was started with {said(old)}"
+        if key == "loader" and new == "auto":  # a run from before the device loader became the default
+            text += f" (auto is the default now: pass --loader {old} to continue it)"
         if key in RESUME_WARN:
             warnings.append(f"{text}: {RESUME_WARN[key]}")
         else:

@@ -79,7 +79,8 @@ def _check_same_run(trainer, state: Dict[str, Any], path: str) -> None:
     changed, warnings_ = resume_conflicts(state["config"], vars(trainer.args))
     if changed:
         raise ConfigError(f"--resume: {'; '.join(changed)}. A resumed run keeps the values it started with "
-                          "(drop these flags), or start a new run (--overwrite or another --save_dir)")
+                          "(drop the new flags, or pass the recorded values), or start a new run (--overwrite or "
+                          "another --save_dir)")
     for text in warnings_:
         trainer.log(f"warning: --resume: {text}")
 

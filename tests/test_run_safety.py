@@ -88,6 +88,18 @@ def test_resume_refuses_changed_hyperparameters(finished, capsys):
     assert "--lr_decay_epochs is [1] here" in line
 
 
+def test_resume_of_a_run_from_before_the_loader_default_names_the_flag(finished, tmp_path, capsys):
+    folder = tmp_path / "old"
+    os.makedirs(folder)
+    state = load(finished / "latest.pth")
+    state["config"]["loader"] = "dataloader"  # what runs recorded before --loader auto was the default
+    torch.save(state, folder / "latest.pth")
+    line = error_line(capsys, cli.teacher, TWO_EPOCHS + ["--save_dir", str(folder), "--resume"])
+    assert "--loader is 'auto' here, the run was started with 'dataloader'" in line
+    assert "pass --loader dataloader to continue it" in line
+    assert cli.teacher(TWO_EPOCHS + ["--save_dir", str(folder), "--resume", "--loader", "dataloader"]) == 0
+
+
 def test_resume_of_a_finished_run_reports_it(finished, capsys):
     assert cli.teacher(TEACHER + ["--save_dir", str(finished), "--resume"]) == 0
     out = capsys.readouterr().out
