@@ -131,19 +131,21 @@ def build_distillation(args, task, spec: ShapeSpec, device) -> Distillation:
     return Distillation(method, added, weights, objective)
 
 
-def wrap_train_set(train_set, needs: BatchNeeds, seed: int):
+def wrap_train_set(train_set, needs: BatchNeeds, seed: int, dali: bool = False):
     """The training set serving what the objective's terms declared (:class:`BatchNeeds`).
 
     A set built with ``seeded_views`` (ImageNet-style folders) renders each sample's view of
-    an epoch from (seed, epoch, index) and always serves the index: with the epoch, it names
-    the view for the teacher store."""
+    an epoch from (seed, epoch, index) (through :class:`~data.seeded_views.WithSeededViews`,
+    or in DALI's pipeline with ``dali``) and always serves the index: with the epoch, it
+    names the view for the teacher store."""
     seeded = getattr(train_set, "seeded_views", False)
     if seeded:
         from data.seeded_views import WithSeededViews
         if needs.views > 1:
             raise ConfigError(f"--data_opt seeded_views=true renders one view per image; --distill reads "
                               f"{needs.views}: drop seeded_views for this method")
-        train_set = WithSeededViews(train_set, seed)
+        if not dali:  # DALI renders the seeded views itself (data/dali_seeded.py)
+            train_set = WithSeededViews(train_set, seed)
     train = datasets.WithViews(train_set) if needs.views > 1 else train_set
     if needs.contrast_k:
         return datasets.WithContrast(train, k=needs.contrast_k, mode=needs.contrast_mode, seed=seed)
@@ -153,9 +155,8 @@ def wrap_train_set(train_set, needs: BatchNeeds, seed: int):
 
 
 def seeded_views_of(train_set):
-    """The :class:`~data.seeded_views.WithSeededViews` inside the wrapped training set, or None."""
-    from data.seeded_views import WithSeededViews
-    while train_set is not None and not isinstance(train_set, WithSeededViews):
+    """The folder set with ``seeded_views`` under the training set's wrappers, or None."""
+    while train_set is not None and not getattr(train_set, "seeded_views", False):
         train_set = getattr(train_set, "dataset", None)
     return train_set
 
@@ -181,17 +182,16 @@ def build_loaders(args, info, task, train, test_set, batch_per_rank: int, needs:
                               f"image; --distill {args.distill} reads {needs.views}: drop it for this method")
         if kind == "device" and args.dali:
             raise ConfigError("--loader device and --dali are two loaders: choose one")
-        if args.dali and seeded_views_of(train) is not None:
-            raise ConfigError("--data_opt seeded_views=true renders its views on the torchvision path; with "
-                              "--dali drop seeded_views (data/dali_seeded.py replays them in DALI, not wired to "
-                              "the trainer yet)")
     if kind == "device":  # batches augmented on the training device (data/device_loader.py)
         from data.device_loader import DeviceTrainLoader
         meta = datasets.dataset_info(args.dataset)
         train_loader = DeviceTrainLoader.from_dataset(train, meta["mean"], meta["std"], info.rank, info.world_size,
                                                       batch_per_rank, args.seed, device)
-    elif args.dali:
-        from data.dali import dali_loaders  # lazily: CIFAR runs never import DALI
+    elif args.dali:  # lazily: CIFAR runs never import DALI
+        if seeded_views_of(train) is not None:
+            from data.dali_seeded import seeded_dali_loaders as dali_loaders
+        else:
+            from data.dali import dali_loaders
         train_loader, test_loader = dali_loaders(args.dali, args.num_workers, args.seed, info, batch_per_rank,
                                                  train, test_set)
     else:
@@ -223,7 +223,7 @@ def open_teacher_store(args, teacher: nn.Module, spec: ShapeSpec, objective: Obj
     if args.no_teacher_store or not taps:
         return None, "off (--no_teacher_store)" if taps else ""
     seeded = seeded_views_of(train_set)
-    if not hasattr(train_loader, "last_views") and (seeded is None or args.dali):
+    if not hasattr(train_loader, "last_views") and seeded is None:
         return None, ("off: the DataLoader path draws each augmentation at random, so a view cannot be "
                       "named again; --loader device (in-memory CIFAR-style sets) or --data_opt "
                       "seeded_views=true (image folders) make views a function of (seed, epoch, sample) "
@@ -234,9 +234,10 @@ def open_teacher_store(args, teacher: nn.Module, spec: ShapeSpec, objective: Obj
         return None, f"off: {why}"
     meta = datasets.dataset_info(args.dataset)
     if seeded is not None:  # one view per sample and epoch, drawn from the seed
-        crop = seeded.crop
-        scheme = {"kind": "seeded_random_resized_crop", "seed": seeded.seed, "size": list(crop.size),
-                  "scale": list(crop.scale), "ratio": list(crop.ratio), "interpolation": crop.interpolation.value}
+        geometry = seeded.geometry  # DALI's decoder and resampler differ from PIL's: the renderer is keyed
+        scheme = {"kind": "seeded_random_resized_crop", "renderer": f"dali-{args.dali}" if args.dali else "torchvision",
+                  "seed": args.seed, "size": geometry.crop, "scale": list(geometry.rrc_scale),
+                  "ratio": list(geometry.rrc_ratio)}
         key = ts.store_key(teacher, args.dataset, len(train_set), meta["mean"], meta["std"],
                            dtype=args.teacher_store_dtype, data_options=args.data_opts, scheme=scheme)
         views = args.epochs

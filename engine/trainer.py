@@ -120,7 +120,7 @@ class Trainer:
         check_run_folder(self.run_dir, args)
         self.log = Logger(self.info, self.run_dir, not args.no_tensorboard)
         needs = self.objective.batch_needs()
-        self.train_served = wrap_train_set(self.train_set, needs, args.seed)
+        self.train_served = wrap_train_set(self.train_set, needs, args.seed, dali=bool(args.dali))
         self.train_loader, self.test_loader = build_loaders(
             args, self.info, self.task, self.train_served, self.test_set, self.batch_per_rank, needs, self.device)
         self._build_taps()

@@ -162,12 +162,15 @@ def test_two_processes_share_one_store(tmp_path, teacher):
     assert hit.all()
 
 
-def test_seeded_imagenet_views_replay_from_the_store(tmp_path):
+@pytest.mark.parametrize("dali", [None, "cpu"])
+def test_seeded_imagenet_views_replay_from_the_store(tmp_path, dali):
     """Image folders with --data_opt seeded_views=true: each sample's random-resized crop of an
     epoch is drawn from (seed, epoch, index), so a second run with the same seed reads every
-    teacher output back (one store slot per epoch)."""
+    teacher output back (one store slot per epoch), on the torchvision path and in DALI."""
     from models import create_model
-    from test_imagenet import make_tree
+    from test_imagenet import _has_dali, make_tree
+    if dali and not _has_dali():
+        pytest.skip("DALI is not installed (pip install -e .[dali])")
     tree = make_tree(tmp_path / "imagenet")
     teacher = create_model("torchvision:resnet18", num_classes=3)
     torch.save({"model": teacher.state_dict()}, tmp_path / "teacher.pth")
@@ -175,6 +178,7 @@ def test_seeded_imagenet_views_replay_from_the_store(tmp_path):
             "val_resize=36", "--data_opt", "seeded_views=true", "--path_t", str(tmp_path / "teacher.pth"),
             "--model_t", "torchvision:resnet18", "--model_s", "ResNet18", "--epochs", "2", "--batch_size", "8",
             "--num_workers", "1", "--no_tensorboard", "--teacher_store", str(tmp_path / "store")]
+    argv += ["--dali", dali, "--device", "cpu"] if dali else []
     runs = {}
     for name in ("cold", "warm", "plain"):
         extra = ["--no_teacher_store"] if name == "plain" else []
