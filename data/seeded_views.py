@@ -111,7 +111,8 @@ class SeededRandomResizedCrop(torch.nn.Module):
     """
 
     def __init__(self, size, scale: Sequence[float] = TORCHVISION_SCALE,
-                 ratio: Sequence[float] = TORCHVISION_RATIO, interpolation: InterpolationMode = InterpolationMode.BILINEAR, antialias: bool = True):
+                 ratio: Sequence[float] = TORCHVISION_RATIO,
+                 interpolation: InterpolationMode = InterpolationMode.BILINEAR, antialias: bool = True):
         super().__init__()
         self.size = [size, size] if isinstance(size, int) else list(size)
         self.scale, self.ratio = tuple(scale), tuple(ratio)

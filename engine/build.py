@@ -224,10 +224,10 @@ def open_teacher_store(args, teacher: nn.Module, spec: ShapeSpec, objective: Obj
         return None, "off (--no_teacher_store)" if taps else ""
     seeded = seeded_views_of(train_set)
     if not hasattr(train_loader, "last_views") and seeded is None:
-        return None, ("off: the DataLoader path draws each augmentation at random, so a view cannot be "
-                      "named again; --loader device (in-memory CIFAR-style sets) or --data_opt "
-                      "seeded_views=true (image folders) make views a function of (seed, epoch, sample) "
-                      "that the store can key")
+        return None, ("off: the DataLoader path draws each augmentation at random (as DALI's random "
+                      "crop does), so a view cannot be named again; --loader device (in-memory CIFAR-style "
+                      "sets) or --data_opt seeded_views=true (image folders) make views a function of "
+                      "(seed, epoch, sample) that the store can key")
     modules = [name for name, point in tap_points_of(teacher).items() if point.io == "module"]
     ok, why = ts.storable_taps(spec.teacher, taps, modules=modules, reader=f"--distill {args.distill}")
     if not ok:

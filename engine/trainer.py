@@ -199,7 +199,8 @@ class Trainer:
         return params
 
     # ------------------------------------------------------------------ steps
-    def losses(self, x, y, extras, stage=None, views=None) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
+    def losses(self, x, y, extras, stage=None,
+               views=None) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
         """One forward: (total loss, the student's prediction, named terms). ``views`` (index, view
         id) name the batch's augmented views for the teacher store."""
         n_views = x.shape[1] if stage is None and x.dim() == 5 else 1  # [B, views, C, H, W] (BatchNeeds.views)
@@ -310,7 +311,8 @@ class Trainer:
         else:
             if self.phase == "init":
                 self.method.finish_init_stage()
-                self.optimizer, self.scheduler = self.task.optimizer(self.args, self.main_parameters(), self.args.learning_rate)
+                self.optimizer, self.scheduler = self.task.optimizer(self.args, self.main_parameters(),
+                                                                     self.args.learning_rate)
             self.phase = "main"
         self._build_taps(stage)
         return self.optimizer
@@ -470,7 +472,8 @@ class Trainer:
         if self.store is not None:
             filled = min(self.store.filled_fraction(t) for t in self.objective.teacher_taps)
             self.log(f"teacher store {self.store.directory} ({', '.join(self.objective.teacher_taps)}, "
-                     f"{self.args.teacher_store_dtype}): {filled:.1%} of the views filled; the teacher runs on the others")
+                     f"{self.args.teacher_store_dtype}): {filled:.1%} of the views filled; the teacher runs on "
+                     "the others")
         elif self.store_off:
             self.log(f"teacher store {self.store_off}")
         if self.kind == "student":

@@ -136,8 +136,8 @@ def test_a_step_reads_nothing_back_from_the_device(tmp_path, monkeypatch):
         return read
 
     def reads_in_epoch(size):
-        trainer = Trainer(config.parse(config.teacher_parser(), [a if a != "train_size=128" else f"train_size={size}"
-                                                                  for a in TINY] + ["--save_dir", str(tmp_path / str(size))]),
+        argv = [a if a != "train_size=128" else f"train_size={size}" for a in TINY]
+        trainer = Trainer(config.parse(config.teacher_parser(), argv + ["--save_dir", str(tmp_path / str(size))]),
                           DistInfo(), "teacher")
         trainer.watch.every = 10 ** 6  # as on a GPU: the finiteness record is read at the epoch's end
         with monkeypatch.context() as patch:
