@@ -324,7 +324,9 @@ def test_launchers_cover_every_method_with_seeded_trials(tmp_path):
 
     cmds = dry_run("distill_cifar100.sh", TRIALS="2", SAVE_ROOT=str(tmp_path))
     methods = {c[c.index("--distill") + 1] for c in cmds}
-    assert methods == set(classification_methods())
+    from distillers.base import DISTILLERS
+    built_in = {m for m in classification_methods() if DISTILLERS.get(m).__module__.startswith("distillers.")}
+    assert methods == built_in  # (methods that other tests register from plugins are not the launchers')
     assert all(c[c.index("--seed") + 1] == c[c.index("--trial") + 1] for c in cmds)
     assert {c[c.index("--model_s") + 1] for c in cmds} == {"resnet8x4"}
     crd = [c for c in cmds if c[c.index("--distill") + 1] == "crd"]
