@@ -38,7 +38,7 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from data.device_loader import crop_flip_normalize, decode_views, encode_views  # noqa: E402
+from data.device_loader import crop_flip_normalize, decode_views  # noqa: E402
 from data.registry import DATASETS, register_dataset  # noqa: E402
 from engine import config  # noqa: E402
 from engine.checkpoint import save_atomic  # noqa: E402
@@ -87,9 +87,9 @@ def make_teacher(arch: str, path: str) -> str:
 class Replay:
     """The device loader's protocol over prepared batches, with their views (the store's keys)."""
 
-    def __init__(self, batches, steps: int, padding: int):
-        self.batches, self.steps, self.padding = batches, steps, padding
-        self.last_index = self.last_views = None
+    def __init__(self, batches, steps: int):
+        self.batches, self.steps = batches, steps
+        self.last_keys = None
 
     def set_epoch(self, epoch, skip=0):
         pass
@@ -99,8 +99,7 @@ class Replay:
 
     def __iter__(self):
         for i in range(self.steps):
-            batch, index, views = self.batches[i % len(self.batches)]
-            self.last_index, self.last_views = index, views
+            batch, self.last_keys = self.batches[i % len(self.batches)]
             yield batch
 
 
@@ -125,15 +124,14 @@ class StepVariant:
         self.batches = []
         for _ in range(batches):
             batch = next(it)
-            self.batches.append((batch, loader.last_index, loader.last_views))
-        self.padding = loader.padding
+            self.batches.append((batch, loader.last_keys))
         if trainer.stored_teacher is not None:  # fill the store for the timed views
-            for batch, index, views in self.batches:
-                trainer.stored_teacher(batch[0], index, encode_views(views, self.padding))
+            for batch, (index, view) in self.batches:
+                trainer.stored_teacher(batch[0], index, view)
 
     def run(self, steps: int) -> float:
         trainer = self.trainer
-        trainer.train_loader = Replay(self.batches, steps, self.padding)
+        trainer.train_loader = Replay(self.batches, steps)
         trainer.step_in_epoch = 0
         started = time.perf_counter()
         trainer.train_epoch(trainer.optimizer)

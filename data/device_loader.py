@@ -81,7 +81,7 @@ def decode_views(ids, padding: int = 4):
 
 def encode_views(views, padding: int = 4):
     """[..., 3] of (dx, dy, flip) -> view ids, the inverse of :func:`decode_views`
-    (e.g. ``encode_views(loader.last_views)`` keys a batch's teacher outputs with ``last_index``)."""
+    (``DeviceTrainLoader.last_keys`` holds them for the batch just served)."""
     dx, dy, flip = views[..., 0], views[..., 1], views[..., 2]
     return (dy * (2 * padding + 1) + dx) * 2 + flip
 
@@ -126,7 +126,9 @@ class DeviceTrainLoader:
     ``contrast.contrast_indices(i)`` (the trainer's :class:`~data.wrappers.WithContrast`,
     drawn on the host as in the DALI loader). ``needs`` is a ``BatchNeeds`` or anything
     with ``index`` and ``contrast_k``. After each batch, ``last_index`` [B] and
-    ``last_views`` [B, 3] (dx, dy, flip) say which views it holds. The whole set sits on
+    ``last_views`` [B, 3] (dx, dy, flip) say which views it holds, on the device, and
+    ``last_keys`` gives (index, view id) on the host, as planned (the teacher store's keys,
+    read without waiting for the device). The whole set sits on
     ``device`` as uint8 (CIFAR: 150 MB); on the CPU it shares the dataset's memory.
     """
 
@@ -148,7 +150,7 @@ class DeviceTrainLoader:
         self.serve_index = contrast is not None or bool(getattr(needs, "index", False))
         self.batch_size, self.seed, self.padding, self.flip = batch_size, seed, padding, flip
         self.sampler = EpochSampler(range(len(self.labels)), rank, world_size, seed=seed)
-        self.last_index = self.last_views = None
+        self.last_index = self.last_views = self.last_keys = None
         self.set_epoch(0)
 
     @staticmethod
@@ -204,14 +206,15 @@ class DeviceTrainLoader:
         """Plans the pass (order and views, one host-to-device copy), then serves its batches."""
         batches, size = len(self), self.batch_size
         order = np.fromiter(self.sampler, dtype=np.int64, count=len(self.sampler))[:batches * size]
-        views = decode_views(view_ids(self.seed, self.epoch, order, self.padding, self.flip), self.padding)
-        plan = torch.from_numpy(np.concatenate([order[:, None], views], 1)).to(self.device)
-        return self._serve(plan.view(batches, size, 4), order.reshape(batches, size))
+        ids = view_ids(self.seed, self.epoch, order, self.padding, self.flip)
+        plan = torch.from_numpy(np.concatenate([order[:, None], decode_views(ids, self.padding)], 1)).to(self.device)
+        return self._serve(plan.view(batches, size, 4), order.reshape(batches, size), ids.reshape(batches, size))
 
-    def _serve(self, plan: torch.Tensor, order: np.ndarray):
-        for rows, host_index in zip(plan, order):
+    def _serve(self, plan: torch.Tensor, order: np.ndarray, ids: np.ndarray):
+        for rows, host_index, host_ids in zip(plan, order, ids):
             index, views = rows[:, 0], rows[:, 1:]
             self.last_index, self.last_views = index, views
+            self.last_keys = (torch.from_numpy(host_index), torch.from_numpy(host_ids))  # no device read
             batch = (crop_flip_normalize(self.images, index, views, self.mean, self.std, self.padding),
                      self.labels[index])
             if self.serve_index:

@@ -35,7 +35,8 @@ from engine.checkpoint import save_atomic
 from engine.build import (build_distillation, build_loaders, check_names, check_run_folder, load_teacher,
                           open_teacher_store, run_name, seed_everything, shape_spec, wrap_train_set)
 from engine.config import ConfigError, apply_recipe, validate_numbers
-from engine.distributed import DistInfo, average_gradients, average_tensor, barrier, broadcast_buffers, broadcast_result
+from engine.distributed import (DistInfo, all_reduce_sum, average_gradients, average_tensor, barrier,
+                                broadcast_buffers, broadcast_result)
 from engine.finite_watch import FiniteWatch, NonFiniteLoss
 from engine.interrupts import STOP, RunInterrupted, fault_point
 from engine.precision import Precision
@@ -238,7 +239,7 @@ class Trainer:
         self.compiled_once = True
         return taps
 
-    def _check_finite(self, stage=None) -> None:
+    def _check_finite(self) -> None:
         """Read the non-finite-loss record (a host sync): stop, naming the first bad step, before it
         reaches a checkpoint; the last checkpoint stays the last finite state."""
         try:
@@ -261,18 +262,15 @@ class Trainer:
 
     def _step(self, x, y, extras, optimizer, stage=None, views=None):
         where = f"{'init ' if stage else ''}epoch {self.epoch}, batch {self.step_in_epoch + 1}"
-        if stage is None and hasattr(optimizer, "step_with"):  # DOT: task and distillation gradients apart
-            with self.ddp.no_sync() if self.info.distributed else contextlib.nullcontext():
-                loss, prediction, terms = self.losses(x, y, extras, stage, views)
-                self.watch.record(loss, terms, where)
-                if self.watch.due():
-                    self._check_finite()
+        dot = stage is None and hasattr(optimizer, "step_with")  # DOT: task and distillation gradients apart
+        with self.ddp.no_sync() if dot and self.info.distributed else contextlib.nullcontext():
+            loss, prediction, terms = self.losses(x, y, extras, stage, views)
+            self.watch.record(loss, terms, where)
+            if self.watch.due():
+                self._check_finite()
+            if dot:
                 self._two_gradient_step(terms, optimizer)
-            return loss, prediction, terms
-        loss, prediction, terms = self.losses(x, y, extras, stage, views)
-        self.watch.record(loss, terms, where)
-        if self.watch.due():
-            self._check_finite()
+                return loss, prediction, terms
         optimizer.zero_grad(set_to_none=True)
         self.precision.backward(loss)
         if stage is None and not self.gradients_checked:
@@ -334,8 +332,8 @@ class Trainer:
         started = time.perf_counter()
         for batch in bar:
             arrived = time.perf_counter()
+            views = self._batch_views(batch) if stage is None and self.stored_teacher is not None else None
             x, y, extras = unpack(batch, self.device)
-            views = self._batch_views(extras) if stage is None and self.stored_teacher is not None else None
             loss, prediction, terms = self._step(x, y, extras, optimizer, stage, views)
             self.step_in_epoch += 1
             now = time.perf_counter()
@@ -351,7 +349,7 @@ class Trainer:
                                   "lr": optimizer.param_groups[0]["lr"],
                                   "data_wait": window[0] / max(window[1], 1e-9)}, step)
                 window = [0.0, 0.0]
-            if show and self.watch.every == 1 or self.args.log_every and step % self.args.log_every == 0:
+            if show and (self.watch.every == 1 or self.args.log_every and step % self.args.log_every == 0):
                 bar.set_postfix(loss=f"{loss.item():.3f}")
             fault_point("init_step" if stage else "train_step", self.epoch, self.step_in_epoch, self.info.rank)
             if STOP.agreed():  # a safe point: the step is complete
@@ -360,14 +358,13 @@ class Trainer:
         self._check_finite()
         return totals.metrics(self.task.train_accuracy)
 
-    def _batch_views(self, extras):
-        """(sample index, view id) of this batch, the store's keys: the device loader's crop and
-        flip, or a seeded-views set's epoch slot."""
-        loader = self.train_loader
-        if hasattr(loader, "last_views"):
-            from data.device_loader import encode_views
-            return loader.last_index, encode_views(loader.last_views, loader.padding)
-        index = extras["index"]
+    def _batch_views(self, batch):
+        """(sample index, view id) of this batch on the host, the store's keys: the device loader's
+        planned views, or a seeded-views set's epoch slot (its index as the loader served it)."""
+        keys = getattr(self.train_loader, "last_keys", None)
+        if keys is not None:
+            return keys
+        index = batch[2]
         return index, torch.full_like(index, self.epoch - 1)
 
     def _warn_untrained_parameters(self) -> None:
@@ -549,7 +546,6 @@ class Trainer:
 
     def _store_metrics(self) -> Dict[str, float]:
         """The epoch's teacher-store hit rate over every rank, and the store's size on disk."""
-        from engine.distributed import all_reduce_sum
         counts = all_reduce_sum(torch.tensor([self.store.hits, self.store.lookups], dtype=torch.float64))
         self.store.reset_counters()
         return {"teacher_store_hits": counts[0].item() / max(counts[1].item(), 1.0),
