@@ -337,6 +337,39 @@ def _module_of(tensors: Mapping[str, torch.Tensor], trainable: bool) -> nn.Modul
     return module.requires_grad_(trainable)
 
 
+def record_inputs(entry: "GoldenEntry", s: Mapping[str, Any], t: Mapping[str, Any],
+                  batch: Mapping[str, Any]) -> Dict[str, Any]:
+    """The golden-format ``inputs`` of a step's tapped features (float64, detached): the inverse
+    of :meth:`GoldenCase.features`, for tests that check a training step against this adapter.
+
+    A role ``side:tap`` reads ``batch``, the student's or teacher's taps, a module tap's tensor
+    (``classifier.weight``), a second view's taps (``strong_s``/``strong_t``) or several taps
+    joined by ``+`` (``_`` is an empty placeholder)."""
+    def double(value):
+        return [v.detach().double() for v in value] if isinstance(value, list) else value.detach().double()
+
+    inputs: Dict[str, Any] = {}
+    for name, role in entry.inputs.items():
+        side, _, taps = role.partition(":")
+        if side == "batch":
+            inputs[name] = batch[taps]
+        elif side.startswith("strong_"):  # the second view's taps, as the trainer passes them
+            inputs[name] = double(batch["strong"][side[len("strong_"):]][taps])
+        elif _module_attr(taps)[0]:  # a module tap's tensor (a classifier's weight, OFD's BatchNorm biases)
+            owner, attr = _module_attr(taps)
+            module = (s if side == "s" else t)[owner]
+            values = [getattr(m, attr) for m in (module if isinstance(module, list) else [module])]
+            inputs[name] = double(values if isinstance(module, list) else values[0])
+        else:
+            feats = s if side == "s" else t
+            parts: List[Any] = []
+            for tap in taps.split("+"):
+                value = torch.zeros(1) if tap == "_" else feats[tap]
+                parts += value if isinstance(value, list) else [value]
+            inputs[name] = double(parts if ("+" in taps or isinstance(feats.get(taps), list)) else parts[0])
+    return inputs
+
+
 class GoldenCase:
     """One golden file reproduced through the registry."""
 

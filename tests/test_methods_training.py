@@ -78,30 +78,7 @@ def _record(method_name, entry, captured, params_before, method, trainer):
     if method_name == "ft":  # the golden file gives the paraphraser's encoding as an input
         with torch.no_grad():
             t["factor"] = method.paraphraser.encoder(t["last_map"])
-    inputs = {}
-    for name, role in entry.inputs.items():
-        side, _, taps = role.partition(":")
-        if side == "batch":
-            inputs[name] = batch[taps]
-            continue
-        if side.startswith("strong_"):  # the second view's taps the step passed in batch["strong"]
-            inputs[name] = batch["strong"][side[len("strong_"):]][taps].detach().double()
-            continue
-        owner, attr = golden._module_attr(taps)
-        if owner:  # a module tap's tensor (a classifier's weight, OFD's BatchNorm biases)
-            module = (s if side == "s" else t)[owner]
-            modules = module if isinstance(module, list) else [module]
-            values = [getattr(m, attr).detach().double() for m in modules]
-            inputs[name] = values if isinstance(module, list) else values[0]
-            continue
-        feats = s if side == "s" else t
-        parts = []
-        for tap in taps.split("+"):
-            value = torch.zeros(1) if tap == "_" else feats[tap]
-            parts += value if isinstance(value, list) else [value]
-        value = parts if ("+" in taps or isinstance(feats.get(taps), list)) else parts[0]
-        inputs[name] = ([v.detach().double() for v in value] if isinstance(value, list)
-                        else value.detach().double())
+    inputs = golden.record_inputs(entry, s, t, batch)
     hparams = {key: getattr(method, opt) for opt, key in entry.hparam_options.items()}
     hparams.update({key: getattr(trainer.spec, f) for f, key in entry.spec_from_hparams.items()})
     params = {_inverse_rename(k, entry.renames): v.double() if v.is_floating_point() else v

@@ -409,17 +409,10 @@ def test_training_step_of_each_loss_matches_the_golden_adapter(method_name, tree
         mined = _pairs.sample_triplets(s["logits"].detach(), batch["labels"], options["triplet_sample"],
                                        squared=method_name == "triplet")
         batch.update(zip(("anchor_idx", "pos_idx", "neg_idx"), mined))
-    inputs = {}
-    for name, role in entry.inputs.items():
-        side, _, taps = role.partition(":")
-        if side == "batch":
-            inputs[name] = batch[taps]
-            continue
-        feats = s if side == "s" else t
-        value = [feats[k] for k in taps.split("+")] if "+" in taps else feats[taps]
-        if method_name == "aomd" and side == "s":
-            value = captured["adapted"]
-        inputs[name] = [v.detach().double() for v in value] if isinstance(value, list) else value.detach().double()
+    inputs = golden.record_inputs(entry, s, t, batch)
+    if method_name == "aomd":  # the golden file's student maps are those after the adapters
+        inputs.update({name: [v.double() for v in captured["adapted"]]
+                       for name, role in entry.inputs.items() if role.startswith("s:")})
     params = {}
     if method_name == "metric_fitnet":
         params = {"transform.weight": params_before["regressors.stage2.weight"].double()}
