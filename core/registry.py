@@ -77,6 +77,16 @@ class Registry:
     def __contains__(self, name: str) -> bool:
         return name in self._entries
 
+    def __getitem__(self, name: str) -> Callable[..., Any]:
+        return self.get(name)
+
+    def __iter__(self):
+        """The names, sorted (a registry reads like a mapping of name -> entry)."""
+        return iter(self.names())
+
+    def items(self) -> List[Any]:
+        return [(name, self._entries[name]) for name in self.names()]
+
     def __len__(self) -> int:
         return len(self._entries)
 

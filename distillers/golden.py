@@ -4,7 +4,8 @@ Usage::
 
     python -m distillers.golden ../shared/golden/kd.pt [more files ...]
 
-Each file names its ``method``; :data:`TABLE` (the one mapping table) says which
+Each file names its ``method``; its entry, declared beside the method with
+:func:`distillers.reference.register_golden` (:data:`TABLE` holds them all), says which
 registered distiller and options reproduce it, which tap each input stands for, and
 how the reference's parameter names map onto ours. The distiller is built from the
 input *shapes* through the registry, exactly as training builds it from a dry run,
@@ -26,221 +27,18 @@ import torch
 from torch import nn
 
 from distillers.base import ShapeSpec, build_distiller
+from distillers.reference import GOLDEN, GoldenEntry
 from core.taps import GROUPS
 
 
-@dataclass(frozen=True)
-class GoldenEntry:
-    """How one reference method maps onto a registered distiller.
+# The entries live beside their methods (distillers/reference.py: register_golden); importing the
+# method modules, the retrieval functions and DOT registers them all.
+import distillers.methods  # noqa: E402,F401
+import distillers.optim  # noqa: E402,F401
+import distillers.retrieval  # noqa: E402,F401
 
-    inputs: golden input name -> ``"s:<tap>"`` / ``"t:<tap>"`` (student/teacher
-        feature; student ones get gradients) or ``"batch:<key>"``; ``"strong_s:<tap>"`` and
-        ``"strong_t:<tap>"`` are a second augmented view's taps (``batch["strong"]``), optional in
-        a file. A module tap is given by
-        its tensors, ``"<side>:<tap>.weight"`` / ``.bias`` (the teacher's classifier as
-        ``t:classifier.weight``, OFD's BatchNorms as the list ``t:stages_bn.weight``): a 2-D
-        weight becomes an ``nn.Linear`` (it may be called), any other a module that carries the
-        tensors; a student module's tensors get gradients (CAT-KD's classifier).
-        A list input that spans several taps joins them with ``+`` in order, a group
-        taking the elements the single taps leave (``"s:stem+stages"``); ``_`` marks an
-        element the method does not read (its reference gradient is zero).
-    options: fixed distiller options; ``hparam_options`` maps an option name to the
-        file's ``hparams`` key that sets it (sizes of the small memories).
-    spec_from_hparams: ShapeSpec field -> ``hparams`` key (e.g. ``num_data``).
-    renames: (reference prefix, our prefix) pairs applied to parameter names.
-    outputs: distiller output key -> ``extra`` key compared as well (e.g. SimKD's prediction).
-    call: the distiller method that gives ``loss`` (``"init_forward"`` when the reference
-        number is an initialisation-stage loss, as for AB and FSP).
-    state_from_inputs: our state_dict key -> golden input name, for state the reference keeps
-        outside its module (SimKD's frozen copy of the teacher classifier).
-    ignore_params: ``fnmatch`` patterns of reference ``params`` the project does not build
-        (SemCKD's query/key ``regressor`` that the reference's forward never calls, ICKD's unused
-        ``embed_t``); their ``state_after`` entries are skipped too.
-    function: ``"module:name"`` of a plain function checked instead of a distiller, for reference
-        numbers that are not a loss (Recall@K, a sampler's probabilities). ``inputs`` map golden
-        input names to ``"arg:<keyword>"``; ``options`` are extra keywords. The function returns
-        the tensor compared with ``loss``, or a tuple whose first element is; ``outputs`` then
-        maps a tuple position (``"1"``) to the ``extra`` key it must equal.
-    variants: ``extra`` key -> a second step whose reference numbers are that ``extra`` entry
-        (its ``loss`` and ``grads``, or ``grad_<input>`` keys): ``options`` override the entry's
-        options (AOMD's ``mode1``); ``inputs_from`` = ``("module:name", keywords)`` names a
-        function called with the golden inputs its signature asks for, whose returned dict
-        replaces those inputs and is itself compared with the ``extra`` entry (the triplet
-        samplers' index vectors, then the loss on them).
-    task: the trainer task whose training step exercises the entry (``tests/test_methods_training.py``
-        covers ``classification``; the metric-learning entries run in ``tests/test_metric_learning.py``).
-    """
-
-    distiller: str
-    inputs: Mapping[str, str]
-    options: Mapping[str, Any] = field(default_factory=dict)
-    hparam_options: Mapping[str, str] = field(default_factory=dict)
-    spec_from_hparams: Mapping[str, str] = field(default_factory=dict)
-    renames: Sequence[Tuple[str, str]] = ()
-    outputs: Mapping[str, str] = field(default_factory=dict)
-    call: str = "forward"
-    state_from_inputs: Mapping[str, str] = field(default_factory=dict)
-    ignore_params: Sequence[str] = ()
-    function: str = ""
-    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    task: str = "classification"
-
-
-LOGITS = {"logit_s": "s:logits", "logit_t": "t:logits"}
-EMBEDS = {"embed_s": "s:logits", "embed_t": "t:logits"}  # the embedding net's output is its logits tap
-LABELLED = {"embeddings": "s:logits", "labels": "batch:labels"}
-TRIPLETS = {"anchor_idx": "batch:anchor_idx", "pos_idx": "batch:pos_idx", "neg_idx": "batch:neg_idx"}
-
-
-def _mined(sampler: str) -> Dict[str, Any]:
-    """A triplet ``extra`` variant: the sampler's indices (squared-distance mining, as L2Triplet)."""
-    return {"inputs_from": ("distillers.methods._pairs:mined_triplets", {"sampler": sampler, "squared": True})}
-
-
-#: method field of a golden file -> how to reproduce it. One entry per method.
-TABLE: Dict[str, GoldenEntry] = {
-    "kd": GoldenEntry("kd", LOGITS, options={"kd_T": 4.0}),
-    "fitnet": GoldenEntry("fitnet", {"feat_s": "s:stage2", "feat_t": "t:stage2"},
-                          options={"hint_layer": 2}, renames=(("", "regressor."),)),
-    "at": GoldenEntry("at", {"g_s": "s:stages", "g_t": "t:stages"}, options={"p": 2}),
-    "sp": GoldenEntry("sp", {"feat_s": "s:last_map", "feat_t": "t:last_map"}),
-    "cc": GoldenEntry("cc", {"feat_s": "s:pooled", "feat_t": "t:pooled"}, options={"feat_dim": 128}),
-    "vid": GoldenEntry("vid", {"g_s": "s:stages", "g_t": "t:stages"}, renames=(("", "estimators."),)),
-    "rkd": GoldenEntry("rkd", {"feat_s": "s:pooled", "feat_t": "t:pooled"},
-                       options={"distance_weight": 25.0, "angle_weight": 50.0}),
-    "pkt": GoldenEntry("pkt", {"feat_s": "s:pooled", "feat_t": "t:pooled"}),
-    "nst": GoldenEntry("nst", {"g_s": "s:stages", "g_t": "t:stages"}),
-    "dkd": GoldenEntry("dkd", {**LOGITS, "target": "batch:labels"},
-                       options={"dkd_alpha": 1.0, "dkd_beta": 8.0, "kd_T": 4.0}),
-    "crd": GoldenEntry(
-        "crd", {"feat_s": "s:pooled", "feat_t": "t:pooled", "idx": "batch:index",
-                "contrast_idx": "batch:contrast_idx"},
-        options={"nce_t": 0.07, "nce_m": 0.5}, hparam_options={"nce_k": "nce_k"},
-        spec_from_hparams={"num_data": "n_data"}),
-    "crd_fifo": GoldenEntry(
-        "crd_queue", {"feat_s": "s:pooled", "feat_t": "t:pooled"},
-        options={"nce_t": 0.07, "enqueue_first": True}, hparam_options={"nce_k": "nce_k"},
-        renames=(("memory.embed_s.", "embed_s.linear."), ("memory.embed_t.", "embed_t.linear."))),
-    "rrd": GoldenEntry(
-        "rrd", {"feat_s": "s:pooled", "feat_t": "t:pooled"},
-        options={"nce_t_s": 0.1, "nce_t_t": 0.02, "enqueue_first": True, "queue_row_norm": False},
-        hparam_options={"nce_k": "nce_k"},
-        renames=(("memory.embed_s.", "embed_s.linear."), ("memory.embed_t.", "embed_t.linear."))),
-    "rrd_momentum": GoldenEntry(
-        "rrd", {"feat_s": "s:pooled", "feat_t": "t:pooled", "idx": "batch:index",
-                "contrast_idx": "batch:contrast_idx"},
-        options={"memory_type": "momentum", "nce_t_s": 0.1, "nce_t_t": 0.02, "nce_t": 0.07, "nce_m": 0.5},
-        hparam_options={"nce_k": "nce_k"}, spec_from_hparams={"num_data": "n_data"},
-        renames=(("memory.embed_s.", "embed_s.linear."), ("memory.embed_t.", "embed_t.linear."),
-                 ("memory.contrast.", "contrast."))),
-    "dcd": GoldenEntry(
-        "dcd", {"feat_s": "s:pooled", "feat_t": "t:pooled"}, options={"dcd_alpha": 0.5},
-        renames=(("params.", ""), ("embed_s.", "embed_s.linear."), ("embed_t.", "embed_t.linear."))),
-    "srrl": GoldenEntry(
-        "srrl", {"feat_s": "s:pooled", "feat_t": "t:pooled", "logit_t": "t:logits",
-                 "teacher_fc_weight": "t:classifier.weight", "teacher_fc_bias": "t:classifier.bias"}),
-    "semckd": GoldenEntry(
-        "semckd", {"g_s": "s:stages", "g_t": "t:stages"}, options={"soft": 1.0},
-        spec_from_hparams={"batch_size": "feat_dim_is_batch_size"},
-        ignore_params=("query_*.regressor.*", "key_*.regressor.*")),
-    "simkd": GoldenEntry(
-        "simkd", {"feat_s": "s:last_map", "feat_t": "t:last_map",
-                  "teacher_fc_weight": "t:classifier.weight", "teacher_fc_bias": "t:classifier.bias"},
-        options={"factor": 2}, renames=(("transfer.", "head.transfer."),),
-        state_from_inputs={"head.fc.weight": "teacher_fc_weight", "head.fc.bias": "teacher_fc_bias"},
-        outputs={"logits": "logits"}),
-    "ab": GoldenEntry("ab", {"g_s": "s:stages_preact", "g_t": "t:stages_preact"},
-                      options={"margin": 1.0}, call="init_forward"),
-    "fsp": GoldenEntry("fsp", {"g_s": "s:stem+stages", "g_t": "t:stem+stages"}, call="init_forward"),
-    "ft": GoldenEntry("ft", {"feat_s": "s:last_map", "factor_t": "t:factor"},
-                      renames=(("encoder.", "translator."),)),
-    "kdsvd": GoldenEntry("kdsvd", {"g_s": "s:stages", "g_t": "t:stages"}, options={"k": 1}),
-    "reviewkd": GoldenEntry(
-        "reviewkd", {"feats_s": "s:_+stages", "pooled_s": "s:pooled",
-                     "preact_feats_t": "t:_+stages_preact", "pooled_t": "t:pooled"},
-        options={"reviewkd_weight": 1.0}, renames=(("", "abfs."),)),
-    # metric learning (lenscloth/RKD metric/, ahu-hpt/AOMD metric/); embeddings = the embedding net's output
-    "rkd_metric": GoldenEntry("metric_rkd", EMBEDS, options={"distance_weight": 1.0, "angle_weight": 2.0},
-                              hparam_options={"distance_weight": "dist_ratio", "angle_weight": "angle_ratio"},
-                              task="metric"),
-    "triplet": GoldenEntry(
-        "triplet", {**LABELLED, **TRIPLETS}, options={"margin": 0.2, "p": 2},
-        hparam_options={"margin": "margin", "p": "p"},
-        variants={"all_pairs": _mined("all"), "hard_negative": _mined("hard"),
-                  "semihard_negative": _mined("semihard")}, task="metric"),
-    "distance_weighted_logweights": GoldenEntry(
-        "", {"embeddings": "arg:embeddings", "labels": "arg:labels"},
-        function="distillers.methods._pairs:distance_weighted_probabilities",
-        options={"cut_off": 0.5, "nonzero_loss_cutoff": 1.4}, outputs={"1": "anchor_idx", "2": "pos_idx"},
-        hparam_options={"cut_off": "cut_off", "nonzero_loss_cutoff": "nonzero_loss_cutoff"},
-        task="metric"),
-    "recall_at_k": GoldenEntry("", {"embeddings": "arg:embeddings", "labels": "arg:labels"},
-                               function="distillers.retrieval:recall_at_k", options={"ks": (1, 2, 4, 8)},
-                               hparam_options={"ks": "K"}, task="metric"),
-    "darkrank": GoldenEntry("darkrank", EMBEDS, options={"dark_alpha": 2.0, "dark_beta": 3.0, "permute_len": 4},
-                            hparam_options={"dark_alpha": "alpha", "dark_beta": "beta", "permute_len": "permute_len"},
-                            task="metric"),
-    "metric_contrastive": GoldenEntry("contrastive", {**LABELLED, **TRIPLETS}, options={"margin": 0.2},
-                                      hparam_options={"margin": "margin"}, task="metric"),
-    "metric_at": GoldenEntry("metric_at", {"g_s": "s:stage2+stage3+stage4", "g_t": "t:stage2+stage3+stage4"},
-                             options={"p": 2}, hparam_options={"p": "p"}, task="metric"),
-    "metric_fitnet": GoldenEntry("metric_fitnet", {"feat_s": "s:stage2", "feat_t": "t:stage2"},
-                                 options={"fitnet_layers": "stage2"}, renames=(("transform.", "regressors.stage2."),),
-                                 task="metric"),
-    "metric_sp": GoldenEntry("metric_sp", EMBEDS, options={"sp_mode": "per_sample"}, task="metric"),
-    # feats_s are the student stages after AOMD's adapters (equal channels: the adapters are identities)
-    "aomd": GoldenEntry("aomd", {"feats_s": "s:stages", "feats_t": "t:stages"},
-                        options={"aomd_mode": 2, "aomd_global": 1.0, "aomd_local": 1.0},
-                        hparam_options={"aomd_mode": "mode"},
-                        variants={"mode1": {"options": {"aomd_mode": 1}}}, task="metric"),
-    # logit methods and logit standardisation (tests/golden/, made by tests/golden/make_logit_goldens.py)
-    "kd_ls": GoldenEntry("kd", LOGITS, options={"kd_T": 2.0, "logit_std": True}),
-    "dkd_ls": GoldenEntry("dkd", {**LOGITS, "target": "batch:labels"},
-                          options={"dkd_alpha": 9.0, "dkd_beta": 72.0, "kd_T": 2.0, "logit_std": True},
-                          outputs={"tckd": "alpha_tckd", "nckd": "beta_nckd"}),
-    "dist": GoldenEntry("dist", LOGITS, options={"dist_beta": 1.0, "dist_gamma": 1.0, "dist_tau": 4.0},
-                        outputs={"dist_inter": "inter", "dist_intra": "intra"}),
-    "dist_ls": GoldenEntry("dist", LOGITS, options={"dist_beta": 1.0, "dist_gamma": 1.0, "dist_tau": 4.0,
-                                                    "logit_std": True},
-                           outputs={"dist_inter": "inter", "dist_intra": "intra"}),
-    "wsld": GoldenEntry("wsld", {**LOGITS, "target": "batch:labels"}, options={"wsld_T": 2.0}),
-    "wsld_ls": GoldenEntry("wsld", {**LOGITS, "target": "batch:labels"}, options={"wsld_T": 2.0, "logit_std": True}),
-    "nkd": GoldenEntry("nkd", {**LOGITS, "target": "batch:labels"}, options={"nkd_T": 3.0, "nkd_gamma": 3.5},
-                       outputs={"nkd_target": "target", "nkd_non_target": "non_target"}),
-    "nkd_ls": GoldenEntry("nkd", {**LOGITS, "target": "batch:labels"},
-                          options={"nkd_T": 3.0, "nkd_gamma": 3.5, "logit_std": True},
-                          outputs={"nkd_target": "target", "nkd_non_target": "non_target"}),
-    # feature methods (tests/golden/, made by tests/golden/make_feature_goldens.py)
-    "ofd": GoldenEntry("ofd", {"feats_s": "s:stages_preact", "preact_feats_t": "t:stages_preact",
-                               "bn_weight_t": "t:stages_bn.weight", "bn_bias_t": "t:stages_bn.bias"},
-                       renames=(("connectors.connectors.", "connectors."),)),
-    "ickd": GoldenEntry("ickd", {"feat_s": "s:last_map", "feat_t": "t:last_map"},
-                        renames=(("embed_s.conv2d.", "embed.0."), ("embed_s.l2norm.", "embed.1.")),
-                        ignore_params=("embed_t.*",)),
-    "catkd": GoldenEntry("catkd", {"feat_s": "s:last_map", "fc_s_weight": "s:classifier.weight",
-                                   "feat_t": "t:last_map", "fc_t_weight": "t:classifier.weight"},
-                         options={"cat_weight": 1.0, "cam_resolution": 2, "cam_normalize": False},
-                         variants={"normalized_res4": {"options": {"cam_resolution": 4, "cam_normalize": True}}}),
-    # CTKD, MLKD, DOT (tests/golden/, made by tests/golden/make_ctkd_mlkd_dot_goldens.py)
-    "ctkd": GoldenEntry("ctkd", {**LOGITS, "target": "batch:labels", "epoch": "batch:epoch"},
-                        variants={"dkd_base": {"options": {"ctkd_base": "dkd", "dkd_beta": 2.0}}}),
-    "mlkd": GoldenEntry("mlkd", {**LOGITS, "logit_s_strong": "strong_s:logits", "logit_t_strong": "strong_t:logits"},
-                        options={"kd_T": 4.0},
-                        outputs={"mlkd_instance": "loss_kd", "mlkd_batch": "loss_bc", "mlkd_class": "loss_cc"}),
-    "dot": GoldenEntry("", {k: f"arg:{k}" for k in ("x", "y", "feat_t", "w_shared", "b_shared", "w_task", "w_kd")},
-                       function="distillers.optim:dot_trajectory",
-                       hparam_options={k: k for k in ("lr", "momentum", "delta", "weight_decay", "steps")},
-                       outputs={"1": "params", "2": "momentum_buffer", "3": "momentum_kd_buffer"},
-                       task="optimizer"),  # an optimiser (--dot): the trainer test is tests/test_trainer.py
-    # CTKD and MLKD with logit standardisation (tests/golden/, make_ctkd_mlkd_dot_goldens.py --ls)
-    "ctkd_ls": GoldenEntry("ctkd", {**LOGITS, "target": "batch:labels", "epoch": "batch:epoch"},
-                           options={"logit_std": True},
-                           variants={"dkd_base": {"options": {"ctkd_base": "dkd", "dkd_beta": 2.0}}}),
-    "mlkd_ls": GoldenEntry("mlkd", {**LOGITS, "logit_s_strong": "strong_s:logits", "logit_t_strong": "strong_t:logits"},
-                           options={"kd_T": 2.0, "logit_std": True},
-                           outputs={"mlkd_instance": "loss_kd", "mlkd_batch": "loss_bc", "mlkd_class": "loss_cc"}),
-    # ---- end of table ----
-}
+#: method field of a golden file -> how to reproduce it (the registry of distillers.reference).
+TABLE = GOLDEN
 
 
 # ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.optim import Optimizer
+from distillers.reference import GoldenEntry, register_golden
 
 
 class DistillationOrientedTrainer(Optimizer):
@@ -136,3 +137,12 @@ def dot_trajectory(x, y, feat_t, w_shared, b_shared, w_task, w_kd, lr, momentum,
     task_bufs = [opt.state[p]["momentum_buffer"] for p in params[:3]]
     kd_bufs = [opt.state[p]["momentum_kd_buffer"] for p in (params[0], params[1], params[3])]
     return torch.stack(losses), trajectory, task_bufs, kd_bufs
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+register_golden("dot", GoldenEntry(
+    "", {k: f"arg:{k}" for k in ("x", "y", "feat_t", "w_shared", "b_shared", "w_task", "w_kd")},
+    function="distillers.optim:dot_trajectory",
+    hparam_options={k: k for k in ("lr", "momentum", "delta", "weight_decay", "steps")},
+    outputs={"1": "params", "2": "momentum_buffer", "3": "momentum_kd_buffer"},
+    task="optimizer"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
+from distillers.reference import GoldenEntry, register_golden
 
 DEFAULT_BLOCK_ELEMENTS = 1 << 24
 
@@ -42,3 +43,10 @@ def recall_at_k(embeddings: torch.Tensor, labels: torch.Tensor, ks: Sequence[int
         for i, k in enumerate(ks):
             hits[i] += match[:, :k].any(dim=1).sum()
     return hits.double().cpu() / n
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+register_golden("recall_at_k", GoldenEntry(
+    "", {"embeddings": "arg:embeddings", "labels": "arg:labels"},
+    function="distillers.retrieval:recall_at_k", options={"ks": (1, 2, 4, 8)},
+    hparam_options={"ks": "K"}, task="metric"))

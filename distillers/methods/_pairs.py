@@ -22,6 +22,7 @@ from typing import Tuple
 
 import torch
 import torch.nn.functional as F
+from distillers.reference import GoldenEntry, register_golden
 
 SAMPLERS = ("all", "random", "hard", "semihard", "distance")
 BIG_NUMBER = 1e12
@@ -148,3 +149,12 @@ def tap_shape(spec_side, tap: str, side: str, owner: str):
         known = sorted(k for k in spec_side if not isinstance(spec_side[k], list))
         raise ValueError(f"{owner}: the {side} has no tap '{tap}'; its taps: {', '.join(known)}")
     return tuple(spec_side[tap])
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+register_golden("distance_weighted_logweights", GoldenEntry(
+    "", {"embeddings": "arg:embeddings", "labels": "arg:labels"},
+    function="distillers.methods._pairs:distance_weighted_probabilities",
+    options={"cut_off": 0.5, "nonzero_loss_cutoff": 1.4}, outputs={"1": "anchor_idx", "2": "pos_idx"},
+    hparam_options={"cut_off": "cut_off", "nonzero_loss_cutoff": "nonzero_loss_cutoff"},
+    task="metric"))

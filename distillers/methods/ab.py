@@ -3,6 +3,7 @@ from torch import nn
 
 from distillers.base import Distiller, InitStage, Option, register_distiller
 from distillers.methods.fitnet import ConvReg
+from distillers.reference import GoldenEntry, register_golden
 
 INIT_TAPS = ("stages_preact",)
 
@@ -71,3 +72,8 @@ class AB(Distiller):
 
     def forward(self, s, t, batch=None):
         return {}
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+register_golden("ab", GoldenEntry("ab", {"g_s": "s:stages_preact", "g_t": "t:stages_preact"},
+                                  options={"margin": 1.0}, call="init_forward"))

@@ -3,6 +3,7 @@ import torch.nn.functional as F
 
 from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._common import pool_to_smaller
+from distillers.reference import GoldenEntry, register_golden
 
 
 def last_stage_pairs(student, teacher):
@@ -56,3 +57,7 @@ class AT(Distiller):
             f_s, f_t = pool_to_smaller(f_s, f_t)
             terms[f"stage{i}"] = (self.attention(f_s) - self.attention(f_t)).pow(2).mean()
         return terms
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+register_golden("at", GoldenEntry("at", {"g_s": "s:stages", "g_t": "t:stages"}, options={"p": 2}))

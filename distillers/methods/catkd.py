@@ -3,6 +3,7 @@ GzyAftermath/CAT-KD (an mdistiller fork)."""
 import torch.nn.functional as F
 
 from distillers.base import Distiller, Option, register_distiller
+from distillers.reference import GoldenEntry, register_golden
 
 #: CAT-KD ``configs/cifar100/CAT_KD/*.yaml`` per (teacher, student):
 #: (CAT_loss_weight, CAM_RESOLUTION, IF_NORMALIZE).
@@ -90,3 +91,11 @@ class CATKD(Distiller):
 
     def forward(self, s, t, batch=None):
         return {"cat": self.cat_weight * F.mse_loss(self.cams(s), self.cams(t))}
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+register_golden("catkd", GoldenEntry(
+    "catkd", {"feat_s": "s:last_map", "fc_s_weight": "s:classifier.weight",
+              "feat_t": "t:last_map", "fc_t_weight": "t:classifier.weight"},
+    options={"cat_weight": 1.0, "cam_resolution": 2, "cam_normalize": False},
+    variants={"normalized_res4": {"options": {"cam_resolution": 4, "cam_normalize": True}}}))

@@ -2,6 +2,7 @@
 
 from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._common import LinearEmbed, flat_dim
+from distillers.reference import GoldenEntry, register_golden
 
 
 @register_distiller("cc")
@@ -27,3 +28,7 @@ class CC(Distiller):
         delta = (self.embed_s(s["pooled"]) - self.embed_t(t["pooled"])).abs()
         pairs = (delta[:-1] * delta[1:]).sum()
         return {"cc": pairs / max(delta.shape[0] - 1, 1)}
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+register_golden("cc", GoldenEntry("cc", {"feat_s": "s:pooled", "feat_t": "t:pooled"}, options={"feat_dim": 128}))

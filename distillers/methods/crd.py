@@ -2,6 +2,7 @@
 from distillers.base import BatchNeeds, Distiller, Option, register_distiller
 from distillers.methods._common import LinearEmbed
 from distillers.methods._memory import ContrastMemory, nce_loss, pooled_dim, require_num_data
+from distillers.reference import GoldenEntry, register_golden
 
 MODES = ("exact", "relax")
 
@@ -44,3 +45,11 @@ class CRD(Distiller):
         o_s, o_t = self.contrast(self.embed_s(s["pooled"]), self.embed_t(t["pooled"]),
                                  batch["index"], batch["contrast_idx"])
         return {"crd_s": nce_loss(o_s, self.n_data), "crd_t": nce_loss(o_t, self.n_data)}
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+register_golden("crd", GoldenEntry(
+    "crd", {"feat_s": "s:pooled", "feat_t": "t:pooled", "idx": "batch:index",
+            "contrast_idx": "batch:contrast_idx"},
+    options={"nce_t": 0.07, "nce_m": 0.5}, hparam_options={"nce_k": "nce_k"},
+    spec_from_hparams={"num_data": "n_data"}))

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._common import LinearEmbed
 from distillers.methods._memory import TeacherQueue, pooled_dim
+from distillers.reference import GoldenEntry, register_golden
 
 
 @register_distiller("crd_queue")
@@ -47,3 +48,10 @@ class CRDQueue(Distiller):
         if not self.enqueue_first:
             self.memory.push(v_t, "crd_queue")
         return {"crd_queue": loss}
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+register_golden("crd_fifo", GoldenEntry(
+    "crd_queue", {"feat_s": "s:pooled", "feat_t": "t:pooled"},
+    options={"nce_t": 0.07, "enqueue_first": True}, hparam_options={"nce_k": "nce_k"},
+    renames=(("memory.embed_s.", "embed_s.linear."), ("memory.embed_t.", "embed_t.linear."))))

@@ -14,6 +14,7 @@ from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._logits import LOGIT_STD, check_same_classes, logit_pair
 from distillers.methods.dkd import BETA_PER_PAIR, DEFAULT_BETA, DKD, _kl
 from distillers.methods.kd import kd_loss
+from distillers.reference import GoldenEntry, register_golden, LOGITS
 
 
 class _ScaleGradient(torch.autograd.Function):
@@ -153,3 +154,13 @@ class CTKD(Distiller):
         if self.mlp_name == "instance":
             return {"ctkd": instance_kd_loss(z_s, z_t, T)}
         return {"ctkd": kd_loss(z_s, z_t, T)}
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+# CTKD, MLKD, DOT (tests/golden/, made by tests/golden/make_ctkd_mlkd_dot_goldens.py)
+register_golden("ctkd", GoldenEntry("ctkd", {**LOGITS, "target": "batch:labels", "epoch": "batch:epoch"},
+                                    variants={"dkd_base": {"options": {"ctkd_base": "dkd", "dkd_beta": 2.0}}}))
+# CTKD and MLKD with logit standardisation (tests/golden/, make_ctkd_mlkd_dot_goldens.py --ls)
+register_golden("ctkd_ls", GoldenEntry("ctkd", {**LOGITS, "target": "batch:labels", "epoch": "batch:epoch"},
+                                       options={"logit_std": True},
+                                       variants={"dkd_base": {"options": {"ctkd_base": "dkd", "dkd_beta": 2.0}}}))

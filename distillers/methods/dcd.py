@@ -6,6 +6,7 @@ from torch import nn
 from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._common import LinearEmbed
 from distillers.methods._memory import pooled_dim
+from distillers.reference import GoldenEntry, register_golden
 
 #: Upper clamp of the learnt logit scale exp(tau) (reference ``max_tau``).
 MAX_SCALE = 10.0
@@ -46,3 +47,9 @@ class DCD(Distiller):
         log_cols = F.log_softmax(logits, dim=0).t()
         consist = (log_cols.exp() * (log_cols - log_rows)).sum() / len(logits)
         return {"dcd_contrast": F.cross_entropy(logits, targets), "dcd_consist": self.dcd_alpha * consist}
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+register_golden("dcd", GoldenEntry(
+    "dcd", {"feat_s": "s:pooled", "feat_t": "t:pooled"}, options={"dcd_alpha": 0.5},
+    renames=(("params.", ""), ("embed_s.", "embed_s.linear."), ("embed_t.", "embed_t.linear."))))

@@ -3,6 +3,7 @@ import torch
 
 from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._logits import LOGIT_STD, check_same_classes, logit_pair
+from distillers.reference import GoldenEntry, register_golden, LOGITS
 
 #: Added to the product of norms in the cosine, as in the reference.
 EPS = 1e-8
@@ -56,3 +57,12 @@ class DIST(Distiller):
         inter = tau ** 2 * (1 - pearson_rows(y_s, y_t).mean())
         intra = tau ** 2 * (1 - pearson_rows(y_s.t(), y_t.t()).mean())
         return {"dist_inter": self.dist_beta * inter, "dist_intra": self.dist_gamma * intra}
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+register_golden("dist", GoldenEntry("dist", LOGITS, options={"dist_beta": 1.0, "dist_gamma": 1.0, "dist_tau": 4.0},
+                                    outputs={"dist_inter": "inter", "dist_intra": "intra"}))
+register_golden("dist_ls", GoldenEntry(
+    "dist", LOGITS, options={"dist_beta": 1.0, "dist_gamma": 1.0, "dist_tau": 4.0,
+                             "logit_std": True},
+    outputs={"dist_inter": "inter", "dist_intra": "intra"}))

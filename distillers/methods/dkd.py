@@ -4,6 +4,7 @@ import torch.nn.functional as F
 
 from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._logits import LOGIT_STD, check_same_classes, logit_pair
+from distillers.reference import GoldenEntry, register_golden, LOGITS
 
 #: mdistiller ``configs/cifar100/dkd/*.yaml`` DKD.BETA per (teacher, student); other pairs use 8.
 BETA_PER_PAIR = {
@@ -81,3 +82,11 @@ class DKD(Distiller):
         log_gt = log_p.masked_fill(~target, float("-inf")).logsumexp(1, keepdim=True)
         log_other = log_p.masked_fill(target, float("-inf")).logsumexp(1, keepdim=True)
         return torch.cat([log_gt, log_other], dim=1)
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+register_golden("dkd", GoldenEntry("dkd", {**LOGITS, "target": "batch:labels"},
+                                   options={"dkd_alpha": 1.0, "dkd_beta": 8.0, "kd_T": 4.0}))
+register_golden("dkd_ls", GoldenEntry("dkd", {**LOGITS, "target": "batch:labels"},
+                                      options={"dkd_alpha": 9.0, "dkd_beta": 72.0, "kd_T": 2.0, "logit_std": True},
+                                      outputs={"tckd": "alpha_tckd", "nckd": "beta_nckd"}))

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distillers.base import Distiller, Option, register_distiller
+from distillers.reference import GoldenEntry, register_golden
 
 
 class ConvReg(nn.Module):
@@ -70,3 +71,8 @@ class FitNet(Distiller):
 
     def forward(self, s, t, batch=None):
         return {"hint": F.mse_loss(self.regressor(s[self.tap]), t[self.tap])}
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+register_golden("fitnet", GoldenEntry("fitnet", {"feat_s": "s:stage2", "feat_t": "t:stage2"},
+                                      options={"hint_layer": 2}, renames=(("", "regressor."),)))

@@ -2,6 +2,7 @@
 and Transfer Learning" (FSP)."""
 from distillers.base import Distiller, InitStage, Option, register_distiller
 from distillers.methods._common import pool_to_smaller
+from distillers.reference import GoldenEntry, register_golden
 
 INIT_TAPS = ("stem", "stages")
 
@@ -55,3 +56,7 @@ class FSP(Distiller):
 
     def forward(self, s, t, batch=None):
         return {}
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+register_golden("fsp", GoldenEntry("fsp", {"g_s": "s:stem+stages", "g_t": "t:stem+stages"}, call="init_forward"))

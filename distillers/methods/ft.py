@@ -7,6 +7,7 @@ from torch import nn
 
 from distillers.base import Distiller, InitStage, Option, register_distiller
 from distillers.methods._common import pool_to_smaller
+from distillers.reference import GoldenEntry, register_golden
 
 RATE = 0.5  # factor channels = RATE * teacher channels (the reference's k)
 
@@ -101,3 +102,8 @@ class FT(Distiller):
                 factor_t = self.paraphraser.encoder(t["last_map"])
         f_s, f_t = pool_to_smaller(self.translator(s["last_map"]), factor_t)
         return {"ft": (_factor(f_s) - _factor(f_t)).abs().mean()}
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+register_golden("ft", GoldenEntry("ft", {"feat_s": "s:last_map", "factor_t": "t:factor"},
+                                  renames=(("encoder.", "translator."),)))

@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distillers.base import Distiller, register_distiller
+from distillers.reference import GoldenEntry, register_golden
 
 
 def channel_correlation(f):
@@ -42,3 +43,9 @@ class ICKD(Distiller):
         b, c = f_s.shape[:2]
         diff = channel_correlation(f_s) - channel_correlation(t["last_map"])
         return {"ickd": diff.pow(2).sum() / (c * b)}
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+register_golden("ickd", GoldenEntry("ickd", {"feat_s": "s:last_map", "feat_t": "t:last_map"},
+                                    renames=(("embed_s.conv2d.", "embed.0."), ("embed_s.l2norm.", "embed.1.")),
+                                    ignore_params=("embed_t.*",)))

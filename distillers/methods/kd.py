@@ -3,6 +3,7 @@ import torch.nn.functional as F
 
 from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._logits import LOGIT_STD, logit_pair
+from distillers.reference import GoldenEntry, register_golden, LOGITS
 
 
 def kd_loss(logit_s, logit_t, T: float):
@@ -31,3 +32,9 @@ class KD(Distiller):
     def forward(self, s, t, batch=None):
         z_s, z_t = logit_pair(s["logits"], t["logits"], self.logit_std)
         return {"kd": kd_loss(z_s, z_t, self.kd_T)}
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+register_golden("kd", GoldenEntry("kd", LOGITS, options={"kd_T": 4.0}))
+# logit methods and logit standardisation (tests/golden/, made by tests/golden/make_logit_goldens.py)
+register_golden("kd_ls", GoldenEntry("kd", LOGITS, options={"kd_T": 2.0, "logit_std": True}))

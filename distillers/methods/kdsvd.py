@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from distillers.base import Distiller, Option, register_distiller
+from distillers.reference import GoldenEntry, register_golden
 
 
 def _finite(x):
@@ -71,3 +72,7 @@ class KDSVD(Distiller):
                 terms[f"kdsvd{i - 1}"] = _finite(diff).sum() / f_s.shape[0]
             prev = (v_s, v_t)
         return terms
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+register_golden("kdsvd", GoldenEntry("kdsvd", {"g_s": "s:stages", "g_t": "t:stages"}, options={"k": 1}))

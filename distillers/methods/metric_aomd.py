@@ -22,6 +22,7 @@ from torch import nn
 from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._pairs import METRIC_WEIGHTS
 from distillers.methods.at import last_stage_pairs
+from distillers.reference import GoldenEntry, register_golden
 
 ADAPTERS = ("auto", "conv")
 
@@ -80,3 +81,11 @@ class AOMD(Distiller):
                 pairs = zip(self.maps(f_s, kind), self.maps(f_t, kind))
                 terms[kind] = weight * sum((m_s - m_t).pow(2).mean() for m_s, m_t in pairs)
         return terms
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+# feats_s are the student stages after AOMD's adapters (equal channels: the adapters are identities)
+register_golden("aomd", GoldenEntry("aomd", {"feats_s": "s:stages", "feats_t": "t:stages"},
+                                    options={"aomd_mode": 2, "aomd_global": 1.0, "aomd_local": 1.0},
+                                    hparam_options={"aomd_mode": "mode"},
+                                    variants={"mode1": {"options": {"aomd_mode": 1}}}, task="metric"))

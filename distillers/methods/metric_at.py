@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._pairs import METRIC_WEIGHTS, as_layers, tap_shape
+from distillers.reference import GoldenEntry, register_golden
 
 
 @register_distiller("metric_at", task="metric")
@@ -36,3 +37,9 @@ class MetricAT(Distiller):
 
     def forward(self, s, t, batch=None):
         return {layer: (self.attention(s[layer]) - self.attention(t[layer])).pow(2).mean() for layer in self.layers}
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+register_golden("metric_at", GoldenEntry(
+    "metric_at", {"g_s": "s:stage2+stage3+stage4", "g_t": "t:stage2+stage3+stage4"},
+    options={"p": 2}, hparam_options={"p": "p"}, task="metric"))

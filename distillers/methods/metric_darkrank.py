@@ -9,6 +9,7 @@ import torch
 
 from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._pairs import METRIC_WEIGHTS, pdist
+from distillers.reference import GoldenEntry, register_golden, EMBEDS
 
 
 @register_distiller("darkrank", task="metric")
@@ -40,3 +41,10 @@ class HardDarkRank(Distiller):
         ordered = torch.gather(self.scores(e_s), 1, permute_idx)
         normaliser = torch.stack([torch.logsumexp(ordered[:, i:], dim=1) for i in range(ordered.shape[1])], dim=1)
         return {"darkrank": -(ordered - normaliser).sum(dim=1).mean()}
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+register_golden("darkrank", GoldenEntry(
+    "darkrank", EMBEDS, options={"dark_alpha": 2.0, "dark_beta": 3.0, "permute_len": 4},
+    hparam_options={"dark_alpha": "alpha", "dark_beta": "beta", "permute_len": "permute_len"},
+    task="metric"))

@@ -10,6 +10,7 @@ from torch import nn
 
 from distillers.base import PREDICTION, Distiller, Option, register_distiller
 from distillers.methods._pairs import METRIC_WEIGHTS, as_layers, tap_shape
+from distillers.reference import GoldenEntry, register_golden
 
 
 def _as_map(x):
@@ -46,3 +47,10 @@ class MetricFitNet(Distiller):
             key = "embedding" if layer == PREDICTION else layer  # a 'logits' key is not summed as a loss
             terms[key] = (regressor(_as_map(s[layer])) - _as_map(t[layer])).pow(2).mean()
         return terms
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+register_golden("metric_fitnet", GoldenEntry(
+    "metric_fitnet", {"feat_s": "s:stage2", "feat_t": "t:stage2"},
+    options={"fitnet_layers": "stage2"}, renames=(("transform.", "regressors.stage2."),),
+    task="metric"))

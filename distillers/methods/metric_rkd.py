@@ -7,6 +7,7 @@ and no task loss. The teacher side carries no gradient (its taps run under no_gr
 from distillers.base import Option, register_distiller
 from distillers.methods._pairs import METRIC_WEIGHTS
 from distillers.methods.rkd import RKD
+from distillers.reference import GoldenEntry, register_golden, EMBEDS
 
 
 @register_distiller("metric_rkd", task="metric")
@@ -24,3 +25,11 @@ class MetricRKD(RKD):
         "distance_weight": Option(1.0, "weight of the distance term", min=0),
         "angle_weight": Option(2.0, "weight of the angle term", min=0),
     }
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+# metric learning (lenscloth/RKD metric/, ahu-hpt/AOMD metric/); embeddings = the embedding net's output
+register_golden("rkd_metric", GoldenEntry(
+    "metric_rkd", EMBEDS, options={"distance_weight": 1.0, "angle_weight": 2.0},
+    hparam_options={"distance_weight": "dist_ratio", "angle_weight": "angle_ratio"},
+    task="metric"))

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._pairs import METRIC_WEIGHTS
 from distillers.methods.sp import _similarity
+from distillers.reference import GoldenEntry, register_golden, EMBEDS
 
 SP_MODES = ("batch", "per_sample")
 
@@ -46,3 +47,7 @@ class MetricSP(Distiller):
         g_s = F.normalize(x @ x.transpose(1, 2), dim=2)
         g_t = F.normalize(y @ y.transpose(1, 2), dim=2)
         return {"sp": ((g_t - g_s).pow(2).sum(dim=(1, 2)) / ds ** 2).mean()}
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+register_golden("metric_sp", GoldenEntry("metric_sp", EMBEDS, options={"sp_mode": "per_sample"}, task="metric"))

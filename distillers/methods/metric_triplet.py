@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._pairs import METRIC_WEIGHTS, SAMPLERS, sample_triplets
+from distillers.reference import GoldenEntry, register_golden, LABELLED, TRIPLETS, mined_variant
 
 TRIPLET_KEYS = ("anchor_idx", "pos_idx", "neg_idx")
 MARGIN = Option(0.2, "margin", min=0)
@@ -77,3 +78,13 @@ class Contrastive(_TripletLoss):
         pos = F.pairwise_distance(e[a], e[p], p=2).pow(2)
         neg = (self.margin - F.pairwise_distance(e[a], e[n], p=2)).clamp(min=0).pow(2)
         return {"contrastive": torch.cat((pos, neg)).mean()}
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+register_golden("triplet", GoldenEntry(
+    "triplet", {**LABELLED, **TRIPLETS}, options={"margin": 0.2, "p": 2},
+    hparam_options={"margin": "margin", "p": "p"},
+    variants={"all_pairs": mined_variant("all"), "hard_negative": mined_variant("hard"),
+              "semihard_negative": mined_variant("semihard")}, task="metric"))
+register_golden("metric_contrastive", GoldenEntry("contrastive", {**LABELLED, **TRIPLETS}, options={"margin": 0.2},
+                                                  hparam_options={"margin": "margin"}, task="metric"))

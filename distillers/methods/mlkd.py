@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._logits import LOGIT_STD, check_same_classes, logit_pair
 from distillers.methods.kd import kd_loss
+from distillers.reference import GoldenEntry, register_golden, LOGITS
 
 
 def class_loss(logit_s, logit_t, T):
@@ -103,3 +104,14 @@ class MLKD(Distiller):
             batch_level = batch_level + frac_sample * batch_loss(z_s, z_t, T)
             class_level = class_level + frac_class * class_loss(z_s, z_t, T)
         return {"mlkd_instance": instance, "mlkd_batch": batch_level, "mlkd_class": class_level}
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+register_golden("mlkd", GoldenEntry(
+    "mlkd", {**LOGITS, "logit_s_strong": "strong_s:logits", "logit_t_strong": "strong_t:logits"},
+    options={"kd_T": 4.0},
+    outputs={"mlkd_instance": "loss_kd", "mlkd_batch": "loss_bc", "mlkd_class": "loss_cc"}))
+register_golden("mlkd_ls", GoldenEntry(
+    "mlkd", {**LOGITS, "logit_s_strong": "strong_s:logits", "logit_t_strong": "strong_t:logits"},
+    options={"kd_T": 2.0, "logit_std": True},
+    outputs={"mlkd_instance": "loss_kd", "mlkd_batch": "loss_bc", "mlkd_class": "loss_cc"}))

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._logits import LOGIT_STD, check_same_classes, logit_pair
+from distillers.reference import GoldenEntry, register_golden, LOGITS
 
 
 @register_distiller("nkd")
@@ -48,3 +49,12 @@ class NKD(Distiller):
         others_s, others_t = z_s[~target].reshape(n, c - 1), z_t[~target].reshape(n, c - 1)
         cross = (F.softmax(others_t / T, dim=1) * F.log_softmax(others_s / T, dim=1)).sum(1).mean()
         return {"nkd_target": target_term, "nkd_non_target": -self.nkd_gamma * T * T * cross}
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+register_golden("nkd", GoldenEntry(
+    "nkd", {**LOGITS, "target": "batch:labels"}, options={"nkd_T": 3.0, "nkd_gamma": 3.5},
+    outputs={"nkd_target": "target", "nkd_non_target": "non_target"}))
+register_golden("nkd_ls", GoldenEntry("nkd", {**LOGITS, "target": "batch:labels"},
+                                      options={"nkd_T": 3.0, "nkd_gamma": 3.5, "logit_std": True},
+                                      outputs={"nkd_target": "target", "nkd_non_target": "non_target"}))

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from distillers.base import Distiller, register_distiller
 from distillers.methods._common import pool_to_smaller
 from distillers.methods.at import last_stage_pairs, stage_shape_pairs
+from distillers.reference import GoldenEntry, register_golden
 
 
 def _poly_kernel(a, b):
@@ -39,3 +40,7 @@ class NST(Distiller):
             terms[f"stage{i}"] = (_poly_kernel(f_t, f_t).detach() + _poly_kernel(f_s, f_s)
                                   - 2 * _poly_kernel(f_s, f_t))
         return terms
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+register_golden("nst", GoldenEntry("nst", {"g_s": "s:stages", "g_t": "t:stages"}))

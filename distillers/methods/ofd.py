@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distillers.base import Distiller, Option, register_distiller
+from distillers.reference import GoldenEntry, register_golden
 
 #: Tap group of the teacher's BatchNorm modules whose outputs feed each stage's final ReLU
 #: (``stage1_bn``, ``stage2_bn``, ...): the margins are computed from their weight and bias.
@@ -111,3 +112,10 @@ class OFD(Distiller):
             margin = margin.to(y).view(1, -1, 1, 1)
             terms[f"stage{self.first_s + i + 1}"] = partial_l2(x, y, margin) / 2 ** (n - 1 - i)
         return terms
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+# feature methods (tests/golden/, made by tests/golden/make_feature_goldens.py)
+register_golden("ofd", GoldenEntry("ofd", {"feats_s": "s:stages_preact", "preact_feats_t": "t:stages_preact",
+                                           "bn_weight_t": "t:stages_bn.weight", "bn_bias_t": "t:stages_bn.bias"},
+                                   renames=(("connectors.connectors.", "connectors."),)))

@@ -2,6 +2,7 @@
 import torch
 
 from distillers.base import Distiller, register_distiller
+from distillers.reference import GoldenEntry, register_golden
 
 EPS = 1e-7  # RepDistiller's eps, both in the normalisation and in the log ratio
 
@@ -25,3 +26,7 @@ class PKT(Distiller):
     def forward(self, s, t, batch=None):
         p, q = _conditional(s["pooled"]), _conditional(t["pooled"])
         return {"pkt": (q * torch.log((q + EPS) / (p + EPS))).mean()}
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+register_golden("pkt", GoldenEntry("pkt", {"feat_s": "s:pooled", "feat_t": "t:pooled"}))

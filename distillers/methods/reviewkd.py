@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distillers.base import Distiller, Option, register_distiller
+from distillers.reference import GoldenEntry, register_golden
 
 
 class ABF(nn.Module):
@@ -92,3 +93,10 @@ class ReviewKD(Distiller):
         epoch = (batch or {}).get("epoch")
         factor = 1.0 if epoch is None or self.warmup == 0 else min(epoch / self.warmup, 1.0)
         return {"reviewkd": self.reviewkd_weight * factor * loss}
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+register_golden("reviewkd", GoldenEntry(
+    "reviewkd", {"feats_s": "s:_+stages", "pooled_s": "s:pooled",
+                 "preact_feats_t": "t:_+stages_preact", "pooled_t": "t:pooled"},
+    options={"reviewkd_weight": 1.0}, renames=(("", "abfs."),)))

@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from distillers.base import Distiller, Option, register_distiller
+from distillers.reference import GoldenEntry, register_golden
 
 
 def pairwise_distance(x, eps: float = 1e-12):
@@ -50,3 +51,8 @@ class RKD(Distiller):
         if self.angle_weight:
             terms["angle"] = self.angle_weight * F.smooth_l1_loss(_angles(x_s), _angles(x_t))
         return terms
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+register_golden("rkd", GoldenEntry("rkd", {"feat_s": "s:pooled", "feat_t": "t:pooled"},
+                                   options={"distance_weight": 25.0, "angle_weight": 50.0}))

@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from distillers.base import BatchNeeds, Distiller, Option, register_distiller
 from distillers.methods._common import LinearEmbed
 from distillers.methods._memory import ContrastMemory, TeacherQueue, pooled_dim, require_num_data
+from distillers.reference import GoldenEntry, register_golden
 
 MEMORY_TYPES = ("queue", "momentum")
 
@@ -68,3 +69,18 @@ class RRD(Distiller):
         p_t = F.softmax(o_t.detach() / self.nce_t_t, dim=1)
         log_p_s = F.log_softmax(o_s / self.nce_t_s, dim=1)
         return {"rrd": -(p_t * log_p_s).sum(1).mean()}
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+register_golden("rrd", GoldenEntry(
+    "rrd", {"feat_s": "s:pooled", "feat_t": "t:pooled"},
+    options={"nce_t_s": 0.1, "nce_t_t": 0.02, "enqueue_first": True, "queue_row_norm": False},
+    hparam_options={"nce_k": "nce_k"},
+    renames=(("memory.embed_s.", "embed_s.linear."), ("memory.embed_t.", "embed_t.linear."))))
+register_golden("rrd_momentum", GoldenEntry(
+    "rrd", {"feat_s": "s:pooled", "feat_t": "t:pooled", "idx": "batch:index",
+            "contrast_idx": "batch:contrast_idx"},
+    options={"memory_type": "momentum", "nce_t_s": 0.1, "nce_t_t": 0.02, "nce_t": 0.07, "nce_m": 0.5},
+    hparam_options={"nce_k": "nce_k"}, spec_from_hparams={"num_data": "n_data"},
+    renames=(("memory.embed_s.", "embed_s.linear."), ("memory.embed_t.", "embed_t.linear."),
+             ("memory.contrast.", "contrast."))))

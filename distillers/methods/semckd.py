@@ -5,6 +5,7 @@ from torch import nn
 
 from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._common import pool_to_smaller
+from distillers.reference import GoldenEntry, register_golden
 
 #: The query/key embedding width is batch // QK_FACTOR (the reference's SelfA factor).
 QK_FACTOR = 4
@@ -112,3 +113,10 @@ class SemCKD(Distiller):
                 errors.append(diff.pow(2).flatten(1).mean(1))
         errors = torch.stack(errors, 1).view(bsz, self.n_s, self.n_t)
         return {"semckd": (attention * errors).sum() / (bsz * self.n_s)}
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+register_golden("semckd", GoldenEntry(
+    "semckd", {"g_s": "s:stages", "g_t": "t:stages"}, options={"soft": 1.0},
+    spec_from_hparams={"batch_size": "feat_dim_is_batch_size"},
+    ignore_params=("query_*.regressor.*", "key_*.regressor.*")))

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distillers.base import PREDICTION, Distiller, Option, register_distiller
+from distillers.reference import GoldenEntry, register_golden
 
 
 class SimKDHead(nn.Module):
@@ -106,3 +107,12 @@ class SimKD(Distiller):
 
     def inference_head(self) -> nn.Module:
         return self.head
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+register_golden("simkd", GoldenEntry(
+    "simkd", {"feat_s": "s:last_map", "feat_t": "t:last_map",
+              "teacher_fc_weight": "t:classifier.weight", "teacher_fc_bias": "t:classifier.bias"},
+    options={"factor": 2}, renames=(("transfer.", "head.transfer."),),
+    state_from_inputs={"head.fc.weight": "teacher_fc_weight", "head.fc.bias": "teacher_fc_bias"},
+    outputs={"logits": "logits"}))

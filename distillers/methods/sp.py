@@ -2,6 +2,7 @@
 import torch.nn.functional as F
 
 from distillers.base import Distiller, register_distiller
+from distillers.reference import GoldenEntry, register_golden
 
 
 def _similarity(f):
@@ -22,3 +23,7 @@ class SP(Distiller):
         f_s = s["last_map"]
         diff = _similarity(t["last_map"]) - _similarity(f_s)
         return {"sp": diff.pow(2).sum() / f_s.shape[0] ** 2}
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+register_golden("sp", GoldenEntry("sp", {"feat_s": "s:last_map", "feat_t": "t:last_map"}))

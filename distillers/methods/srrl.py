@@ -3,6 +3,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distillers.base import Distiller, register_distiller
+from distillers.reference import GoldenEntry, register_golden
 
 
 @register_distiller("srrl")
@@ -41,3 +42,9 @@ class SRRL(Distiller):
         fc = t["classifier"]
         pred = F.linear(h, fc.weight.detach(), None if fc.bias is None else fc.bias.detach())
         return {"srrl_feat": F.mse_loss(h, t["pooled"]), "srrl_pred": F.mse_loss(pred, t["logits"])}
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+register_golden("srrl", GoldenEntry(
+    "srrl", {"feat_s": "s:pooled", "feat_t": "t:pooled", "logit_t": "t:logits",
+             "teacher_fc_weight": "t:classifier.weight", "teacher_fc_bias": "t:classifier.bias"}))

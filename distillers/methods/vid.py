@@ -8,6 +8,7 @@ from torch import nn
 from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._common import pool_to_smaller
 from distillers.methods.at import last_stage_pairs, stage_shape_pairs
+from distillers.reference import GoldenEntry, register_golden
 
 EPS = 1e-5  # variance floor (RepDistiller / mdistiller EPS)
 
@@ -53,3 +54,7 @@ class VID(Distiller):
     def forward(self, s, t, batch=None):
         pairs = last_stage_pairs(s["stages"], t["stages"])
         return {f"stage{i}": est(f_s, f_t) for est, (i, f_s, f_t) in zip(self.estimators, pairs)}
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+register_golden("vid", GoldenEntry("vid", {"g_s": "s:stages", "g_t": "t:stages"}, renames=(("", "estimators."),)))

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._logits import LOGIT_STD, check_same_classes, logit_pair
+from distillers.reference import GoldenEntry, register_golden, LOGITS
 
 #: Added to the teacher's cross-entropy in the weight's ratio, as in the reference.
 EPS = 1e-7
@@ -47,3 +48,9 @@ class WSLD(Distiller):
             ce_t = F.cross_entropy(z_t, labels, reduction="none")
             weight = 1 - torch.exp(-ce_s / (ce_t + EPS))  # the reference's clamp at 0 never acts
         return {"wsld": T * T * (weight * soft_ce).mean()}
+
+
+# The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
+register_golden("wsld", GoldenEntry("wsld", {**LOGITS, "target": "batch:labels"}, options={"wsld_T": 2.0}))
+register_golden("wsld_ls", GoldenEntry(
+    "wsld", {**LOGITS, "target": "batch:labels"}, options={"wsld_T": 2.0, "logit_std": True}))

@@ -1,0 +1,94 @@
+"""What the project knows about each method's reference code, declared beside the method.
+
+A method file registers the golden files it reproduces (:func:`register_golden`): which
+registered distiller and options reproduce a reference file, which tap each input stands for,
+and how the reference's parameter names map onto ours. The adapter that runs them is
+:mod:`distillers.golden`; this module holds only the declarations, so that adding a method
+touches its own file, its golden file and its tests, nothing central.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Sequence, Tuple
+
+from core.registry import Registry
+
+#: ``method`` field of a golden file -> its :class:`GoldenEntry`; filled by the method modules.
+GOLDEN = Registry("golden entry")
+
+
+@dataclass(frozen=True)
+class GoldenEntry:
+    """How one reference method maps onto a registered distiller.
+
+    inputs: golden input name -> ``"s:<tap>"`` / ``"t:<tap>"`` (student/teacher
+        feature; student ones get gradients) or ``"batch:<key>"``; ``"strong_s:<tap>"`` and
+        ``"strong_t:<tap>"`` are a second augmented view's taps (``batch["strong"]``), optional in
+        a file. A module tap is given by
+        its tensors, ``"<side>:<tap>.weight"`` / ``.bias`` (the teacher's classifier as
+        ``t:classifier.weight``, OFD's BatchNorms as the list ``t:stages_bn.weight``): a 2-D
+        weight becomes an ``nn.Linear`` (it may be called), any other a module that carries the
+        tensors; a student module's tensors get gradients (CAT-KD's classifier).
+        A list input that spans several taps joins them with ``+`` in order, a group
+        taking the elements the single taps leave (``"s:stem+stages"``); ``_`` marks an
+        element the method does not read (its reference gradient is zero).
+    options: fixed distiller options; ``hparam_options`` maps an option name to the
+        file's ``hparams`` key that sets it (sizes of the small memories).
+    spec_from_hparams: ShapeSpec field -> ``hparams`` key (e.g. ``num_data``).
+    renames: (reference prefix, our prefix) pairs applied to parameter names.
+    outputs: distiller output key -> ``extra`` key compared as well (e.g. SimKD's prediction).
+    call: the distiller method that gives ``loss`` (``"init_forward"`` when the reference
+        number is an initialisation-stage loss, as for AB and FSP).
+    state_from_inputs: our state_dict key -> golden input name, for state the reference keeps
+        outside its module (SimKD's frozen copy of the teacher classifier).
+    ignore_params: ``fnmatch`` patterns of reference ``params`` the project does not build
+        (SemCKD's query/key ``regressor`` that the reference's forward never calls, ICKD's unused
+        ``embed_t``); their ``state_after`` entries are skipped too.
+    function: ``"module:name"`` of a plain function checked instead of a distiller, for reference
+        numbers that are not a loss (Recall@K, a sampler's probabilities). ``inputs`` map golden
+        input names to ``"arg:<keyword>"``; ``options`` are extra keywords. The function returns
+        the tensor compared with ``loss``, or a tuple whose first element is; ``outputs`` then
+        maps a tuple position (``"1"``) to the ``extra`` key it must equal.
+    variants: ``extra`` key -> a second step whose reference numbers are that ``extra`` entry
+        (its ``loss`` and ``grads``, or ``grad_<input>`` keys): ``options`` override the entry's
+        options (AOMD's ``mode1``); ``inputs_from`` = ``("module:name", keywords)`` names a
+        function called with the golden inputs its signature asks for, whose returned dict
+        replaces those inputs and is itself compared with the ``extra`` entry (the triplet
+        samplers' index vectors, then the loss on them).
+    task: the trainer task whose training step exercises the entry (``tests/test_methods_training.py``
+        covers ``classification``; the metric-learning entries run in ``tests/test_metric_learning.py``).
+    """
+
+    distiller: str
+    inputs: Mapping[str, str]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    hparam_options: Mapping[str, str] = field(default_factory=dict)
+    spec_from_hparams: Mapping[str, str] = field(default_factory=dict)
+    renames: Sequence[Tuple[str, str]] = ()
+    outputs: Mapping[str, str] = field(default_factory=dict)
+    call: str = "forward"
+    state_from_inputs: Mapping[str, str] = field(default_factory=dict)
+    ignore_params: Sequence[str] = ()
+    function: str = ""
+    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    task: str = "classification"
+
+
+LOGITS = {"logit_s": "s:logits", "logit_t": "t:logits"}
+EMBEDS = {"embed_s": "s:logits", "embed_t": "t:logits"}  # the embedding net's output is its logits tap
+LABELLED = {"embeddings": "s:logits", "labels": "batch:labels"}
+TRIPLETS = {"anchor_idx": "batch:anchor_idx", "pos_idx": "batch:pos_idx", "neg_idx": "batch:neg_idx"}
+
+
+def mined_variant(sampler: str) -> Dict[str, Any]:
+    """A triplet ``extra`` variant: the sampler's indices (squared-distance mining, as L2Triplet)."""
+    return {"inputs_from": ("distillers.methods._pairs:mined_triplets", {"sampler": sampler, "squared": True})}
+
+
+def register_golden(method: str, entry: GoldenEntry) -> GoldenEntry:
+    """Declare that golden files whose ``method`` field is ``method`` are reproduced by ``entry``
+    (one entry per reference method; a second registration of the same name is an error)."""
+    if not isinstance(entry, GoldenEntry):
+        raise TypeError(f"register_golden('{method}', ...) expects a GoldenEntry, got {entry!r}")
+    GOLDEN.register(method)(entry)
+    return entry
