@@ -87,6 +87,9 @@ class Registry:
     def items(self) -> List[Any]:
         return [(name, self._entries[name]) for name in self.names()]
 
+    def values(self) -> List[Any]:
+        return [self._entries[name] for name in self.names()]
+
     def __len__(self) -> int:
         return len(self._entries)
 

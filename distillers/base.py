@@ -258,6 +258,8 @@ class Distiller(nn.Module):
     default_weights: Mapping[str, float] = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
     options: Mapping[str, Any] = {}
     registry_name: str = ""
+    #: The method's name in published tables (``CRD-queue``, ``ReviewKD``); the collector's row label.
+    display_name: str = ""
 
     def __init__(self, spec: ShapeSpec, **options: Any):
         super().__init__()
@@ -284,6 +286,13 @@ class Distiller(nn.Module):
     @classmethod
     def option_names(cls) -> Sequence[str]:
         return tuple(cls.all_options())
+
+    @classmethod
+    def row_name(cls, options: Mapping[str, Any]) -> str:
+        """This method's row label in published tables for a run with ``options`` (its display name;
+        a method whose options name another row, as CTKD's ``ctkd_base``, overrides it). The
+        collector adds the suffixes every method shares: ``+KD`` (-a), ``+LS``, ``+DOT``."""
+        return cls.display_name or cls.registry_name
 
     def forward(self, s: Dict[str, Any], t: Dict[str, Any],
                 batch: Optional[Dict[str, Any]] = None) -> Dict[str, torch.Tensor]:

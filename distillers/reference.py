@@ -1,20 +1,24 @@
 """What the project knows about each method's reference code, declared beside the method.
 
-A method file registers the golden files it reproduces (:func:`register_golden`): which
+A method file registers the golden files it reproduces (:func:`register_golden`: which
 registered distiller and options reproduce a reference file, which tap each input stands for,
-and how the reference's parameter names map onto ours. The adapter that runs them is
+and how the reference's parameter names map onto ours) and the published rows it runs
+(:func:`register_row`: the weights and options of each published CIFAR-100 cell, which
+``scripts/make_configs.py`` writes as configs). The adapter that runs them is
 :mod:`distillers.golden`; this module holds only the declarations, so that adding a method
 touches its own file, its golden file and its tests, nothing central.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from core.registry import Registry
 
 #: ``method`` field of a golden file -> its :class:`GoldenEntry`; filled by the method modules.
 GOLDEN = Registry("golden entry")
+#: published row label (``KD+LS``, ``CRD+KD``, ...) -> its :class:`PublishedRow`; filled by the method modules.
+ROWS = Registry("published row")
 
 
 @dataclass(frozen=True)
@@ -92,3 +96,36 @@ def register_golden(method: str, entry: GoldenEntry) -> GoldenEntry:
         raise TypeError(f"register_golden('{method}', ...) expects a GoldenEntry, got {entry!r}")
     GOLDEN.register(method)(entry)
     return entry
+
+
+#: The RepDistiller CIFAR-100 recipe's loss weights, which the registry's defaults are.
+REPDISTILLER_WEIGHTS = "HobbitLong/RepDistiller scripts/run_cifar_distill.sh weights (the registry's defaults)"
+#: The KD term's reference temperature, for rows that add it with -a.
+KD_T4 = {"kd_T": 4.0}
+
+
+@dataclass(frozen=True)
+class PublishedRow:
+    """How one published row (``shared/reference/results.md``) is run here: ``--distill`` plus weights and
+    options over the registry's defaults. ``scripts/make_configs.py`` writes one config per published cell
+    of the row (and per ``extra_pairs`` pair: reference settings without a published number)."""
+    label: str
+    folder: str                       # configs/cifar100/<folder>/
+    distill: str
+    reference: str                    # where the settings come from
+    weights: Dict[str, float] = field(default_factory=dict)   # gamma/alpha/beta over the registry's
+    options: Dict[str, object] = field(default_factory=dict)  # method options / kd_T over the registry's
+    per_pair: Optional[Callable[[Tuple[str, str]], Dict]] = None          # pair -> options (DKD's beta, CAT-KD)
+    skip: Tuple[str, ...] = ()        # registry options left out of the file (unused by this row)
+    requires: Tuple[str, ...] = ()    # train_student.py flags the row needs (written only when they exist)
+    blocked: str = ""                 # why no file is written (a data path the trainer lacks)
+    note: str = ""
+    extra_pairs: Tuple[Tuple[str, str], ...] = ()  # pairs with reference settings, no published number
+
+
+def register_row(row: PublishedRow) -> PublishedRow:
+    """Declare how published row ``row.label`` is run (one declaration per label)."""
+    if not isinstance(row, PublishedRow):
+        raise TypeError(f"register_row expects a PublishedRow, got {row!r}")
+    ROWS.register(row.label)(row)
+    return row

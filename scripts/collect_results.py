@@ -57,15 +57,6 @@ SAME_FAMILY = [("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1"), ("resnet56", 
                ("vgg13", "vgg8")]
 CROSS_FAMILY = [("vgg13", "MobileNetV2"), ("ResNet50", "MobileNetV2"), ("ResNet50", "vgg8"),
                 ("resnet32x4", "ShuffleV1"), ("resnet32x4", "ShuffleV2"), ("wrn_40_2", "ShuffleV1")]
-#: Row labels and order of results.md.
-DISPLAY = OrderedDict([
-    ("kd", "KD"), ("fitnet", "FitNet"), ("at", "AT"), ("sp", "SP"), ("cc", "CC"), ("vid", "VID"),
-    ("rkd", "RKD"), ("pkt", "PKT"), ("ab", "AB"), ("ft", "FT"), ("fsp", "FSP"), ("nst", "NST"),
-    ("crd", "CRD"), ("crd_queue", "CRD-queue"), ("dcd", "DCD"), ("rrd", "RRD"), ("kdsvd", "KDSVD"),
-    ("ofd", "OFD"), ("reviewkd", "ReviewKD"), ("dkd", "DKD"), ("ctkd", "KD+CTKD"), ("dist", "DIST"),
-    ("mlkd", "MLKD"), ("wsld", "WSLD"), ("nkd", "NKD"), ("ickd", "ICKD"), ("catkd", "CAT-KD"),
-    ("srrl", "SRRL"), ("semckd", "SemCKD"), ("simkd", "SimKD"),
-])
 #: Options whose value is part of the row label (KD+LS, DKD+CTKD, KD+DOT), not listed as extras.
 VARIANT_OPTIONS = ("logit_std", "ctkd_base", "dot")
 #: Options of the KD term that -a adds to any method, with their defaults.
@@ -269,17 +260,41 @@ def published(label: str, pair: Tuple[Optional[str], str]) -> Optional[Tuple[flo
     return None if mc is None else mc.PUBLISHED.get(label, {}).get(pair)
 
 
+def display_name(method: str) -> str:
+    """The method's name in published tables, declared beside it (``Distiller.display_name``)."""
+    try:
+        from distillers.base import DISTILLERS
+        cls = DISTILLERS.get(method)
+    except Exception:  # a run of a plugin method that is not loaded: its registry name
+        return method
+    return cls.display_name or method
+
+
+def method_order() -> List[str]:
+    """Methods in the order of the published tables' rows (results.md), then the others by name."""
+    from distillers.base import DISTILLERS
+    from distillers.reference import ROWS
+
+    mc = _make_configs()
+    labels = list(mc.PUBLISHED) if mc is not None else []
+    ordered = [ROWS[label].distill for label in labels if label in ROWS]
+    return list(dict.fromkeys(ordered + DISTILLERS.names()))
+
+
 def variant_name(method: str, weights: Tuple[float, float, float], options) -> str:
-    """results.md's row name of a run: KD, KD+LS, CRD+KD, DKD+LS, KD+CTKD, KD+DOT, ..."""
-    opts = dict(options)
-    name = DISPLAY.get(method, method)
-    if method == "ctkd":
-        name = "DKD+CTKD" if _canon(opts.get("ctkd_base")) == "dkd" else "KD+CTKD"
+    """results.md's row name of a run: KD, KD+LS, CRD+KD, DKD+LS, KD+CTKD, KD+DOT, ...: the method's
+    own row name (``Distiller.row_name``), then the suffixes every method shares."""
+    opts = {k: _canon(v) for k, v in dict(options).items()}
+    try:
+        from distillers.base import DISTILLERS
+        name = DISTILLERS.get(method).row_name(opts)
+    except Exception:  # a plugin method that is not loaded
+        name = method
     if method != "kd" and weights[1] > 0 and not _registry_defaults(method).get("alpha", 0.0):
         name += "+KD"
-    if _canon(opts.get("logit_std")) is True:
-        name = "CTKD+LS" if name == "KD+CTKD" else name + "+LS"  # results.md's row name
-    if _canon(opts.get("dot")) is True:
+    if opts.get("logit_std") is True and not name.endswith("+LS"):
+        name += "+LS"
+    if opts.get("dot") is True:
         name += "+DOT"
     return name
 
@@ -350,7 +365,7 @@ class Cell:
         return f"{g}·CE + {a}·KD" + ("" if self.method == "kd" else f" + {b}·{self.method}")
 
     def sort_key(self):
-        order = list(DISPLAY)
+        order = method_order()
         rank = order.index(self.method) if self.method in order else len(order)
         return (rank, self.method, self.label())
 

@@ -15,7 +15,8 @@ This module is also the project's one table of the published CIFAR-100 numbers
 (``../shared/reference/results.md`` §1 and §2, copied below verbatim where a method of the
 registry is concerned): :data:`PUBLISHED` maps a row label of that file (``KD``, ``CRD+KD``,
 ``KD+LS``, ...) to {(teacher, student): (top-1, source key)}. :data:`ROWS` says how each row label
-is run here. ``scripts/collect_results.py`` reads both (row labels of runs, published numbers).
+is run here (declared beside each method with ``distillers.reference.register_row``).
+``scripts/collect_results.py`` reads both (row labels of runs, published numbers).
 
 Cells of results.md that get no file, and why, are in :data:`ROWS` (``blocked``: the flag or data
 path the row needs is not in the trainer yet) and :data:`NOT_IMPLEMENTED` (no such method here).
@@ -185,126 +186,14 @@ def _published() -> Dict[str, Dict[Pair, Tuple[float, str]]]:
 PUBLISHED = _published()
 
 # -------------------------------------------------------------- how each row is run here
-#: Per-pair reference values that the method modules also use when their option is unset.
-from distillers.methods.catkd import SETTINGS_PER_PAIR as CATKD_PER_PAIR  # noqa: E402
-from distillers.methods.dkd import BETA_PER_PAIR as DKD_BETA_PER_PAIR, DEFAULT_BETA as DKD_DEFAULT_BETA  # noqa: E402
+#: How each published row is run: declared beside its method (``register_row`` in
+#: ``distillers/methods/<method>.py``), read here once every method module is imported.
+import distillers  # noqa: E402,F401  (registers the methods and their rows)
+from distillers.reference import ROWS, PublishedRow as Row  # noqa: E402,F401
 
-
-def dkd_beta(pair: Pair) -> float:
-    return DKD_BETA_PER_PAIR.get(pair, DKD_DEFAULT_BETA)
-
-
-def _dkd(pair: Pair) -> Dict:
-    return {"dkd_beta": dkd_beta(pair)}
-
-
-def _dkd_ls(pair: Pair) -> Dict:
-    # logit-standardization-KD tools/train.py --logit-stand --base-temp 2 --kd-weight 9:
-    # DKD.ALPHA and DKD.BETA times 9, DKD.T = 2
-    return {"dkd_alpha": 9.0, "dkd_beta": 9.0 * dkd_beta(pair)}
-
-
-#: dvlab-research/ReviewKD CIFAR-100/script/reviewKD.sh --kd-loss-weight (other pairs: 5).
-REVIEWKD_WEIGHT_PER_PAIR = {("resnet56", "resnet20"): 0.6, ("resnet110", "resnet32"): 1.0,
-                            ("resnet32x4", "ShuffleV2"): 8.0}
-
-
-def _reviewkd(pair: Pair) -> Dict:
-    return {"reviewkd_weight": REVIEWKD_WEIGHT_PER_PAIR.get(pair, 5.0)}
-
-
-def _catkd(pair: Pair) -> Dict:
-    weight, resolution, normalize = CATKD_PER_PAIR[pair]
-    return {"cat_weight": weight, "cam_resolution": resolution, "cam_normalize": normalize}
-
-
-@dataclass(frozen=True)
-class Row:
-    """How one results.md row is run: ``--distill`` plus weights and options over the registry's defaults."""
-    label: str
-    folder: str                       # configs/cifar100/<folder>/
-    distill: str
-    reference: str                    # where the settings come from
-    weights: Dict[str, float] = field(default_factory=dict)   # gamma/alpha/beta over the registry's
-    options: Dict[str, object] = field(default_factory=dict)  # method options / kd_T over the registry's
-    per_pair: Optional[Callable[[Pair], Dict]] = None          # pair -> options (DKD's beta, CAT-KD)
-    skip: Tuple[str, ...] = ()        # registry options left out of the file (unused by this row)
-    requires: Tuple[str, ...] = ()    # train_student.py flags the row needs (written only when they exist)
-    blocked: str = ""                 # why no file is written (a data path the trainer lacks)
-    note: str = ""
-
-
-_REPD = "HobbitLong/RepDistiller scripts/run_cifar_distill.sh weights (the registry's defaults)"
-_KD_T4 = {"kd_T": 4.0}
-ROWS: Dict[str, Row] = {r.label: r for r in [
-    Row("KD", "kd", "kd", _REPD + " (-r 0.1 -a 0.9 -b 0, T 4)", options={"kd_T": 4.0, "logit_std": False}),
-    Row("FitNet", "fitnet", "fitnet", _REPD),
-    Row("AT", "at", "at", _REPD),
-    Row("SP", "sp", "sp", _REPD),
-    Row("CC", "cc", "cc", _REPD),
-    Row("VID", "vid", "vid", _REPD),
-    Row("RKD", "rkd", "rkd", _REPD),
-    Row("PKT", "pkt", "pkt", _REPD),
-    Row("AB", "ab", "ab", _REPD),
-    Row("FT", "ft", "ft", _REPD),
-    Row("FSP", "fsp", "fsp", _REPD),
-    Row("NST", "nst", "nst", _REPD),
-    Row("CRD", "crd", "crd", _REPD),
-    Row("CRD+KD", "crd_kd", "crd", _REPD + " with -a 1 (CRD+KD)", weights={"alpha": 1.0}, options=_KD_T4),
-    Row("DCD", "dcd", "dcd", "giakoumoglou/distillers cifar/ scripts (the registry's defaults)"),
-    Row("DCD+KD", "dcd_kd", "dcd", "giakoumoglou/distillers cifar/ scripts, -a 1", weights={"alpha": 1.0},
-        options=_KD_T4),
-    Row("RRD", "rrd", "rrd", "giakoumoglou/distillers cifar/ scripts, paper settings (the registry's defaults)"),
-    Row("RRD+KD", "rrd_kd", "rrd", "giakoumoglou/distillers cifar/ scripts, paper settings, -a 1",
-        weights={"alpha": 1.0}, options=_KD_T4),
-    Row("OFD", "ofd", "ofd", "megvii-research/mdistiller configs/cifar100/ofd.yaml + cfg.py OFD (CE 1, "
-        "FEAT_WEIGHT 1e-3, connector kernel 1)"),
-    Row("ReviewKD", "reviewkd", "reviewkd", "dvlab-research/ReviewKD CIFAR-100/script/reviewKD.sh --kd-loss-weight "
-        "per pair (5 where it has none, as mdistiller's configs/cifar100/reviewkd.yaml), warm-up 20; its train.py "
-        "uses batch 128, lr 0.1 (0.02 for ShuffleNet/MobileNet) with Nesterov momentum, not reproduced here (no "
-        "--nesterov flag): the common CIFAR recipe, as in mdistiller's reproduction", per_pair=_reviewkd),
-    Row("DKD", "dkd", "dkd", "megvii-research/mdistiller configs/cifar100/dkd/<pair>.yaml (BETA per pair, 8 "
-        "otherwise; ALPHA 1, T 4, WARMUP 20)", options={"dkd_alpha": 1.0, "kd_T": 4.0, "warmup": 20,
-                                                        "logit_std": False}, per_pair=_dkd),
-    Row("KD+DOT", "kd_dot", "kd", "megvii-research/mdistiller configs/cifar100/dot/<pair>.yaml (KD + the DOT "
-        "optimiser, delta 0.075)", options={"kd_T": 4.0, "logit_std": False, "dot": True, "dot_delta": 0.075},
-        requires=("dot", "dot_delta")),
-    Row("KD+CTKD", "ctkd", "ctkd", "zhengli97/CTKD scripts/run_cifar_distill.sh (-r 0.1 -a 0.9 -b 0 on the "
-        "learned-T KD term: gamma 0.1, beta 0.9 here; global T 1..21, cosine decay 0 -> -1 over 10 epochs)",
-        skip=("dkd_alpha", "dkd_beta")),
-    Row("DKD+CTKD", "ctkd_dkd", "ctkd", "zhengli97/CTKD scripts (DKD+CTKD: -r 1 -a 0 -b 1, dkd_alpha 1, dkd_beta "
-        "mdistiller's per pair; no CIFAR-100 number in results.md, so no file: the row names such runs)",
-        weights={"gamma": 1.0, "beta": 1.0}, options={"ctkd_base": "dkd"}, per_pair=_dkd),
-    Row("DIST", "dist", "dist", "hunto/DIST_KD classification/configs/strategies/distill/dist_cifar.yaml "
-        "(ori_loss_weight 1, kd_loss_weight 2, dist_t4: tau 4, beta 1, gamma 1; lr 0.01 for MobileNetV2 "
-        "and ShuffleNets, as the recipe)", options={"logit_std": False}),
-    Row("MLKD", "mlkd", "mlkd", "Jin-Ying/Multi-Level-Logit-Distillation configs/cifar100/ours/<pair>.yaml (CE 0.1, "
-        "KD_WEIGHT 0.9 on every level, T 4 then 3, 5, 2, 6; weak and strong views: the registry's defaults); its "
-        "LR 0.025 (0.01 for MobileNetV2/ShuffleNet students) and 480/960 epochs on cross-family pairs are not "
-        "reproduced (the trainer's recipe), and L's numbers come from a longer recipe (results.md §0)"),
-    Row("KD+LS", "kd_ls", "kd", "sunshangquan/logit-standardization-KD README: configs/cifar100/kd/<pair>.yaml "
-        "--logit-stand --base-temp 2 --kd-weight 9 (CE 0.1, KD 9, T 2)", weights={"gamma": 0.1, "alpha": 9.0},
-        options={"kd_T": 2.0, "logit_std": True}),
-    Row("CTKD+LS", "ctkd_ls", "ctkd", "sunshangquan/logit-standardization-KD CTKD/scripts/run_cifar_distill.sh "
-        "(-r 0.1 -a 9 -b 0 on the learned-T KD term, which its train_student.py standardises: gamma 0.1, beta 9 "
-        "here; global T 1..21, cosine decay 0 -> -1 over 10 epochs; its --kd_T 2 is not read with --have_mlp 1). "
-        "Its logs/CTKD/ctkd,<pair>,2,9.txt show T between 2 and 30: those runs bounded T below by 2, not 1",
-        weights={"gamma": 0.1, "beta": 9.0}, options={"logit_std": True}, skip=("dkd_alpha", "dkd_beta")),
-    Row("DKD+LS", "dkd_ls", "dkd", "sunshangquan/logit-standardization-KD README: configs/cifar100/dkd/<pair>.yaml "
-        "--logit-stand --base-temp 2 --kd-weight 9 (DKD ALPHA and BETA x 9, T 2)",
-        options={"kd_T": 2.0, "warmup": 20, "logit_std": True}, per_pair=_dkd_ls),
-    Row("MLKD+LS", "mlkd_ls", "mlkd", "sunshangquan/logit-standardization-KD README: configs/cifar100/mlkd/<pair>.yaml "
-        "--logit-stand --base-temp 2 --kd-weight 9 (TEMPERATURE 2, KD_WEIGHT 9 on every level, CE 0.1; its "
-        "logs/MLKD name --kd-weight 6 on vgg13->vgg8, vgg13->MobileNetV2, resnet32x4->ShuffleV2); the configs' "
-        "480 epochs (960 for ShuffleNets) and per-pair LR are not reproduced (the trainer's recipe)",
-        weights={"gamma": 0.1, "beta": 9.0}, options={"kd_T": 2.0, "logit_std": True}),
-    Row("CAT-KD", "catkd", "catkd", "GzyAftermath/CAT-KD configs/cifar100/CAT_KD/<pair>.yaml (CAT_loss_weight, "
-        "CAM_RESOLUTION, IF_NORMALIZE per pair; CE 1, no KD)", per_pair=_catkd,
-        note="no CAT-KD number in results.md: the fork's settings, for runs of your own"),
-]}
-
-#: Cells with reference settings but no number in results.md: written so that runs use the fork's settings.
-EXTRA_CELLS: List[Tuple[str, Pair]] = [("CAT-KD", pair) for pair in CATKD_PER_PAIR]
+#: Cells with reference settings but no published number (CAT-KD's fork configs): written so that runs
+#: use the reference's settings.
+EXTRA_CELLS: List[Tuple[str, Pair]] = [(label, tuple(pair)) for label, row in ROWS.items() for pair in row.extra_pairs]
 
 
 def pair_name(pair: Pair) -> str:

@@ -3,7 +3,7 @@ from torch import nn
 
 from distillers.base import Distiller, InitStage, Option, register_distiller
 from distillers.methods.fitnet import ConvReg
-from distillers.reference import GoldenEntry, register_golden
+from distillers.reference import GoldenEntry, register_golden, PublishedRow, REPDISTILLER_WEIGHTS, register_row
 
 INIT_TAPS = ("stages_preact",)
 
@@ -33,6 +33,7 @@ class AB(Distiller):
     sum (x+m)^2 [x > -m, t <= 0] + (x-m)^2 [x <= m, t > 0], weighted 2^(i-n+1), / B / 1000 * 3.
     """
 
+    display_name = "AB"  # its row in published tables
     student_taps = ()
     teacher_taps = ()
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
@@ -77,3 +78,7 @@ class AB(Distiller):
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
 register_golden("ab", GoldenEntry("ab", {"g_s": "s:stages_preact", "g_t": "t:stages_preact"},
                                   options={"margin": 1.0}, call="init_forward"))
+
+
+# The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).
+register_row(PublishedRow("AB", "ab", "ab", REPDISTILLER_WEIGHTS))

@@ -3,7 +3,7 @@ import torch.nn.functional as F
 
 from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._common import pool_to_smaller
-from distillers.reference import GoldenEntry, register_golden
+from distillers.reference import GoldenEntry, register_golden, PublishedRow, REPDISTILLER_WEIGHTS, register_row
 
 
 def last_stage_pairs(student, teacher):
@@ -39,6 +39,7 @@ class AT(Distiller):
     student stage; stages are paired with :func:`last_stage_pairs`.
     """
 
+    display_name = "AT"  # its row in published tables
     student_taps = ("stages",)
     teacher_taps = ("stages",)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 1000.0}
@@ -61,3 +62,7 @@ class AT(Distiller):
 
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
 register_golden("at", GoldenEntry("at", {"g_s": "s:stages", "g_t": "t:stages"}, options={"p": 2}))
+
+
+# The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).
+register_row(PublishedRow("AT", "at", "at", REPDISTILLER_WEIGHTS))

@@ -3,7 +3,7 @@ GzyAftermath/CAT-KD (an mdistiller fork)."""
 import torch.nn.functional as F
 
 from distillers.base import Distiller, Option, register_distiller
-from distillers.reference import GoldenEntry, register_golden
+from distillers.reference import GoldenEntry, register_golden, PublishedRow, register_row
 
 #: CAT-KD ``configs/cifar100/CAT_KD/*.yaml`` per (teacher, student):
 #: (CAT_loss_weight, CAM_RESOLUTION, IF_NORMALIZE).
@@ -53,6 +53,7 @@ class CATKD(Distiller):
     transferring only some classes' CAMs) are off in every CAT-KD config and not provided.
     """
 
+    display_name = "CAT-KD"  # its row in published tables
     student_taps = ("last_map", "classifier")
     teacher_taps = ("last_map", "classifier")
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
@@ -99,3 +100,17 @@ register_golden("catkd", GoldenEntry(
               "feat_t": "t:last_map", "fc_t_weight": "t:classifier.weight"},
     options={"cat_weight": 1.0, "cam_resolution": 2, "cam_normalize": False},
     variants={"normalized_res4": {"options": {"cam_resolution": 4, "cam_normalize": True}}}))
+
+
+def catkd_options(pair) -> dict:
+    """The fork's per-pair CIFAR-100 settings (a pair without one has no reference settings)."""
+    weight, resolution, normalize = SETTINGS_PER_PAIR[tuple(pair)]
+    return {"cat_weight": weight, "cam_resolution": resolution, "cam_normalize": normalize}
+
+
+# The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).
+register_row(PublishedRow("CAT-KD", "catkd", "catkd",
+    "GzyAftermath/CAT-KD configs/cifar100/CAT_KD/<pair>.yaml (CAT_loss_weight, "
+    "CAM_RESOLUTION, IF_NORMALIZE per pair; CE 1, no KD)", per_pair=catkd_options,
+    note="no CAT-KD number in results.md: the fork's settings, for runs of your own",
+    extra_pairs=tuple(SETTINGS_PER_PAIR)))

@@ -2,7 +2,7 @@
 
 from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._common import LinearEmbed, flat_dim
-from distillers.reference import GoldenEntry, register_golden
+from distillers.reference import GoldenEntry, register_golden, PublishedRow, REPDISTILLER_WEIGHTS, register_row
 
 
 @register_distiller("cc")
@@ -14,6 +14,7 @@ class CC(Distiller):
     A batch of one has no consecutive pair and gives 0 (the reference's mean would be NaN).
     """
 
+    display_name = "CC"  # its row in published tables
     student_taps = ("pooled",)
     teacher_taps = ("pooled",)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 0.02}
@@ -32,3 +33,7 @@ class CC(Distiller):
 
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
 register_golden("cc", GoldenEntry("cc", {"feat_s": "s:pooled", "feat_t": "t:pooled"}, options={"feat_dim": 128}))
+
+
+# The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).
+register_row(PublishedRow("CC", "cc", "cc", REPDISTILLER_WEIGHTS))

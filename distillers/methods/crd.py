@@ -2,7 +2,8 @@
 from distillers.base import BatchNeeds, Distiller, Option, register_distiller
 from distillers.methods._common import LinearEmbed
 from distillers.methods._memory import ContrastMemory, nce_loss, pooled_dim, require_num_data
-from distillers.reference import GoldenEntry, register_golden
+from distillers.reference import (GoldenEntry, register_golden, KD_T4, PublishedRow,
+                                  REPDISTILLER_WEIGHTS, register_row)
 
 MODES = ("exact", "relax")
 
@@ -18,6 +19,7 @@ class CRD(Distiller):
     updated with rank-gathered embeddings (see :class:`ContrastMemory`).
     """
 
+    display_name = "CRD"  # its row in published tables
     student_taps = ("pooled",)
     teacher_taps = ("pooled",)
     batch_keys = ("index", "contrast_idx")
@@ -53,3 +55,9 @@ register_golden("crd", GoldenEntry(
             "contrast_idx": "batch:contrast_idx"},
     options={"nce_t": 0.07, "nce_m": 0.5}, hparam_options={"nce_k": "nce_k"},
     spec_from_hparams={"num_data": "n_data"}))
+
+
+# The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).
+register_row(PublishedRow("CRD", "crd", "crd", REPDISTILLER_WEIGHTS))
+register_row(PublishedRow("CRD+KD", "crd_kd", "crd",
+    REPDISTILLER_WEIGHTS + " with -a 1 (CRD+KD)", weights={"alpha": 1.0}, options=KD_T4))

@@ -21,6 +21,7 @@ class CRDQueue(Distiller):
     The queue starts as the reference's ``normalize(randn(K, D), dim=0)`` (unit columns).
     """
 
+    display_name = "CRD-queue"  # its row in published tables
     student_taps = ("pooled",)
     teacher_taps = ("pooled",)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 0.8}

@@ -14,7 +14,8 @@ from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._logits import LOGIT_STD, check_same_classes, logit_pair
 from distillers.methods.dkd import BETA_PER_PAIR, DEFAULT_BETA, DKD, _kl
 from distillers.methods.kd import kd_loss
-from distillers.reference import GoldenEntry, register_golden, LOGITS
+from distillers.reference import GoldenEntry, register_golden, LOGITS, PublishedRow, register_row
+from distillers.methods.dkd import dkd_options
 
 
 class _ScaleGradient(torch.autograd.Function):
@@ -99,6 +100,7 @@ class CTKD(Distiller):
     included, as the same fork's DKD+LS): our composition, since the fork standardises only its KD term.
     """
 
+    display_name = "KD+CTKD"  # its row in published tables
     student_taps = ("logits",)
     teacher_taps = ("logits",)
     batch_keys = ("labels",)
@@ -118,6 +120,13 @@ class CTKD(Distiller):
                                  "else 8)", type=float, min=0),
         "logit_std": LOGIT_STD,
     }
+
+    @classmethod
+    def row_name(cls, options):
+        """KD+CTKD; DKD+CTKD with ``ctkd_base dkd``; KD+CTKD with logit standardisation is results.md's CTKD+LS."""
+        if options.get("ctkd_base") == "dkd":
+            return "DKD+CTKD"
+        return "CTKD+LS" if options.get("logit_std") is True else "KD+CTKD"
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)
@@ -164,3 +173,20 @@ register_golden("ctkd", GoldenEntry("ctkd", {**LOGITS, "target": "batch:labels",
 register_golden("ctkd_ls", GoldenEntry("ctkd", {**LOGITS, "target": "batch:labels", "epoch": "batch:epoch"},
                                        options={"logit_std": True},
                                        variants={"dkd_base": {"options": {"ctkd_base": "dkd", "dkd_beta": 2.0}}}))
+
+
+# The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).
+register_row(PublishedRow("KD+CTKD", "ctkd", "ctkd",
+    "zhengli97/CTKD scripts/run_cifar_distill.sh (-r 0.1 -a 0.9 -b 0 on the "
+    "learned-T KD term: gamma 0.1, beta 0.9 here; global T 1..21, cosine decay 0 -> -1 over 10 epochs)",
+    skip=("dkd_alpha", "dkd_beta")))
+register_row(PublishedRow("DKD+CTKD", "ctkd_dkd", "ctkd",
+    "zhengli97/CTKD scripts (DKD+CTKD: -r 1 -a 0 -b 1, dkd_alpha 1, dkd_beta "
+    "mdistiller's per pair; no CIFAR-100 number in results.md, so no file: the row names such runs)",
+    weights={"gamma": 1.0, "beta": 1.0}, options={"ctkd_base": "dkd"}, per_pair=dkd_options))
+register_row(PublishedRow("CTKD+LS", "ctkd_ls", "ctkd",
+    "sunshangquan/logit-standardization-KD CTKD/scripts/run_cifar_distill.sh "
+    "(-r 0.1 -a 9 -b 0 on the learned-T KD term, which its train_student.py standardises: gamma 0.1, beta 9 "
+    "here; global T 1..21, cosine decay 0 -> -1 over 10 epochs; its --kd_T 2 is not read with --have_mlp 1). "
+    "Its logs/CTKD/ctkd,<pair>,2,9.txt show T between 2 and 30: those runs bounded T below by 2, not 1",
+    weights={"gamma": 0.1, "beta": 9.0}, options={"logit_std": True}, skip=("dkd_alpha", "dkd_beta")))

@@ -6,7 +6,7 @@ from torch import nn
 from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._common import LinearEmbed
 from distillers.methods._memory import pooled_dim
-from distillers.reference import GoldenEntry, register_golden
+from distillers.reference import GoldenEntry, register_golden, KD_T4, PublishedRow, register_row
 
 #: Upper clamp of the learnt logit scale exp(tau) (reference ``max_tau``).
 MAX_SCALE = 10.0
@@ -24,6 +24,7 @@ class DCD(Distiller):
     adding one constant to every logit changes neither the row nor the column softmax.
     """
 
+    display_name = "DCD"  # its row in published tables
     student_taps = ("pooled",)
     teacher_taps = ("pooled",)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
@@ -53,3 +54,10 @@ class DCD(Distiller):
 register_golden("dcd", GoldenEntry(
     "dcd", {"feat_s": "s:pooled", "feat_t": "t:pooled"}, options={"dcd_alpha": 0.5},
     renames=(("params.", ""), ("embed_s.", "embed_s.linear."), ("embed_t.", "embed_t.linear."))))
+
+
+# The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).
+register_row(PublishedRow("DCD", "dcd", "dcd", "giakoumoglou/distillers cifar/ scripts (the registry's defaults)"))
+register_row(PublishedRow("DCD+KD", "dcd_kd", "dcd",
+    "giakoumoglou/distillers cifar/ scripts, -a 1", weights={"alpha": 1.0},
+    options=KD_T4))

@@ -3,7 +3,7 @@ import torch
 
 from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._logits import LOGIT_STD, check_same_classes, logit_pair
-from distillers.reference import GoldenEntry, register_golden, LOGITS
+from distillers.reference import GoldenEntry, register_golden, LOGITS, PublishedRow, register_row
 
 #: Added to the product of norms in the cosine, as in the reference.
 EPS = 1e-8
@@ -33,6 +33,7 @@ class DIST(Distiller):
     logits first (:mod:`distillers.methods._logits`).
     """
 
+    display_name = "DIST"  # its row in published tables
     student_taps = ("logits",)
     teacher_taps = ("logits",)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 2.0}
@@ -66,3 +67,10 @@ register_golden("dist_ls", GoldenEntry(
     "dist", LOGITS, options={"dist_beta": 1.0, "dist_gamma": 1.0, "dist_tau": 4.0,
                              "logit_std": True},
     outputs={"dist_inter": "inter", "dist_intra": "intra"}))
+
+
+# The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).
+register_row(PublishedRow("DIST", "dist", "dist",
+    "hunto/DIST_KD classification/configs/strategies/distill/dist_cifar.yaml "
+    "(ori_loss_weight 1, kd_loss_weight 2, dist_t4: tau 4, beta 1, gamma 1; lr 0.01 for MobileNetV2 "
+    "and ShuffleNets, as the recipe)", options={"logit_std": False}))

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._logits import LOGIT_STD, check_same_classes, logit_pair
-from distillers.reference import GoldenEntry, register_golden, LOGITS
+from distillers.reference import GoldenEntry, register_golden, LOGITS, PublishedRow, register_row
 
 #: mdistiller ``configs/cifar100/dkd/*.yaml`` DKD.BETA per (teacher, student); other pairs use 8.
 BETA_PER_PAIR = {
@@ -39,6 +39,7 @@ class DKD(Distiller):
     ``dkd_alpha`` and ``dkd_beta`` nine times their DKD values.
     """
 
+    display_name = "DKD"  # its row in published tables
     student_taps = ("logits",)
     teacher_taps = ("logits",)
     batch_keys = ("labels",)
@@ -90,3 +91,25 @@ register_golden("dkd", GoldenEntry("dkd", {**LOGITS, "target": "batch:labels"},
 register_golden("dkd_ls", GoldenEntry("dkd", {**LOGITS, "target": "batch:labels"},
                                       options={"dkd_alpha": 9.0, "dkd_beta": 72.0, "kd_T": 2.0, "logit_std": True},
                                       outputs={"tckd": "alpha_tckd", "nckd": "beta_nckd"}))
+
+
+def dkd_options(pair) -> dict:
+    """DKD's per-pair beta (mdistiller's configs; DEFAULT_BETA where it has none)."""
+    return {"dkd_beta": BETA_PER_PAIR.get(tuple(pair), DEFAULT_BETA)}
+
+
+def dkd_ls_options(pair) -> dict:
+    """logit-standardization-KD tools/train.py --logit-stand --base-temp 2 --kd-weight 9: DKD's ALPHA and
+    BETA times 9, T 2."""
+    return {"dkd_alpha": 9.0, "dkd_beta": 9.0 * dkd_options(pair)["dkd_beta"]}
+
+
+# The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).
+register_row(PublishedRow("DKD", "dkd", "dkd",
+    "megvii-research/mdistiller configs/cifar100/dkd/<pair>.yaml (BETA per pair, 8 "
+    "otherwise; ALPHA 1, T 4, WARMUP 20)", options={"dkd_alpha": 1.0, "kd_T": 4.0, "warmup": 20,
+                                                    "logit_std": False}, per_pair=dkd_options))
+register_row(PublishedRow("DKD+LS", "dkd_ls", "dkd",
+    "sunshangquan/logit-standardization-KD README: configs/cifar100/dkd/<pair>.yaml "
+    "--logit-stand --base-temp 2 --kd-weight 9 (DKD ALPHA and BETA x 9, T 2)",
+    options={"kd_T": 2.0, "warmup": 20, "logit_std": True}, per_pair=dkd_ls_options))

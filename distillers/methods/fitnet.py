@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distillers.base import Distiller, Option, register_distiller
-from distillers.reference import GoldenEntry, register_golden
+from distillers.reference import GoldenEntry, register_golden, PublishedRow, REPDISTILLER_WEIGHTS, register_row
 
 
 class ConvReg(nn.Module):
@@ -53,6 +53,7 @@ class FitNet(Distiller):
     the module's mode (train during distillation).
     """
 
+    display_name = "FitNet"  # its row in published tables
     student_taps = ("stage2",)
     teacher_taps = ("stage2",)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 100.0}
@@ -76,3 +77,7 @@ class FitNet(Distiller):
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
 register_golden("fitnet", GoldenEntry("fitnet", {"feat_s": "s:stage2", "feat_t": "t:stage2"},
                                       options={"hint_layer": 2}, renames=(("", "regressor."),)))
+
+
+# The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).
+register_row(PublishedRow("FitNet", "fitnet", "fitnet", REPDISTILLER_WEIGHTS))

@@ -2,7 +2,7 @@
 and Transfer Learning" (FSP)."""
 from distillers.base import Distiller, InitStage, Option, register_distiller
 from distillers.methods._common import pool_to_smaller
-from distillers.reference import GoldenEntry, register_golden
+from distillers.reference import GoldenEntry, register_golden, PublishedRow, REPDISTILLER_WEIGHTS, register_row
 
 INIT_TAPS = ("stem", "stages")
 
@@ -27,6 +27,7 @@ class FSP(Distiller):
     Student and teacher need equal channels at every level (the matrices are C_top x C_bot).
     """
 
+    display_name = "FSP"  # its row in published tables
     student_taps = ()
     teacher_taps = ()
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 50.0}
@@ -60,3 +61,7 @@ class FSP(Distiller):
 
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
 register_golden("fsp", GoldenEntry("fsp", {"g_s": "s:stem+stages", "g_t": "t:stem+stages"}, call="init_forward"))
+
+
+# The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).
+register_row(PublishedRow("FSP", "fsp", "fsp", REPDISTILLER_WEIGHTS))

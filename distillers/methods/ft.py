@@ -7,7 +7,7 @@ from torch import nn
 
 from distillers.base import Distiller, InitStage, Option, register_distiller
 from distillers.methods._common import pool_to_smaller
-from distillers.reference import GoldenEntry, register_golden
+from distillers.reference import GoldenEntry, register_golden, PublishedRow, REPDISTILLER_WEIGHTS, register_row
 
 RATE = 0.5  # factor channels = RATE * teacher channels (the reference's k)
 
@@ -47,6 +47,7 @@ class FT(Distiller):
     and no init stage. The paraphraser gets no gradient in the main stage.
     """
 
+    display_name = "FT"  # its row in published tables
     student_taps = ("last_map",)
     teacher_taps = ("last_map",)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 200.0}
@@ -107,3 +108,7 @@ class FT(Distiller):
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
 register_golden("ft", GoldenEntry("ft", {"feat_s": "s:last_map", "factor_t": "t:factor"},
                                   renames=(("encoder.", "translator."),)))
+
+
+# The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).
+register_row(PublishedRow("FT", "ft", "ft", REPDISTILLER_WEIGHTS))

@@ -27,6 +27,7 @@ class ICKD(Distiller):
     Weights: β 2.5 with CE 1 and no KD, the README's ICKD command (ICKD + KL: ``-a 1``).
     """
 
+    display_name = "ICKD"  # its row in published tables
     student_taps = ("last_map",)
     teacher_taps = ("last_map",)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 2.5}

@@ -3,7 +3,8 @@ import torch.nn.functional as F
 
 from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._logits import LOGIT_STD, logit_pair
-from distillers.reference import GoldenEntry, register_golden, LOGITS
+from distillers.reference import (GoldenEntry, register_golden, LOGITS, PublishedRow,
+                                  REPDISTILLER_WEIGHTS, register_row)
 
 
 def kd_loss(logit_s, logit_t, T: float):
@@ -24,6 +25,7 @@ class KD(Distiller):
     ``--logit_std true --kd_T 2 -r 0.1 -a 9``.
     """
 
+    display_name = "KD"  # its row in published tables
     student_taps = ("logits",)
     teacher_taps = ("logits",)
     default_weights = {"gamma": 0.1, "alpha": 0.9, "beta": 0.0}
@@ -38,3 +40,16 @@ class KD(Distiller):
 register_golden("kd", GoldenEntry("kd", LOGITS, options={"kd_T": 4.0}))
 # logit methods and logit standardisation (tests/golden/, made by tests/golden/make_logit_goldens.py)
 register_golden("kd_ls", GoldenEntry("kd", LOGITS, options={"kd_T": 2.0, "logit_std": True}))
+
+
+# The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).
+register_row(PublishedRow("KD", "kd", "kd",
+    REPDISTILLER_WEIGHTS + " (-r 0.1 -a 0.9 -b 0, T 4)", options={"kd_T": 4.0, "logit_std": False}))
+register_row(PublishedRow("KD+DOT", "kd_dot", "kd",
+    "megvii-research/mdistiller configs/cifar100/dot/<pair>.yaml (KD + the DOT "
+    "optimiser, delta 0.075)", options={"kd_T": 4.0, "logit_std": False, "dot": True, "dot_delta": 0.075},
+    requires=("dot", "dot_delta")))
+register_row(PublishedRow("KD+LS", "kd_ls", "kd",
+    "sunshangquan/logit-standardization-KD README: configs/cifar100/kd/<pair>.yaml "
+    "--logit-stand --base-temp 2 --kd-weight 9 (CE 0.1, KD 9, T 2)", weights={"gamma": 0.1, "alpha": 9.0},
+    options={"kd_T": 2.0, "logit_std": True}))

@@ -43,6 +43,7 @@ class KDSVD(Distiller):
     tolerance 1e-5). β: not in the RepDistiller scripts; mdistiller's FEAT_WEIGHT is 1.
     """
 
+    display_name = "KDSVD"  # its row in published tables
     student_taps = ("stages",)
     teacher_taps = ("stages",)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._logits import LOGIT_STD, check_same_classes, logit_pair
 from distillers.methods.kd import kd_loss
-from distillers.reference import GoldenEntry, register_golden, LOGITS
+from distillers.reference import GoldenEntry, register_golden, LOGITS, PublishedRow, register_row
 
 
 def class_loss(logit_s, logit_t, T):
@@ -71,6 +71,7 @@ class MLKD(Distiller):
     here; ``mlkd_T`` keeps (3, 5, 2, 6).
     """
 
+    display_name = "MLKD"  # its row in published tables
     student_taps = ("logits",)
     teacher_taps = ("logits",)
     views = ("weak", "strong")
@@ -115,3 +116,17 @@ register_golden("mlkd_ls", GoldenEntry(
     "mlkd", {**LOGITS, "logit_s_strong": "strong_s:logits", "logit_t_strong": "strong_t:logits"},
     options={"kd_T": 2.0, "logit_std": True},
     outputs={"mlkd_instance": "loss_kd", "mlkd_batch": "loss_bc", "mlkd_class": "loss_cc"}))
+
+
+# The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).
+register_row(PublishedRow("MLKD", "mlkd", "mlkd",
+    "Jin-Ying/Multi-Level-Logit-Distillation configs/cifar100/ours/<pair>.yaml (CE 0.1, "
+    "KD_WEIGHT 0.9 on every level, T 4 then 3, 5, 2, 6; weak and strong views: the registry's defaults); its "
+    "LR 0.025 (0.01 for MobileNetV2/ShuffleNet students) and 480/960 epochs on cross-family pairs are not "
+    "reproduced (the trainer's recipe), and L's numbers come from a longer recipe (results.md §0)"))
+register_row(PublishedRow("MLKD+LS", "mlkd_ls", "mlkd",
+    "sunshangquan/logit-standardization-KD README: configs/cifar100/mlkd/<pair>.yaml "
+    "--logit-stand --base-temp 2 --kd-weight 9 (TEMPERATURE 2, KD_WEIGHT 9 on every level, CE 0.1; its "
+    "logs/MLKD name --kd-weight 6 on vgg13->vgg8, vgg13->MobileNetV2, resnet32x4->ShuffleV2); the configs' "
+    "480 epochs (960 for ShuffleNets) and per-pair LR are not reproduced (the trainer's recipe)",
+    weights={"gamma": 0.1, "beta": 9.0}, options={"kd_T": 2.0, "logit_std": True}))

@@ -24,6 +24,7 @@ class NKD(Distiller):
     (:mod:`distillers.methods._logits`).
     """
 
+    display_name = "NKD"  # its row in published tables
     student_taps = ("logits",)
     teacher_taps = ("logits",)
     batch_keys = ("labels",)

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from distillers.base import Distiller, register_distiller
 from distillers.methods._common import pool_to_smaller
 from distillers.methods.at import last_stage_pairs, stage_shape_pairs
-from distillers.reference import GoldenEntry, register_golden
+from distillers.reference import GoldenEntry, register_golden, PublishedRow, REPDISTILLER_WEIGHTS, register_row
 
 
 def _poly_kernel(a, b):
@@ -23,6 +23,7 @@ class NST(Distiller):
     the student stage. Channel counts may differ.
     """
 
+    display_name = "NST"  # its row in published tables
     student_taps = ("stages",)
     teacher_taps = ("stages",)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 50.0}
@@ -44,3 +45,7 @@ class NST(Distiller):
 
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
 register_golden("nst", GoldenEntry("nst", {"g_s": "s:stages", "g_t": "t:stages"}))
+
+
+# The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).
+register_row(PublishedRow("NST", "nst", "nst", REPDISTILLER_WEIGHTS))

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distillers.base import Distiller, Option, register_distiller
-from distillers.reference import GoldenEntry, register_golden
+from distillers.reference import GoldenEntry, register_golden, PublishedRow, register_row
 
 #: Tap group of the teacher's BatchNorm modules whose outputs feed each stage's final ReLU
 #: (``stage1_bn``, ``stage2_bn``, ...): the margins are computed from their weight and bias.
@@ -70,6 +70,7 @@ class OFD(Distiller):
     clovaai divides the sum by the batch and 1000), CE 1, no KD.
     """
 
+    display_name = "OFD"  # its row in published tables
     student_taps = ("stages_preact",)
     teacher_taps = ("stages_preact", BN_TAPS)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 1e-3}
@@ -119,3 +120,9 @@ class OFD(Distiller):
 register_golden("ofd", GoldenEntry("ofd", {"feats_s": "s:stages_preact", "preact_feats_t": "t:stages_preact",
                                            "bn_weight_t": "t:stages_bn.weight", "bn_bias_t": "t:stages_bn.bias"},
                                    renames=(("connectors.connectors.", "connectors."),)))
+
+
+# The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).
+register_row(PublishedRow("OFD", "ofd", "ofd",
+    "megvii-research/mdistiller configs/cifar100/ofd.yaml + cfg.py OFD (CE 1, "
+    "FEAT_WEIGHT 1e-3, connector kernel 1)"))

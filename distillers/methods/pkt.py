@@ -2,7 +2,7 @@
 import torch
 
 from distillers.base import Distiller, register_distiller
-from distillers.reference import GoldenEntry, register_golden
+from distillers.reference import GoldenEntry, register_golden, PublishedRow, REPDISTILLER_WEIGHTS, register_row
 
 EPS = 1e-7  # RepDistiller's eps, both in the normalisation and in the log ratio
 
@@ -19,6 +19,7 @@ def _conditional(x):
 class PKT(Distiller):
     """KL-style divergence mean(Q log((Q + eps) / (P + eps))) between teacher (Q) and student (P) kernels."""
 
+    display_name = "PKT"  # its row in published tables
     student_taps = ("pooled",)
     teacher_taps = ("pooled",)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 30000.0}
@@ -30,3 +31,7 @@ class PKT(Distiller):
 
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
 register_golden("pkt", GoldenEntry("pkt", {"feat_s": "s:pooled", "feat_t": "t:pooled"}))
+
+
+# The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).
+register_row(PublishedRow("PKT", "pkt", "pkt", REPDISTILLER_WEIGHTS))

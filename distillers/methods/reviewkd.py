@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distillers.base import Distiller, Option, register_distiller
-from distillers.reference import GoldenEntry, register_golden
+from distillers.reference import GoldenEntry, register_golden, PublishedRow, register_row
 
 
 class ABF(nn.Module):
@@ -64,6 +64,7 @@ class ReviewKD(Distiller):
     pass ``--reviewkd_weight 1``). β stays 1 (the weight lives in the option, as in mdistiller).
     """
 
+    display_name = "ReviewKD"  # its row in published tables
     student_taps = ("stages", "pooled")
     teacher_taps = ("stages_preact", "pooled")
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
@@ -100,3 +101,20 @@ register_golden("reviewkd", GoldenEntry(
     "reviewkd", {"feats_s": "s:_+stages", "pooled_s": "s:pooled",
                  "preact_feats_t": "t:_+stages_preact", "pooled_t": "t:pooled"},
     options={"reviewkd_weight": 1.0}, renames=(("", "abfs."),)))
+
+
+#: dvlab-research/ReviewKD CIFAR-100/script/reviewKD.sh --kd-loss-weight (other pairs: 5).
+REVIEWKD_WEIGHT_PER_PAIR = {("resnet56", "resnet20"): 0.6, ("resnet110", "resnet32"): 1.0,
+                            ("resnet32x4", "ShuffleV2"): 8.0}
+
+
+def reviewkd_options(pair) -> dict:
+    return {"reviewkd_weight": REVIEWKD_WEIGHT_PER_PAIR.get(tuple(pair), 5.0)}
+
+
+# The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).
+register_row(PublishedRow("ReviewKD", "reviewkd", "reviewkd",
+    "dvlab-research/ReviewKD CIFAR-100/script/reviewKD.sh --kd-loss-weight "
+    "per pair (5 where it has none, as mdistiller's configs/cifar100/reviewkd.yaml), warm-up 20; its train.py "
+    "uses batch 128, lr 0.1 (0.02 for ShuffleNet/MobileNet) with Nesterov momentum, not reproduced here (no "
+    "--nesterov flag): the common CIFAR recipe, as in mdistiller's reproduction", per_pair=reviewkd_options))

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from distillers.base import Distiller, Option, register_distiller
-from distillers.reference import GoldenEntry, register_golden
+from distillers.reference import GoldenEntry, register_golden, PublishedRow, REPDISTILLER_WEIGHTS, register_row
 
 
 def pairwise_distance(x, eps: float = 1e-12):
@@ -33,6 +33,7 @@ class RKD(Distiller):
     already carry these weights. Needs a batch of at least 2 distinct samples.
     """
 
+    display_name = "RKD"  # its row in published tables
     student_taps = ("pooled",)
     teacher_taps = ("pooled",)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
@@ -56,3 +57,7 @@ class RKD(Distiller):
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
 register_golden("rkd", GoldenEntry("rkd", {"feat_s": "s:pooled", "feat_t": "t:pooled"},
                                    options={"distance_weight": 25.0, "angle_weight": 50.0}))
+
+
+# The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).
+register_row(PublishedRow("RKD", "rkd", "rkd", REPDISTILLER_WEIGHTS))

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from distillers.base import BatchNeeds, Distiller, Option, register_distiller
 from distillers.methods._common import LinearEmbed
 from distillers.methods._memory import ContrastMemory, TeacherQueue, pooled_dim, require_num_data
-from distillers.reference import GoldenEntry, register_golden
+from distillers.reference import GoldenEntry, register_golden, KD_T4, PublishedRow, register_row
 
 MEMORY_TYPES = ("queue", "momentum")
 
@@ -24,6 +24,7 @@ class RRD(Distiller):
     ``index``/``contrast_idx`` and ``num_data``.
     """
 
+    display_name = "RRD"  # its row in published tables
     student_taps = ("pooled",)
     teacher_taps = ("pooled",)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
@@ -84,3 +85,10 @@ register_golden("rrd_momentum", GoldenEntry(
     hparam_options={"nce_k": "nce_k"}, spec_from_hparams={"num_data": "n_data"},
     renames=(("memory.embed_s.", "embed_s.linear."), ("memory.embed_t.", "embed_t.linear."),
              ("memory.contrast.", "contrast."))))
+
+
+# The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).
+register_row(PublishedRow("RRD", "rrd", "rrd",
+    "giakoumoglou/distillers cifar/ scripts, paper settings (the registry's defaults)"))
+register_row(PublishedRow("RRD+KD", "rrd_kd", "rrd", "giakoumoglou/distillers cifar/ scripts, paper settings, -a 1",
+    weights={"alpha": 1.0}, options=KD_T4))

@@ -60,6 +60,7 @@ class SemCKD(Distiller):
     built here (the golden table ignores those entries). Weights: -c 1 -d 1 -b 400 (CIFAR-100).
     """
 
+    display_name = "SemCKD"  # its row in published tables
     student_taps = ("stages",)
     teacher_taps = ("stages",)
     default_weights = {"gamma": 1.0, "alpha": 1.0, "beta": 400.0}

@@ -56,6 +56,7 @@ class SimKD(Distiller):
     sees it (the teacher is frozen, so a later refill after resuming copies the same values).
     """
 
+    display_name = "SimKD"  # its row in published tables
     student_taps = ("last_map",)
     teacher_taps = ("last_map", "classifier")
     default_weights = {"gamma": 0.0, "alpha": 0.0, "beta": 1.0}

@@ -2,7 +2,7 @@
 import torch.nn.functional as F
 
 from distillers.base import Distiller, register_distiller
-from distillers.reference import GoldenEntry, register_golden
+from distillers.reference import GoldenEntry, register_golden, PublishedRow, REPDISTILLER_WEIGHTS, register_row
 
 
 def _similarity(f):
@@ -15,6 +15,7 @@ def _similarity(f):
 class SP(Distiller):
     """||G_t - G_s||_F^2 / B^2 on the last feature maps; any pair works (only B x B matrices meet)."""
 
+    display_name = "SP"  # its row in published tables
     student_taps = ("last_map",)
     teacher_taps = ("last_map",)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 3000.0}
@@ -27,3 +28,7 @@ class SP(Distiller):
 
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
 register_golden("sp", GoldenEntry("sp", {"feat_s": "s:last_map", "feat_t": "t:last_map"}))
+
+
+# The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).
+register_row(PublishedRow("SP", "sp", "sp", REPDISTILLER_WEIGHTS))

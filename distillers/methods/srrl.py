@@ -16,6 +16,7 @@ class SRRL(Distiller):
     time the student keeps its own classifier. Weights follow SimKD's script: -c 1 -d 1 -b 1.
     """
 
+    display_name = "SRRL"  # its row in published tables
     student_taps = ("pooled",)
     teacher_taps = ("pooled", "logits", "classifier")
     default_weights = {"gamma": 1.0, "alpha": 1.0, "beta": 1.0}

@@ -8,7 +8,7 @@ from torch import nn
 from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._common import pool_to_smaller
 from distillers.methods.at import last_stage_pairs, stage_shape_pairs
-from distillers.reference import GoldenEntry, register_golden
+from distillers.reference import GoldenEntry, register_golden, PublishedRow, REPDISTILLER_WEIGHTS, register_row
 
 EPS = 1e-5  # variance floor (RepDistiller / mdistiller EPS)
 
@@ -40,6 +40,7 @@ class VID(Distiller):
     after the student stage.
     """
 
+    display_name = "VID"  # its row in published tables
     student_taps = ("stages",)
     teacher_taps = ("stages",)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
@@ -58,3 +59,7 @@ class VID(Distiller):
 
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
 register_golden("vid", GoldenEntry("vid", {"g_s": "s:stages", "g_t": "t:stages"}, renames=(("", "estimators."),)))
+
+
+# The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).
+register_row(PublishedRow("VID", "vid", "vid", REPDISTILLER_WEIGHTS))

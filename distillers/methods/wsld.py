@@ -28,6 +28,7 @@ class WSLD(Distiller):
     (:mod:`distillers.methods._logits`).
     """
 
+    display_name = "WSLD"  # its row in published tables
     student_taps = ("logits",)
     teacher_taps = ("logits",)
     batch_keys = ("labels",)
