@@ -121,6 +121,9 @@ class PublishedRow:
     blocked: str = ""                 # why no file is written (a data path the trainer lacks)
     note: str = ""
     extra_pairs: Tuple[Tuple[str, str], ...] = ()  # pairs with reference settings, no published number
+    #: (teacher, student) -> (top-1, source) for a row results.md does not hold (a method's own README):
+    #: its cells are published cells like results.md's; results.md wins where both give a number.
+    published: Mapping[Tuple[str, str], Tuple[float, str]] = field(default_factory=dict)
 
 
 def register_row(row: PublishedRow) -> PublishedRow:

@@ -182,7 +182,8 @@ def _published() -> Dict[str, Dict[Pair, Tuple[float, str]]]:
     return table
 
 
-#: {results.md row label: {(teacher, student): (published top-1, source key(s))}}
+#: {row label: {(teacher, student): (published top-1, source key(s))}}: results.md §1-2, then the
+#: numbers a method's row declares from its own README (``PublishedRow.published``) where results.md has none.
 PUBLISHED = _published()
 
 # -------------------------------------------------------------- how each row is run here
@@ -194,6 +195,9 @@ from distillers.reference import ROWS, PublishedRow as Row  # noqa: E402,F401
 #: Cells with reference settings but no published number (CAT-KD's fork configs): written so that runs
 #: use the reference's settings.
 EXTRA_CELLS: List[Tuple[str, Pair]] = [(label, tuple(pair)) for label, row in ROWS.items() for pair in row.extra_pairs]
+for _label, _row in ROWS.items():
+    for _pair, _value in _row.published.items():
+        PUBLISHED.setdefault(_label, {}).setdefault(tuple(_pair), tuple(_value))
 
 
 def pair_name(pair: Pair) -> str:
