@@ -65,7 +65,7 @@ from distillers.base import DISTILLERS, Distiller  # noqa: E402
 from engine import config  # noqa: E402
 from engine.checkpoint import save_atomic  # noqa: E402
 from engine.distributed import DistInfo  # noqa: E402
-from engine.trainer import Trainer  # noqa: E402
+from engine.loop import Trainer  # noqa: E402
 from models import create_model  # noqa: E402
 
 TEACHER, STUDENT = "resnet32x4", "resnet8x4"
@@ -165,10 +165,10 @@ class TrainerVariant(Variant):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 trainer = Trainer(config.parse(config.student_parser(), argv), DistInfo(), "student")
-        trainer.log = lambda *a, **k: None
+        trainer.run.log = lambda *a, **k: None
         self.trainer, self.stage = trainer, None
-        self.optimizer = trainer.optimizer
-        method_module = trainer.method
+        self.optimizer = trainer.run.optimizer
+        method_module = trainer.run.method
         if method_module is not None and method_module.init_stage() is not None:
             stage = method_module.init_stage()
             if init_stage:  # the init stage's own SGD, as the trainer runs it
@@ -186,15 +186,15 @@ class TrainerVariant(Variant):
             self.persistent_bytes = (sum(p.numel() * p.element_size() * (2 if p.requires_grad else 1)
                                          for p in method_module.parameters())  # + momentum
                                      + sum(b.numel() * b.element_size() for b in method_module.buffers()))
-        loader = trainer.train_loader
+        loader = trainer.run.train_loader
         loader.set_epoch(1)
         it = iter(loader)
         self.batches = [next(it) for _ in range(2)]
 
     def run(self, steps: int) -> float:
         trainer = self.trainer
-        trainer.train_loader = Batches(self.batches, steps)
-        trainer.step_in_epoch = 0
+        trainer.run.train_loader = Batches(self.batches, steps)
+        trainer.state.step = 0
         started = time.perf_counter()
         trainer.train_epoch(self.optimizer, self.stage)
         return (time.perf_counter() - started) / steps
@@ -212,7 +212,7 @@ class HandVariant(Variant):
             self.teacher.load_state_dict(torch.load(teacher_path, weights_only=True)["model"])
             self.teacher.eval().requires_grad_(False)
         self.optimizer = torch.optim.SGD(self.student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-        self.batches = [(b[0], b[1]) for b in batches]
+        self.batches = [(b.images, b.labels) for b in batches]
         self.note = "0.1·CE + 0.9·KD(T=4), plain loop" if kd else "CE, plain loop"
 
     def run(self, steps: int) -> float:

@@ -26,7 +26,8 @@ import torch  # noqa: E402
 import data  # noqa: E402
 from data.dali import dali_loaders  # noqa: E402
 from engine.distributed import DistInfo  # noqa: E402
-from engine.loaders import TrainLoader  # noqa: E402
+from data.loaders import DataLoaderTrainLoader  # noqa: E402
+from data.requests import Served  # noqa: E402
 
 
 def images_per_second(loader, epoch: int, batches: int, batch_size: int) -> float:
@@ -53,11 +54,10 @@ def main(argv=None) -> None:
     train = data.build_dataset("imagenet", args.data_root, "train", crop=args.crop)
     info = DistInfo()
     loaders = {
-        f"torchvision DataLoader ({args.workers} workers)": TrainLoader(train, info, args.batch_size,
-                                                                       args.workers, seed=0),
+        f"torchvision DataLoader ({args.workers} workers)": DataLoaderTrainLoader(
+            Served(train), info.rank, info.world_size, args.batch_size, args.workers, seed=0),
         f"DALI CPU ({args.workers} threads)": dali_loaders(
-            argparse.Namespace(dali="cpu", num_workers=args.workers, seed=0), info, args.batch_size, train,
-            train)[0],  # the train loader only (the eval loader is built over train/ and unused)
+            "cpu", args.workers, 0, info, args.batch_size, train, train)[0],  # the train loader only
     }
     rates = {name: [] for name in loaders}
     for repeat in range(args.repeats):

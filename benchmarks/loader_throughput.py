@@ -6,7 +6,7 @@ normalisation), batch ``--batch``, the trainer's sample order, no model:
 
 * ``device``: data/device_loader.py's DeviceTrainLoader on the CPU, in this process,
   with ``--threads`` torch threads (each thread count its own row);
-* ``PIL DataLoader``: engine.loaders.TrainLoader (torch DataLoader, ``--workers``
+* ``PIL DataLoader``: data.loaders.DataLoaderTrainLoader (torch DataLoader, ``--workers``
   worker processes) over a real CifarPickles set, i.e. ``Image.fromarray`` and the
   torchvision transform per sample. Its files are the ``synthetic`` images written in
   the CIFAR-10 pickle layout to a temporary folder (outside the repository);
@@ -43,7 +43,8 @@ import torch  # noqa: E402
 import data  # noqa: E402
 from data.device_loader import DeviceTrainLoader  # noqa: E402
 from engine.distributed import DistInfo  # noqa: E402
-from engine.loaders import TrainLoader  # noqa: E402
+from data.loaders import DataLoaderTrainLoader  # noqa: E402
+from data.requests import Served  # noqa: E402
 
 
 def write_cifar10(root: str, images: np.ndarray, labels) -> None:
@@ -113,9 +114,10 @@ def main(argv=None) -> None:
     info, seed = DistInfo(), 0
     device = DeviceTrainLoader.from_dataset(synthetic, meta["mean"], meta["std"], 0, 1, args.batch, seed, "cpu")
     variants = {f"device, CPU, {t} torch thread{'s' * (t > 1)}": (device, t) for t in args.threads}
-    variants[f"PIL DataLoader ({args.workers} workers)"] = (TrainLoader(pil, info, args.batch, args.workers, seed), 1)
+    variants[f"PIL DataLoader ({args.workers} workers)"] = (
+        DataLoaderTrainLoader(Served(pil, seed=seed), info.rank, 1, args.batch, args.workers, seed), 1)
     variants[f"tensor DataLoader ({args.workers} workers)"] = (
-        TrainLoader(synthetic, info, args.batch, args.workers, seed), 1)
+        DataLoaderTrainLoader(Served(synthetic, seed=seed), info.rank, 1, args.batch, args.workers, seed), 1)
     pil_name = f"PIL DataLoader ({args.workers} workers)"
 
     load_start, started = os.getloadavg(), time.time()

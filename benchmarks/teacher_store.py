@@ -43,7 +43,7 @@ from data.registry import DATASETS, register_dataset  # noqa: E402
 from engine import config  # noqa: E402
 from engine.checkpoint import save_atomic  # noqa: E402
 from engine.distributed import DistInfo  # noqa: E402
-from engine.trainer import Trainer  # noqa: E402
+from engine.loop import Trainer  # noqa: E402
 from models import create_model  # noqa: E402
 from cost_table import fmt_ratio  # noqa: E402  (benchmarks/, this script's folder)
 
@@ -111,30 +111,30 @@ def trainer_for(teacher: str, student: str, teacher_path: str, method, save: str
     else:
         argv += ["--model_s", student, "--path_t", teacher_path, "--distill", method]
         trainer = Trainer(config.parse(config.student_parser(), argv), DistInfo(), "student")
-    trainer.log = lambda *a, **k: None
+    trainer.run.log = lambda *a, **k: None
     return trainer
 
 
 class StepVariant:
     def __init__(self, name: str, trainer: Trainer, batches: int = 2):
         self.name, self.trainer = name, trainer
-        loader = trainer.train_loader
+        loader = trainer.run.train_loader
         loader.set_epoch(1)
         it = iter(loader)
         self.batches = []
         for _ in range(batches):
             batch = next(it)
             self.batches.append((batch, loader.last_keys))
-        if trainer.stored_teacher is not None:  # fill the store for the timed views
+        if trainer.stepper.stored_teacher is not None:  # fill the store for the timed views
             for batch, (index, view) in self.batches:
-                trainer.stored_teacher(batch[0], index, view)
+                trainer.stepper.stored_teacher(batch[0], index, view)
 
     def run(self, steps: int) -> float:
         trainer = self.trainer
-        trainer.train_loader = Replay(self.batches, steps)
-        trainer.step_in_epoch = 0
+        trainer.run.train_loader = Replay(self.batches, steps)
+        trainer.state.step = 0
         started = time.perf_counter()
-        trainer.train_epoch(trainer.optimizer)
+        trainer.train_epoch(trainer.run.optimizer)
         return (time.perf_counter() - started) / steps
 
 
@@ -180,10 +180,10 @@ def epoch_table(args, tmp: str) -> List[str]:
         trainer = trainer_for(teacher, student, path, "kd", os.path.join(tmp, f"epoch{i}"), "--data_opt",
                               f"train_size={args.epoch_samples}", *flags)
         started = time.perf_counter()
-        trainer.train_epoch(trainer.optimizer)
+        trainer.train_epoch(trainer.run.optimizer)
         seconds = time.perf_counter() - started
-        hits = f"{trainer.store.hit_rate:.0%}" if trainer.store is not None else "–"
-        images = len(trainer.train_loader) * 64
+        hits = f"{trainer.run.store.hit_rate:.0%}" if trainer.run.store is not None else "–"
+        images = len(trainer.run.train_loader) * 64
         lines.append(f"| {name} | {seconds:.1f} | {images / seconds:.0f} | {hits} |")
         print(lines[-1], flush=True)
     return lines
@@ -194,7 +194,7 @@ def fill_table(args, tmp: str) -> List[str]:
     teacher, student = PAIRS[0]
     path = make_teacher(teacher, os.path.join(tmp, "fill_teacher.pth"))
     trainer = trainer_for(teacher, student, path, "kd", os.path.join(tmp, "fill"), "--no_teacher_store")
-    model, loader = trainer.teacher, trainer.train_loader
+    model, loader = trainer.run.teacher, trainer.run.train_loader
     index = torch.arange(args.fill_samples).repeat_interleave(162)
     view = torch.arange(162).repeat(args.fill_samples)
     started = time.perf_counter()

@@ -29,6 +29,7 @@ class Registry:
         self.kind = kind
         self._entries: Dict[str, Callable[..., Any]] = {}
         self._meta: Dict[str, Dict[str, Any]] = {}
+        self._checks: List[Callable[[str, Any], None]] = []
 
     def register(self, name: str, *, override: bool = False, **meta: Any):
         """Decorator that registers `obj` under `name` with optional metadata."""
@@ -39,11 +40,20 @@ class Registry:
                     f"{self.kind} '{name}' is already registered "
                     f"({self._entries[name]!r}); pass override=True to replace it"
                 )
+            for check in self._checks:  # a rule another layer added: refused here, at registration
+                check(name, obj)
             self._entries[name] = obj
             self._meta[name] = dict(meta)
             return obj
 
         return decorator
+
+    def add_check(self, check: Callable[[str, Any], None]) -> None:
+        """Run ``check(name, entry)`` on every entry, now and at each later registration; it raises
+        ValueError to refuse one (e.g. the engine refuses a method option named like one of its flags)."""
+        for name, entry in list(self._entries.items()):
+            check(name, entry)
+        self._checks.append(check)
 
     def get(self, name: str) -> Callable[..., Any]:
         try:

@@ -1,10 +1,12 @@
-"""Datasets: a registry of factories, the CIFAR transforms, and index wrappers.
+"""Datasets, loaders and the data side of the data requests.
 
 ``build_dataset(name, root, split)`` returns a Dataset of ``(image, label)`` with
 ``targets`` and ``num_classes``; ``dataset_info(name)`` gives the registered
 metadata without touching any file. Plugins: ``cifar10``, ``cifar100``,
 ``imagefolder``, ``imagenet`` (with optional DALI loaders, :mod:`data.dali`) and the
-download-free ``synthetic``.
+download-free ``synthetic``. Where a batch is made: :mod:`data.loaders` (the protocol, the
+DataLoader path, the collate into a :class:`core.batch.Batch`), :mod:`data.device_loader`,
+:mod:`data.dali`; what a method asks of the data is served by :mod:`data.requests`.
 """
 from __future__ import annotations
 
@@ -13,12 +15,14 @@ from typing import Any, Dict, Optional
 
 from torch.utils.data import Dataset
 
-from data.registry import DATASETS, BadImageError, DataError, check_split, register_dataset
+from data.registry import (DATASETS, BadImageError, DataError, check_data_options, check_split, dataset_options,
+                           register_dataset)
 from data import cifar, folder, imagenet, metric_learning, synthetic  # noqa: F401  (register the plugins)
-from data.wrappers import WithContrast, WithIndex, WithViews
+from data.requests import RequestServer, register_request_server
 
-__all__ = ["DATASETS", "register_dataset", "build_dataset", "dataset_info",
-           "default_data_root", "WithIndex", "WithContrast", "WithViews", "BadImageError", "DataError"]
+__all__ = ["DATASETS", "register_dataset", "build_dataset", "dataset_info", "default_data_root", "dataset_options",
+           "check_data_options",
+           "RequestServer", "register_request_server", "BadImageError", "DataError"]
 
 
 def default_data_root() -> str:

@@ -13,8 +13,8 @@ samplers, not through the references' ``fn.readers.file``, because:
   epoch, rank), sharded by rank, the last partial batch dropped;
 * evaluation takes the unpadded shard ``rank::world`` with a short last batch, so
   every test sample counts exactly once over all ranks;
-* sample indices and contrast indices (CRD, RRD, ...) are drawn in Python from the
-  trainer's ``WithIndex``/``WithContrast`` wrapper, without per-class tables;
+* the fields of the data requests that come from the sample index (sample indices,
+  contrast indices, ...) are drawn in Python by their servers (:mod:`data.requests`);
 * a single process needs no process group.
 
 Each pass (an epoch or an evaluation) builds a fresh pipeline, seeded by (seed,
@@ -28,14 +28,16 @@ random state without decoding the skipped batches).
 from __future__ import annotations
 
 from collections import deque
-from typing import Iterator, Sequence, Tuple
+from typing import Any, Dict, Iterator, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from core.batch import Batch
+from data.loaders import EpochPlan
 from data.registry import DataError
+from data.requests import host_fields, index_servers, unwrap
 from data.samplers import EpochSampler, ShardSampler
-from data.wrappers import WithContrast, WithIndex
 
 INSTALL_HINT = ("--dali needs NVIDIA DALI, an optional extra: pip install -e .[dali] "
                 "(or pip install nvidia-dali-cuda120); without --dali the torchvision loaders are used")
@@ -60,25 +62,20 @@ def _pass_seed(*keys: int) -> int:
 
 
 class _Samples:
-    """Files and labels of the folder dataset under the trainer's wrappers, and the extras
-    (sample index, contrast indices) that the wrapper adds to a batch."""
+    """Files and labels of the folder dataset under the trainer's :class:`~data.requests.Served`
+    wrapper, and the fields its request servers add to a batch."""
 
     def __init__(self, dataset):
-        self.wrapper = dataset if isinstance(dataset, (WithIndex, WithContrast)) else None
-        folder = dataset.dataset if self.wrapper is not None else dataset
+        folder, servers = unwrap(dataset)
+        self.servers = index_servers(servers, "--dali")
         if not hasattr(folder, "geometry") or not hasattr(folder, "samples"):
             raise DataError("--dali reads ImageNet-style folders: use it with --dataset imagenet")
         self.paths = [path for path, _ in folder.samples]
         self.labels = torch.as_tensor(folder.targets, dtype=torch.long)
         self.geometry = folder.geometry
 
-    def extras(self, idx: np.ndarray) -> Tuple[torch.Tensor, ...]:
-        if self.wrapper is None:
-            return ()
-        index = torch.from_numpy(idx)
-        if isinstance(self.wrapper, WithContrast):
-            return index, torch.stack([self.wrapper.contrast_indices(i) for i in idx])
-        return (index,)
+    def extras(self, idx: np.ndarray) -> Dict[str, Any]:
+        return host_fields(self.servers, idx) if self.servers else {}
 
 
 class _Feed:
@@ -143,7 +140,7 @@ class _Pipelines:
         self.feed_ndarray(tensor, out, cuda_stream=torch.cuda.current_stream(self.device) if on_gpu else None)
         return out
 
-    def run(self, batches: Sequence[np.ndarray], train: bool, seed: int) -> Iterator[Tuple[torch.Tensor, ...]]:
+    def run(self, batches: Sequence[np.ndarray], train: bool, seed: int) -> Iterator[Batch]:
         feed = _Feed(self.samples, batches)
         pipe = self._build(feed, train, seed)
         while True:
@@ -151,30 +148,22 @@ class _Pipelines:
                 images, index = pipe.run()
             except StopIteration:
                 return
-            idx, extras = feed.pending.popleft()
+            idx, fields = feed.pending.popleft()
             if not np.array_equal(np.asarray(index.as_tensor()).reshape(-1), idx):
                 raise RuntimeError("DALI returned a batch out of feeding order")
             labels = self.samples.labels[torch.from_numpy(idx)]
-            yield tuple(t.to(self.device) for t in (self._images(images), labels) + extras)
+            batch = Batch(images=self._images(images), labels=labels, index=fields.get("index"),
+                          contrast_idx=fields.get("contrast_idx"), extras=fields.get("extras", {}))
+            yield batch.to(self.device)
 
 
-class DaliTrainLoader:
-    """The trainer's train-loader protocol (engine/loaders.py) over DALI pipelines."""
+class DaliTrainLoader(EpochPlan):
+    """The training-loader protocol (:mod:`data.loaders`) over DALI pipelines."""
 
     def __init__(self, pipelines: _Pipelines, dataset, shard, batch_size: int, seed: int):
-        self.pipelines, self.dataset, self.batch_size = pipelines, dataset, batch_size
-        self.seed, self.rank, self.epoch = seed, shard.rank, 0
-        self.sampler = EpochSampler(dataset, shard.rank, shard.world_size, seed=seed)
-
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.epoch = epoch
-        self.sampler.set_epoch(epoch)
-        self.sampler.start = skip * self.batch_size
-        if hasattr(self.dataset, "set_epoch"):  # fresh contrast draws per epoch
-            self.dataset.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.sampler) // self.batch_size
+        super().__init__(EpochSampler(dataset, shard.rank, shard.world_size, seed=seed), batch_size,
+                         [dataset] + list(pipelines.samples.servers))
+        self.pipelines, self.dataset, self.seed, self.rank = pipelines, dataset, seed, shard.rank
 
     def __iter__(self):
         order = np.fromiter(self.sampler, dtype=np.int64)
@@ -183,7 +172,8 @@ class DaliTrainLoader:
 
 
 class DaliEvalLoader:
-    """``(images, labels)`` over the unpadded shard ``rank::world``: each sample once over all ranks."""
+    """Batches of images and labels over the unpadded shard ``rank::world``: each sample once over all
+    ranks."""
 
     def __init__(self, pipelines: _Pipelines, dataset, shard, batch_size: int):
         indices = np.fromiter(ShardSampler(dataset, shard.rank, shard.world_size), dtype=np.int64)

@@ -23,11 +23,12 @@ import io
 from typing import List, Tuple
 
 import numpy as np
+import torch
 from PIL import Image
 
 from data.dali import (DEVICE_PADDING, HOST_PADDING, DaliEvalLoader, DaliTrainLoader, _Feed, _Pipelines,
                        _Samples, dali_loaders)
-from data.seeded_views import rrc_params
+from data.seeded_views import rrc_params, view_slot
 
 
 def header_size(encoded: np.ndarray) -> Tuple[int, int]:
@@ -85,11 +86,19 @@ class _SeededPipelines(_Pipelines):
 
 class SeededDaliTrainLoader(DaliTrainLoader):
     """:class:`data.dali.DaliTrainLoader` rendering each epoch's seeded views; a sample's
-    view id is the epoch slot, :func:`data.seeded_views.view_slot` (``epoch``)."""
+    view id is the epoch slot, :func:`data.seeded_views.view_slot` (``epoch``), and each batch
+    carries its store keys (sample index, slot) when the view scheme is set."""
+
+    view_scheme = None
 
     def __iter__(self):
         self.pipelines.epoch = self.epoch
-        return super().__iter__()
+        slot = view_slot(self.epoch)
+        for batch in super().__iter__():
+            if self.view_scheme is not None and batch.index is not None:
+                index = batch.index.cpu()
+                batch.keys = (index, torch.full_like(index, slot))
+            yield batch
 
 
 def seeded_dali_loaders(placement: str, threads: int, seed: int, shard, batch_per_rank: int, train_set,

@@ -18,16 +18,15 @@ and a flip bit. The view is a pure function of (seed, epoch, sample index): a
 counter-based hash (splitmix64), not a random stream. It does not depend on the batch,
 the rank, the number of processes or how far the epoch got, so a resumed epoch
 (``set_epoch(e, skip)``) replays its remaining batches exactly with no loader RNG state
-to save, and the global RNG is never touched. Each batch's views are in ``last_views``
-([B, 3]: dx, dy, flip) beside ``last_index``, and :func:`view_ids` gives them for any
-sample, e.g. for a store of teacher outputs keyed by (index, view id).
+to save, and the global RNG is never touched. Each batch carries its (index, view id) pairs
+as ``keys`` (on the host, as planned: a teacher-output store reads them without waiting for
+the device); ``last_views`` ([B, 3]: dx, dy, flip) holds the last batch's views on the device.
 
-Order: :class:`data.samplers.EpochSampler` with the last partial batch dropped, as
-``engine.loaders.TrainLoader``; switching loaders changes only the augmentation draws.
+Order: :class:`data.samplers.EpochSampler` with the last partial batch dropped, as the
+DataLoader path (:mod:`data.loaders`); switching loaders changes only the augmentation draws.
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Optional, Sequence
 
 import numpy as np
@@ -35,56 +34,12 @@ import torch
 import torch.nn.functional as F
 from torchvision import transforms as T
 
+from core.batch import Batch
+from data.loaders import EpochPlan, ViewScheme
 from data.registry import DataError
+from data.requests import RequestServer, host_fields, index_servers, unwrap
 from data.samplers import EpochSampler
-from data.wrappers import WithContrast, WithIndex
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _splitmix(x: np.ndarray) -> np.ndarray:
-    """splitmix64 of uint64 array ``x``: a bijection whose output bits look independent."""
-    with np.errstate(over="ignore"):
-        z = x + _GOLDEN
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
-
-
-def view_key(seed: int, epoch: int, index) -> np.ndarray:
-    """uint64 hash of (seed, epoch, each sample ``index``): the counter behind a sample's
-    augmentation in ``epoch``, here and in :mod:`data.seeded_views` (which seeds a generator
-    with it). Pure numpy on unsigned integers, so the same on every machine and torch
-    version; negative epochs (the trainer's initialisation stage) are fine."""
-    key = _splitmix(_splitmix(np.array([seed % 2**64], np.uint64)) ^ np.uint64(epoch % 2**64))
-    return _splitmix(key ^ np.asarray(index, np.int64).astype(np.uint64))
-
-
-def view_ids(seed: int, epoch: int, index, padding: int = 4, flip: bool = True) -> np.ndarray:
-    """The view id of each sample ``index`` in ``epoch``: ``(dy * (2p+1) + dx) * 2 + flip``.
-
-    Uniform over the (2p+1)^2 * 2 views (the flip bit is 0 when ``flip`` is off): the
-    :func:`view_key` modulo the number of views.
-    """
-    side = 2 * padding + 1
-    ids = (view_key(seed, epoch, index) % np.uint64(side * side * 2)).astype(np.int64)
-    return ids if flip else ids & ~1
-
-
-def decode_views(ids, padding: int = 4):
-    """View ids -> [..., 3] of (dx, dy, flip), for numpy arrays or tensors."""
-    side = 2 * padding + 1
-    flip, cell = ids % 2, ids // 2
-    parts = (cell % side, cell // side, flip)
-    return torch.stack(parts, -1) if isinstance(ids, torch.Tensor) else np.stack(parts, -1)
-
-
-def encode_views(views, padding: int = 4):
-    """[..., 3] of (dx, dy, flip) -> view ids, the inverse of :func:`decode_views`
-    (``DeviceTrainLoader.last_keys`` holds them for the batch just served)."""
-    dx, dy, flip = views[..., 0], views[..., 1], views[..., 2]
-    return (dy * (2 * padding + 1) + dx) * 2 + flip
-
+from data.view_keys import decode_views, num_views, view_ids
 
 def crop_flip_normalize(images: torch.Tensor, index: torch.Tensor, views: torch.Tensor,
                         mean: torch.Tensor, std: torch.Tensor, padding: int) -> torch.Tensor:
@@ -118,23 +73,19 @@ def _nchw(images) -> torch.Tensor:
                     f"channels first or last")
 
 
-class DeviceTrainLoader:
-    """The trainer's train-loader protocol (engine/loaders.py) over an in-memory uint8 set.
+class DeviceTrainLoader(EpochPlan):
+    """The training-loader protocol (:mod:`data.loaders`) over an in-memory uint8 set.
 
-    Yields ``(images, labels[, index[, contrast_idx]])``, all on ``device``: ``index``
-    when ``needs.index`` or ``contrast`` is given, ``contrast_idx`` [B, k+1] from
-    ``contrast.contrast_indices(i)`` (the trainer's :class:`~data.wrappers.WithContrast`,
-    drawn on the host as in the DALI loader). ``needs`` is a ``BatchNeeds`` or anything
-    with ``index`` and ``contrast_k``. After each batch, ``last_index`` [B] and
-    ``last_views`` [B, 3] (dx, dy, flip) say which views it holds, on the device, and
-    ``last_keys`` gives (index, view id) on the host, as planned (the teacher store's keys,
-    read without waiting for the device). The whole set sits on
-    ``device`` as uint8 (CIFAR: 150 MB); on the CPU it shares the dataset's memory.
+    Yields :class:`Batch` on ``device``, with the fields of the request ``servers`` whose fields
+    come from the sample index (``index``, ``contrast_idx``, a plugin's ``extras``), drawn on
+    the host; a request that needs the image itself (an extra view) is refused by name. The
+    whole set sits on ``device`` as uint8 (CIFAR: 150 MB); on the CPU it shares the dataset's
+    memory.
     """
 
     def __init__(self, images, labels, mean: Sequence[float], std: Sequence[float], rank: int,
                  world_size: int, batch_size: int, seed: int, device, padding: int = 4,
-                 flip: bool = True, needs=None, contrast=None):
+                 flip: bool = True, servers: Sequence[RequestServer] = ()):
         self.device = torch.device(device)
         self.images = _nchw(images).to(self.device).contiguous()
         self.labels = torch.as_tensor(labels, dtype=torch.long).to(self.device)
@@ -143,23 +94,21 @@ class DeviceTrainLoader:
         channels = self.images.shape[1]
         self.mean = torch.as_tensor(mean, dtype=torch.float32, device=self.device).view(channels, 1, 1)
         self.std = torch.as_tensor(std, dtype=torch.float32, device=self.device).view(channels, 1, 1)
-        if getattr(needs, "contrast_k", 0) and contrast is None:
-            raise ValueError(f"the batches need {needs.contrast_k} contrast indices per sample: pass the "
-                             f"trainer's WithContrast wrapper as contrast=")
-        self.contrast = contrast
-        self.serve_index = contrast is not None or bool(getattr(needs, "index", False))
-        self.batch_size, self.seed, self.padding, self.flip = batch_size, seed, padding, flip
-        self.sampler = EpochSampler(range(len(self.labels)), rank, world_size, seed=seed)
-        self.last_index = self.last_views = self.last_keys = None
+        self.servers = index_servers(servers, "--loader device")
+        self.seed, self.padding, self.flip = seed, padding, flip
+        super().__init__(EpochSampler(range(len(self.labels)), rank, world_size, seed=seed), batch_size, self.servers)
+        self.view_scheme = ViewScheme(num_views(padding), {"padding": int(padding), "size": int(self.images.shape[-1]),
+                                                           "flip": bool(flip)})
+        self.last_views = None
         self.set_epoch(0)
 
     @staticmethod
     def serves(dataset, padding: int = 4) -> bool:
-        """Whether ``dataset`` (or the WithIndex/WithContrast around it) is an in-memory set
+        """Whether ``dataset`` (or the :class:`~data.requests.Served` around it) is an in-memory set
         whose own augmentation is exactly this loader's: uint8 ``data`` and ``targets``
         (CifarPickles, ``synthetic``) and a train transform of RandomCrop(padding=4),
         RandomHorizontalFlip and the tensor conversion and normalisation, nothing else random."""
-        base = dataset.dataset if isinstance(dataset, (WithIndex, WithContrast)) else dataset
+        base, _ = unwrap(dataset)
         data = getattr(base, "data", None)
         if not (hasattr(base, "targets") and getattr(data, "dtype", None) in (np.uint8, torch.uint8)
                 and getattr(data, "ndim", 0) == 4):
@@ -173,27 +122,14 @@ class DeviceTrainLoader:
     def from_dataset(cls, dataset, mean, std, rank: int, world_size: int, batch_size: int, seed: int,
                      device, **options) -> "DeviceTrainLoader":
         """Over a set holding uint8 ``data`` [N, H, W, C] and ``targets`` (CifarPickles,
-        ``synthetic``), or the trainer's WithIndex/WithContrast around one (index and
-        contrast indices are then served as that wrapper would)."""
-        wrapped = isinstance(dataset, (WithIndex, WithContrast))
-        base = dataset.dataset if wrapped else dataset
+        ``synthetic``), or the :class:`~data.requests.Served` around one (its request servers then
+        add their fields, as on the DataLoader path)."""
+        base, servers = unwrap(dataset)
         if not hasattr(base, "data") or not hasattr(base, "targets"):
             raise DataError(f"the device loader serves in-memory sets with uint8 'data' and 'targets' "
                             f"(cifar10, cifar100, synthetic), not {type(base).__name__}")
         return cls(base.data, base.targets, mean, std, rank, world_size, batch_size, seed, device,
-                   needs=SimpleNamespace(index=wrapped, contrast_k=0),
-                   contrast=dataset if isinstance(dataset, WithContrast) else None, **options)
-
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        """Epoch ``epoch``'s order and views, starting after its first ``skip`` batches."""
-        self.epoch = epoch
-        self.sampler.set_epoch(epoch)
-        self.sampler.start = skip * self.batch_size
-        if hasattr(self.contrast, "set_epoch"):  # fresh contrast draws per epoch
-            self.contrast.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.sampler) // self.batch_size
+                   servers=servers, **options)
 
     def views(self, index, epoch: Optional[int] = None) -> torch.Tensor:
         """[K, 3] (dx, dy, flip) of samples ``index`` in ``epoch`` (default: the current one),
@@ -213,12 +149,16 @@ class DeviceTrainLoader:
     def _serve(self, plan: torch.Tensor, order: np.ndarray, ids: np.ndarray):
         for rows, host_index, host_ids in zip(plan, order, ids):
             index, views = rows[:, 0], rows[:, 1:]
-            self.last_index, self.last_views = index, views
-            self.last_keys = (torch.from_numpy(host_index), torch.from_numpy(host_ids))  # no device read
-            batch = (crop_flip_normalize(self.images, index, views, self.mean, self.std, self.padding),
-                     self.labels[index])
-            if self.serve_index:
-                batch += (index,)
-            if self.contrast is not None:
-                batch += (torch.stack([self.contrast.contrast_indices(i) for i in host_index]).to(self.device),)
+            self.last_views = views
+            fields = host_fields(self.servers, host_index)
+            batch = Batch(images=crop_flip_normalize(self.images, index, views, self.mean, self.std, self.padding),
+                          labels=self.labels[index],
+                          keys=(torch.from_numpy(host_index), torch.from_numpy(host_ids)))  # no device read
+            if "index" in fields:
+                batch.index = index
+            if "contrast_idx" in fields:
+                batch.contrast_idx = fields["contrast_idx"].to(self.device)
+            if "extras" in fields:
+                batch.extras = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v
+                                for k, v in fields["extras"].items()}
             yield batch

@@ -166,7 +166,9 @@ class ImageFolderSplit(ImageFiles, tvd.ImageFolder):
 
 @register_dataset("imagefolder", family="cifar", num_classes=None, input_size=32,
                   mean=IMAGENET_MEAN, std=IMAGENET_STD, image_files=True)
-def imagefolder(root: str, split: str, augment: bool, **options) -> ImageFolderSplit:
+def imagefolder(root: str, split: str, augment: bool, image_size: int = 32,
+                mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                skip_bad_images: bool = False) -> ImageFolderSplit:
     """Options: ``image_size`` (32), ``mean``/``std`` (ImageNet's), ``skip_bad_images``.
     ``num_classes`` in the metadata is None: it is the number of class folders in ``train/``."""
-    return ImageFolderSplit(root, split, augment, **options)
+    return ImageFolderSplit(root, split, augment, image_size, mean, std, skip_bad_images=skip_bad_images)

@@ -115,9 +115,11 @@ class ImageNetFolder(ImageFolderSplit):
 
 @register_dataset("imagenet", family="imagenet", num_classes=None, input_size=224,
                   mean=IMAGENET_MEAN, std=IMAGENET_STD, image_files=True)
-def imagenet(root: str, split: str, augment: bool, skip_bad_images: bool = False,
-             seeded_views: bool = False, **options) -> ImageNetFolder:
+def imagenet(root: str, split: str, augment: bool, skip_bad_images: bool = False, seeded_views: bool = False,
+             crop: int = 224, val_resize: Optional[int] = None, rrc_scale: Optional[Sequence[float]] = None,
+             rrc_ratio: Optional[Sequence[float]] = None, reference_rrc: bool = False) -> ImageNetFolder:
     """Options: ``crop``, ``val_resize``, ``rrc_scale``, ``rrc_ratio``, ``reference_rrc``,
     ``skip_bad_images``, ``seeded_views`` (module docstring). ``num_classes`` is the number of
     class folders in ``train/``."""
-    return ImageNetFolder(root, split, augment, geometry(**options), skip_bad_images, seeded_views)
+    shape = geometry(crop, val_resize, rrc_scale, rrc_ratio, reference_rrc)
+    return ImageNetFolder(root, split, augment, shape, skip_bad_images, seeded_views)

@@ -47,6 +47,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from data.folder import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, image_paths
+from data.loaders import EpochPlan, collate, ignore_stop_signals
 from data.registry import DATASETS
 from data.transforms import cifar_transform
 
@@ -322,19 +323,26 @@ class MPerClassBatchSampler:
         return self.iter_per_epoch - self.start
 
 
-class MetricTrainLoader:
-    """The trainer's loader protocol (``set_epoch``, ``__len__``, ``__iter__``) over m-per-class batches."""
+class MetricTrainLoader(EpochPlan):
+    """The training-loader protocol (:mod:`data.loaders`) over m-per-class batches: the epoch's
+    batches come from the sampler's (seed, epoch) draw, and a resumed epoch skips ``skip`` of them."""
 
     def __init__(self, dataset: Dataset, rank: int, batch_size: int, m: int, iter_per_epoch: int,
                  num_workers: int, seed: int, pin_memory: bool = False):
+        sampler = MPerClassBatchSampler(dataset.targets, batch_size, m, iter_per_epoch, seed, rank)
+        super().__init__(sampler, batch_size, [dataset])
         self.dataset, self.seed, self.rank = dataset, seed, rank
-        self.sampler = MPerClassBatchSampler(dataset.targets, batch_size, m, iter_per_epoch, seed, rank)
         self.generator = torch.Generator()
         self.loader = DataLoader(dataset, batch_sampler=self.sampler, num_workers=num_workers,
-                                 pin_memory=pin_memory, generator=self.generator)
+                                 pin_memory=pin_memory, generator=self.generator, collate_fn=collate,
+                                 worker_init_fn=ignore_stop_signals)
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.sampler.epoch, self.sampler.start = epoch, skip
+        self.epoch = epoch
+        self.sampler.epoch, self.sampler.start = epoch, skip  # a batch sampler: skip counts batches
+        for thing in self.draws:
+            if hasattr(thing, "set_epoch"):
+                thing.set_epoch(epoch)
         self.generator.manual_seed(self.seed * 100003 + epoch * 1009 + self.rank)
 
     def __len__(self) -> int:

@@ -7,8 +7,9 @@ files as it reads (and so accepts ``skip_bad_images``).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
+from core.options import Option, check_options, options_from_signature
 from core.registry import Registry
 
 DATASETS = Registry("dataset")
@@ -46,3 +47,23 @@ def register_dataset(name: str, *, family: str, num_classes: Optional[int], inpu
 def check_split(split: str) -> None:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+def dataset_options(name: str) -> Optional[Dict[str, Option]]:
+    """The options dataset ``name`` takes (``--data_opt KEY=VALUE``), typed by their defaults."""
+    options = options_from_signature(DATASETS.get(name), skip=("root", "split", "augment"))
+    if options is not None:  # every dataset takes augment: false leaves the training split unaugmented
+        options["augment"] = Option(None, "augment the split (default: the training split only)", type=bool)
+    return options
+
+
+def check_data_options(name: str, values: Dict[str, Any]) -> Dict[str, Any]:
+    """``values`` checked against :func:`dataset_options`: an unknown key or a bad value is one
+    :class:`DataError` listing the options the dataset takes, with their types and defaults
+    (``skip_bad_images`` is left to :func:`data.build_dataset`, which says which datasets take it)."""
+    own = {k: v for k, v in values.items() if k != "skip_bad_images"}
+    try:
+        checked = check_options(f"dataset '{name}'", dataset_options(name), own, "--data_opt")
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    return {**checked, **({"skip_bad_images": values["skip_bad_images"]} if "skip_bad_images" in values else {})}

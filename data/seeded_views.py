@@ -21,7 +21,7 @@ meeting one of its own earlier views is ~epochs^2 / 2^33 unlikely per sample.
 
 Use: build ``imagenet`` with ``seeded_views=True`` (its train transform then starts with
 :class:`SeededRandomResizedCrop`), wrap the train set in :class:`WithSeededViews` and call
-its ``set_epoch`` each epoch (``engine.loaders.TrainLoader`` does). Items are
+its ``set_epoch`` each epoch (every training loader does: :class:`data.loaders.EpochPlan`). Items are
 ``(image, label)``; a sample's view id in an epoch is :func:`view_slot` (epoch).
 
 DALI (``--dali``): its ``fn.random_resized_crop`` and ``fn.decoders.image_random_crop``
@@ -47,9 +47,9 @@ from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from data.device_loader import view_key
 from data.registry import DataError
-from data.wrappers import _Wrapper
+from data.view_keys import view_key
+from data.wrappers import Wrapper
 
 #: (top, left, height, width, flip): a crop window in pixels of the source image and a flip bit
 View = Tuple[int, int, int, int, bool]
@@ -145,11 +145,11 @@ def _split_at_crop(transform) -> Tuple[T.Compose, SeededRandomResizedCrop, T.Com
     return T.Compose(steps[:at[0]]), steps[at[0]], T.Compose(steps[at[0] + 1:])
 
 
-class WithSeededViews(_Wrapper):
+class WithSeededViews(Wrapper):
     """Items ``(image, label)``: sample ``index`` rendered at its view of the current epoch,
     whose id is :func:`view_slot` (epoch) for every sample. Items are a plain dataset's, so
-    the index wrappers (``WithIndex``, ``WithContrast``) compose around it as around any set;
-    their ``set_epoch`` reaches it.
+    :class:`data.requests.Served` composes around it as around any set; its ``set_epoch``
+    reaches it.
 
     Images are read by a shallow copy of the dataset whose transform stops before the
     seeded crop; the crop and the steps after it (ToTensor, Normalize, ...) run here.

@@ -19,16 +19,15 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from core.options import Option, as_option
 from core.registry import Registry
+from core.requests import DataRequest
 
 DISTILLERS = Registry("distiller")
 
 #: A key of a distiller's output that is the student's prediction, not a loss term
 #: (SimKD predicts through the teacher's classifier). Excluded from the loss sum.
 PREDICTION = "logits"
-
-#: Keys a distiller may ask the trainer to put in ``batch``.
-BATCH_KEYS = ("labels", "index", "contrast_idx")
 
 #: The method that ``-a/--alpha`` adds to any other: KD (Hinton et al.), an ordinary registered method.
 ADDED_TERM = "kd"
@@ -70,121 +69,6 @@ class InitStage:
     lr: Optional[float] = None
     student_taps: Sequence[str] = ()
     teacher_taps: Sequence[str] = ()
-
-
-@dataclass(frozen=True)
-class Option:
-    """A method option: default, one-line meaning, and the values it accepts.
-
-    ``options = {"nce_k": Option(16384, "negatives per sample", min=1)}`` in a distiller
-    class; a plain default (``{"nce_k": 16384}``) is an Option without help. The type
-    comes from the default (bool, int, float, str, tuple) unless ``type`` is given (needed
-    when the default is None). Values are checked in one place, :meth:`Option.check`, for
-    the command line and for Python callers alike; ``flags`` are extra spellings
-    (``-f``, the seeds' ``--sample``). The bounds ``min``/``above``/``max``/``below`` apply to a
-    number, and to every element of a tuple option (MLKD's temperatures).
-    """
-
-    default: Any
-    help: str = ""
-    type: Optional[Callable[[Any], Any]] = None
-    choices: Optional[Sequence[Any]] = None
-    min: Optional[float] = None
-    above: Optional[float] = None  # exclusive lower bound (temperatures: above=0)
-    max: Optional[float] = None
-    flags: Sequence[str] = ()
-    below: Optional[float] = None  # exclusive upper bound (a momentum: min=0, below=1)
-
-    @property
-    def kind(self) -> Optional[type]:
-        """The value type: declared, else the default's (None when it cannot be told)."""
-        if self.type is not None:
-            return self.type
-        if self.default is None:
-            return None
-        return tuple if isinstance(self.default, list) else type(self.default)
-
-    def accepted(self) -> str:
-        """What the option accepts, in words (for error messages and --help)."""
-        if self.choices is not None:
-            return "one of " + ", ".join(map(str, self.choices))
-        kind = self.kind
-        bounds = []
-        if self.above is not None:
-            bounds.append(f"> {self.above:g}")
-        if self.min is not None:
-            bounds.append(f">= {self.min:g}")
-        if self.max is not None:
-            bounds.append(f"<= {self.max:g}")
-        if self.below is not None:
-            bounds.append(f"< {self.below:g}")
-        words = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-                 tuple: "a list of numbers" if bounds else "a list"}.get(kind, "a value")
-        return words + (" " + " and ".join(bounds) if bounds else "")
-
-    def _within(self, number: Any) -> bool:
-        """Whether ``number`` is a number (not a bool) inside the bounds."""
-        if isinstance(number, bool) or not isinstance(number, (int, float)):
-            return False
-        return not (self.min is not None and number < self.min or self.above is not None and number <= self.above
-                    or self.max is not None and number > self.max or self.below is not None and number >= self.below)
-
-    def check(self, method: str, name: str, value: Any) -> Any:
-        """The value, normalised (an int for a float option, a list as a tuple), or a ValueError
-        naming the method, the option, the value and what is accepted."""
-        def bad() -> ValueError:
-            return ValueError(f"{method}: option {name}={value!r} is not accepted; expected {self.accepted()}")
-
-        if value is None:
-            if self.default is None:
-                return None
-            raise bad()
-        kind = self.kind
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if kind is tuple and isinstance(value, list):
-            value = tuple(value)
-        if kind is not None and kind is not float and not isinstance(value, kind) or \
-                kind is float and not isinstance(value, float) or \
-                kind is int and isinstance(value, bool):
-            raise bad()
-        if self.choices is not None and value not in self.choices:
-            raise bad()
-        bounded = any(b is not None for b in (self.min, self.above, self.max, self.below))
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and not self._within(value):
-            raise bad()
-        if isinstance(value, tuple) and bounded and not all(self._within(v) for v in value):
-            raise bad()
-        return value
-
-
-def as_option(value: Any) -> Option:
-    return value if isinstance(value, Option) else Option(value)
-
-
-@dataclass(frozen=True)
-class BatchNeeds:
-    """What a method's batches carry besides images and labels; the data path serves it.
-
-    ``index``: each sample's dataset index (memory banks). ``contrast_k``: negatives per sample
-    drawn by the contrast sampler (CRD), with ``contrast_mode`` 'exact' (the positive is the
-    sample itself) or 'relax' (any sample of its class). ``views``: augmented views per image
-    (MLKD's weak and strong pair: the second view's taps reach the method as ``batch["strong"]``).
-    """
-
-    index: bool = False
-    contrast_k: int = 0
-    contrast_mode: str = "exact"
-    views: int = 1
-
-    def merged(self, other: "BatchNeeds") -> "BatchNeeds":
-        """What two methods of one objective need together."""
-        if self.contrast_k and other.contrast_k and (self.contrast_k, self.contrast_mode) != \
-                (other.contrast_k, other.contrast_mode):
-            raise ValueError("two terms ask for different contrast sampling")
-        return BatchNeeds(self.index or other.index, max(self.contrast_k, other.contrast_k),
-                          self.contrast_mode if self.contrast_k else other.contrast_mode,
-                          max(self.views, other.views))
 
 
 def register_distiller(name: str, **meta: Any):
@@ -231,19 +115,18 @@ class Distiller(nn.Module):
 
     * ``student_taps`` / ``teacher_taps``: tap names (or groups such as ``stages``)
       read by ``forward``; instances may narrow them from their options.
-    * ``batch_keys``: which of ``labels``, ``index``, ``contrast_idx`` ``forward``
-      reads from ``batch``; asking for ``contrast_idx`` makes the trainer wrap the
-      dataset with contrast sampling.
     * ``default_weights``: the reference script's ``gamma`` (CE), ``alpha`` (KD) and
       ``beta`` (this method) used when the command line does not set them.
     * ``options``: dict of option name -> default or :class:`Option` (default, meaning,
       accepted values); these become keyword arguments and the method's own command-line
       flags ``--<name>`` (use the reference's flag names), checked in one place.
 
-    ``batch`` carries the requested ``batch_keys`` plus ``epoch`` (1-based, float
-    progress within the run) for warm-up schedules. Methods with memories update
-    them inside ``forward`` after scoring, with embeddings gathered over ranks
-    (:func:`distillers.dist.gather`), so every rank keeps identical buffers.
+    ``batch`` always carries ``labels`` and ``epoch`` (the 1-based epoch, for warm-up schedules),
+    and what the method's :meth:`data_requests` asked for: ``index``, ``contrast_idx``, a
+    further view's taps under its name (``batch["strong"] = {"s": ..., "t": ...}``), a plugin
+    request's fields. Methods with memories update them inside ``forward`` after scoring, with
+    embeddings gathered over ranks (:func:`distillers.dist.gather`), so every rank keeps
+    identical buffers.
 
     and implement ``__init__(spec, **options)`` (build parts from shapes) and
     ``forward(s, t, batch) -> {term name: scalar tensor}``.
@@ -251,10 +134,6 @@ class Distiller(nn.Module):
 
     student_taps: Sequence[str] = ("logits",)
     teacher_taps: Sequence[str] = ("logits",)
-    batch_keys: Sequence[str] = ()
-    #: Augmented views of each image the method reads (MLKD: ("weak", "strong")); the first is
-    #: in ``s``/``t``, the second's taps in ``batch["strong"] = {"s": ..., "t": ...}``.
-    views: Sequence[str] = ()
     default_weights: Mapping[str, float] = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
     options: Mapping[str, Any] = {}
     registry_name: str = ""
@@ -298,11 +177,11 @@ class Distiller(nn.Module):
                 batch: Optional[Dict[str, Any]] = None) -> Dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def batch_needs(self) -> BatchNeeds:
-        """What this method's batches need (default: sample indices when ``batch_keys`` has
-        ``index``, and as many augmented views as ``views`` names); methods that sample
-        contrasts override it with their own options."""
-        return BatchNeeds(index="index" in self.batch_keys, views=max(1, len(self.views)))
+    def data_requests(self) -> Sequence[DataRequest]:
+        """What this method needs from the data besides images and labels (:mod:`core.requests`:
+        ``SampleIndex()``, ``ContrastSampling(negatives, positive)``, ``ExtraView(name, augment)``, or a plugin's
+        own kind); the data path serves each (none by default)."""
+        return ()
 
     def parts(self) -> Sequence[Tuple[str, float, "Distiller"]]:
         """The named, weighted methods this one is composed of; empty for a method that is its own

@@ -212,7 +212,7 @@ class GoldenCase:
             for tap, value in _spread(taps, inputs[name]):
                 if tap == "_":
                     continue
-                if side.startswith("strong_"):  # a second view's taps (BatchNeeds.views), as the trainer gives them
+                if side.startswith("strong_"):  # a further view's taps (an ExtraView request), as the trainer gives them
                     view = batch.setdefault("strong", {"s": {}, "t": {}})[side[len("strong_"):]]
                     view[tap] = value.clone().requires_grad_(side == "strong_s")
                 elif side == "batch":

@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 from core.registry import UnknownNameError
 from engine import config
 from engine.checkpoint import CheckpointError
+from engine.errors import TrainingError
 from engine.distributed import DistInfo, launch
 from engine.interrupts import STOP, RunInterrupted
 from engine.plugins import load_plugins
@@ -21,9 +22,8 @@ USER_ERRORS = (config.ConfigError, CheckpointError, UnknownNameError, FileNotFou
 
 
 def user_errors():
-    """USER_ERRORS plus the error types of the data and trainer modules (imported lazily)."""
+    """USER_ERRORS plus the error types of the data module and the loop (imported lazily)."""
     from data.registry import DataError
-    from engine.trainer import TrainingError
     return USER_ERRORS + (DataError, TrainingError)
 
 
@@ -56,7 +56,7 @@ class _Guarded:
 
 def _teacher_main(info: DistInfo, args) -> None:
     from engine.evaluate import evaluate_checkpoint
-    from engine.trainer import Trainer
+    from engine.loop import Trainer
     load_plugins(args.plugins)
     if getattr(args, "evaluate", False):  # ``--mode eval --load CKPT`` (the metric seeds' run.py)
         if not args.path_s:
@@ -68,7 +68,7 @@ def _teacher_main(info: DistInfo, args) -> None:
 
 def _student_main(info: DistInfo, args) -> None:
     from engine.evaluate import evaluate_checkpoint
-    from engine.trainer import Trainer
+    from engine.loop import Trainer
     load_plugins(args.plugins)
     if args.evaluate:
         if not args.path_s:

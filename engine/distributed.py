@@ -158,7 +158,7 @@ def gather_to_main(obj: Any) -> Optional[List[Any]]:
 def broadcast_result(fn: Optional[Callable[[], Any]]) -> Any:
     """Run ``fn`` on rank 0 and give every rank its result, or its user error raised on every
     rank (so that no rank waits forever for one that failed)."""
-    from engine.config import ConfigError
+    from engine.errors import ConfigError
 
     if not _group_ready():
         return fn() if fn is not None else None

@@ -13,11 +13,11 @@ import math
 from typing import Any, Dict
 
 import data as datasets
+from data.loaders import eval_loader
 from distillers import build_distiller
 from engine import checkpoint as ckpt
-from engine.config import ConfigError
+from engine.errors import ConfigError
 from engine.distributed import DistInfo
-from engine.loaders import eval_loader
 from engine.tasks import TASKS
 from models import create_model
 
@@ -58,7 +58,8 @@ def evaluate_checkpoint(args, info: DistInfo) -> Dict[str, float]:
         head = method.inference_head()
         if head is not None:
             head.to(info.device)
-    loader = eval_loader(test_set, info, max(1, (args.batch_size or 64) // 2), max(0, args.num_workers // 2))
+    loader = eval_loader(test_set, info.rank, info.world_size, max(1, (args.batch_size or 64) // 2),
+                         max(0, args.num_workers // 2))
     acc = task.evaluate(model, loader, info.device, head)
     if info.is_main:
         recorded = state.get("acc")

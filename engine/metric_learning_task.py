@@ -37,17 +37,18 @@ from distillers.base import default_method
 from distillers.dist import gather
 from distillers.retrieval import recall_at_k
 from engine import checkpoint as ckpt
-from engine.config import ConfigError, method_options
+from engine.errors import ConfigError
+from engine.options import method_options
 from engine.distributed import DistInfo
-from engine.loaders import eval_loader
+from data.loaders import eval_loader
 from engine.metric_learning_flags import DEFAULT_BASE, METRIC_RECIPES
-from engine.tasks import TASKS, unpack
+from engine.tasks import TASKS
 
 
 
 def _classification_default(attr: str) -> Optional[str]:
-    from engine import config
-    parser = config.teacher_parser() if attr == "model" else config.student_parser()
+    from engine import parsers
+    parser = parsers.teacher_parser() if attr == "model" else parsers.student_parser()
     return parser.get_default(attr)
 
 
@@ -179,7 +180,7 @@ class MetricTask:
         return {"embedding_size": wanted or size or 128, "l2normalize": norm, "pretrained": False}
 
     # ------------------------------------------------------------------ training
-    def train_loader(self, args, info: DistInfo, dataset, batch_per_rank: int, pin_memory: bool):
+    def train_loader(self, args, info: DistInfo, dataset, batch_per_rank: int, pin_memory: bool, view_scheme=None):
         self.selection_loader = None
         if self.select == "val":
             root = args.data_root or datasets.default_data_root()
@@ -187,7 +188,7 @@ class MetricTask:
                 val = metric_data.build_split(args.dataset, root, "val", **args.data_opts)
             except ValueError as err:
                 raise ConfigError(str(err)) from None
-            self.selection_loader = eval_loader(val, info, max(1, batch_per_rank // 2),
+            self.selection_loader = eval_loader(val, info.rank, info.world_size, max(1, batch_per_rank // 2),
                                                 max(0, args.num_workers // 2), pin_memory)
         try:
             return metric_data.MetricTrainLoader(dataset, info.rank, batch_per_rank, args.num_image_per_class,
@@ -195,14 +196,14 @@ class MetricTask:
         except ValueError as err:  # e.g. --num_image_per_class 1, a one-class training split
             raise ConfigError(str(err)) from None
 
-    def optimizer(self, args, params, lr: float):
-        """Adam (L2-style weight decay) and MultiStepLR; the trainer steps the schedule after each
-        epoch, so milestones move one epoch earlier to match the references' step at the start of
-        each epoch (the decayed rate applies from the milestone epoch on)."""
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=args.weight_decay)
-        milestones = [max(int(m) - 1, 1) for m in args.lr_decay_epochs]
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=args.lr_decay_rate)
-        return opt, sched
+    #: The seeds' optimiser: Adam with L2-style weight decay (engine/optim.py).
+    default_optimizer = "adam"
+
+    def milestones(self, epochs):
+        """The trainer steps the schedule after each epoch, so milestones move one epoch earlier to
+        match the references' step at the start of each epoch (the decayed rate applies from the
+        milestone epoch on)."""
+        return tuple(max(int(m) - 1, 1) for m in epochs)
 
     def train_correct(self, logits: torch.Tensor, y: torch.Tensor) -> int:
         return 0
@@ -246,9 +247,9 @@ class MetricTask:
         model.eval()
         embeddings, labels = [], []
         for batch in loader:
-            x, y, _ = unpack(batch, device)
-            embeddings.append(model(x).flatten(1).float())
-            labels.append(y)
+            batch = batch.to(device, non_blocking=True)
+            embeddings.append(model(batch.images).flatten(1).float())
+            labels.append(batch.labels)
         if not embeddings:
             embeddings, labels = [torch.zeros(0, 1, device=device)], [torch.zeros(0, dtype=torch.long, device=device)]
         return gather(torch.cat(embeddings)), gather(torch.cat(labels))

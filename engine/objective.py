@@ -11,12 +11,15 @@ hands its prediction to the terms after it, so KD and cross-entropy see that pre
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-from distillers.base import PREDICTION, BatchNeeds, Distiller
-from engine.config import ConfigError
+from core.requests import DataRequest, merge_requests
+from distillers.base import ADDED_TERM, DISTILLERS, PREDICTION, Distiller, ShapeSpec, build_distiller
+from engine.errors import ConfigError
+from engine.options import term_options
 
 #: A task's own term: (prediction, batch) -> scalar loss.
 TaskLoss = Callable[[torch.Tensor, Mapping[str, Any]], torch.Tensor]
@@ -64,12 +67,12 @@ class Objective:
     def teacher_taps(self) -> List[str]:
         return list(dict.fromkeys(n for term in self.terms for n in term.distiller.teacher_taps))
 
-    def batch_needs(self) -> BatchNeeds:
-        """What the data path must serve for every term together (indices, contrast samples)."""
-        needs = BatchNeeds()
-        for term in self.terms:
-            needs = needs.merged(term.distiller.batch_needs())
-        return needs
+    def data_requests(self) -> List[DataRequest]:
+        """What the data path must serve for every term together (indices, contrast samples, views)."""
+        try:
+            return merge_requests(r for term in self.terms for r in term.distiller.data_requests())
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
     def describe(self) -> str:
         """``0.1 * ce + 0.9 * kd(kd_T=4.0, logit_std=False)``: every term with its weight and options
@@ -93,12 +96,47 @@ class Objective:
             for name, value in out.items():
                 value = term.weight * value.reshape(()).to(prediction.device)
                 terms[name] = terms[name] + value if name in terms else value
-        strong = batch.get("strong")  # a second augmented view (BatchNeeds.views): the task's terms see both
+        views = [batch[name] for name in batch.get("views", ())]  # further augmented views: the task's terms see each
         for name, (weight, loss) in self.task_terms.items():
             value = loss(prediction, batch)
-            if strong is not None:
-                value = value + loss(strong["s"]["logits"], batch)
+            for view in views:
+                value = value + loss(view["s"]["logits"], batch)
             terms[name] = weight * value
         # no term (e.g. a main stage whose method acts only in its init stage, with -r 0): a zero with a graph
         total = torch.stack(list(terms.values())).sum() if terms else prediction.sum() * 0
         return total, prediction, terms
+
+
+class Distillation(NamedTuple):
+    """A student run's loss: the chosen method, the KD term ``-a`` adds (or None), the weights
+    and the objective made of them."""
+
+    method: Distiller
+    added_term: Optional[Distiller]
+    weights: Dict[str, float]
+    objective: Objective
+
+
+def build_method(name: str, spec: ShapeSpec, options: Dict[str, Any], device) -> Distiller:
+    try:
+        return build_distiller(name, spec, **options).to(device)
+    except (ValueError, TypeError) as err:  # the method's own message says why
+        raise ConfigError(f"--distill {name} with teacher {spec.extra['teacher_arch']} and "
+                          f"student {spec.extra['student_arch']}: {err}") from None
+
+
+def build_distillation(args, task, spec: ShapeSpec, device) -> Distillation:
+    """The method with its options, the weights (command line, else the method's reference
+    values), the KD term when ``alpha`` is not 0, and the task's own terms: one objective."""
+    cls = DISTILLERS.get(args.distill)
+    weights = dict(cls.default_weights)
+    weights.update({k: getattr(args, k) for k in ("gamma", "alpha", "beta") if getattr(args, k) is not None})
+    task.check_weights(weights)
+    mine, theirs = term_options(args, args.distill, ADDED_TERM if weights["alpha"] else None)
+    method = build_method(args.distill, spec, mine, device)
+    added = build_method(ADDED_TERM, spec, theirs, device) if weights["alpha"] else None  # -a: the KD term
+    objective = Objective([(weights["beta"], method), (weights["alpha"], added)], task.own_terms(weights))
+    if method.init_stage() is not None and not method.student_taps and weights["beta"]:
+        warnings.warn(f"--distill {args.distill} has no main-stage loss: -b {weights['beta']} has no effect "
+                      "(its loss acts in the initialisation stage)")
+    return Distillation(method, added, weights, objective)

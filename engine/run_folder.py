@@ -20,7 +20,7 @@ import socket
 import time
 from typing import Callable, Optional
 
-from engine.config import ConfigError
+from engine.errors import ConfigError
 
 LOCK = ".lock"
 #: What a run writes into its folder (``--overwrite`` removes exactly these).
@@ -116,3 +116,25 @@ def _read(fd: int) -> str:
         return os.pread(fd, 512, 0).decode(errors="replace").strip()
     except OSError:
         return ""
+
+
+def check_run_folder(run_dir: str, resume, overwrite: bool) -> None:
+    """Refuse, before any data loader starts, a folder that cannot take this run."""
+    RunFolder.check_writable(run_dir)
+    holds_run = os.path.isfile(os.path.join(run_dir, "latest.pth"))
+    if holds_run and not resume and not overwrite:
+        raise ConfigError(f"run folder '{run_dir}' already holds a run (latest.pth): continue it with "
+                          "--resume, start it over with --overwrite, or choose another --save_dir / --trial")
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other: continue the run, or start it over")
+
+
+def run_name(args, kind: str, teacher_arch: str, weights) -> str:
+    """The default run folder's name: architecture(s), dataset, method, weights, trial (and seed)."""
+    clean = lambda s: str(s).replace(":", "-").replace("/", "-")  # noqa: E731
+    seed = "" if str(args.seed) == str(args.trial) else f"_seed_{args.seed}"  # two seeds, two folders
+    if kind == "teacher":
+        return clean(f"{args.model}_{args.dataset}_lr_{args.learning_rate}_decay_{args.weight_decay}"
+                     f"_trial_{args.trial}{seed}")
+    return clean(f"S_{args.model_s}_T_{teacher_arch or 'teacher'}_{args.dataset}_{args.distill}"
+                 f"_r_{weights['gamma']}_a_{weights['alpha']}_b_{weights['beta']}_trial_{args.trial}{seed}")

@@ -8,30 +8,18 @@ the training loader. Classification is built in; metric learning is :mod:`engine
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from distillers import FeatureTaps
-from distillers.optim import DistillationOrientedTrainer
 from core.registry import Registry
+from data.loaders import DataLoaderTrainLoader
 from engine.distributed import all_reduce_sum
-from engine.loaders import TrainLoader
 
 TASKS = Registry("task")
-
-
-def unpack(batch, device) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
-    """``(x, y[, index[, contrast_idx]])`` -> tensors on ``device`` and the extras dict."""
-    x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
-    extras = {}
-    if len(batch) > 2:
-        extras["index"] = batch[2].to(device)
-    if len(batch) > 3:
-        extras["contrast_idx"] = batch[3].to(device)
-    return x, y, extras
 
 
 def accuracy_counts(logits: torch.Tensor, y: torch.Tensor, ks=(1, 5)) -> List[int]:
@@ -77,7 +65,8 @@ class ClassificationTask:
         counts = torch.zeros(4, dtype=torch.float64)
         try:
             for batch in loader:
-                x, y, _ = unpack(batch, device)
+                batch = batch.to(device, non_blocking=True)
+                x, y = batch.images, batch.labels
                 logits = head(taps(x)) if head is not None else model(x)
                 top1, top5 = accuracy_counts(logits, y)
                 loss = F.cross_entropy(logits, y, reduction="sum").item()
@@ -102,21 +91,18 @@ class ClassificationTask:
         """Extra ``create_model`` arguments to rebuild the network of checkpoint ``state`` (--evaluate)."""
         return {}
 
-    def train_loader(self, args, info, dataset, batch_per_rank: int, pin_memory: bool):
-        return TrainLoader(dataset, info, batch_per_rank, args.num_workers, args.seed, pin_memory)
+    def train_loader(self, args, info, dataset, batch_per_rank: int, pin_memory: bool, view_scheme=None):
+        """The DataLoader path over ``dataset`` (the training set serving the run's data requests); called
+        while the run is assembled."""
+        return DataLoaderTrainLoader(dataset, info.rank, info.world_size, batch_per_rank, args.num_workers,
+                                     args.seed, pin_memory, view_scheme)
 
     def describe(self, metrics: Dict[str, float]) -> str:
         return f"top-1 {metrics['top1']:.2f}% top-5 {metrics.get('top5', float('nan')):.2f}%"
 
-    def optimizer(self, args, params, lr: float):
-        """SGD (or DOT's two-momentum SGD with ``--dot``) with a step schedule applied at the start of
-        each (1-based) epoch, as the references."""
-        if getattr(args, "dot", False):
-            opt = DistillationOrientedTrainer(params, lr=lr, momentum=args.momentum, delta=args.dot_delta,
-                                              weight_decay=args.weight_decay)
-        else:
-            opt = torch.optim.SGD(params, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=args.lr_decay_epochs, gamma=args.lr_decay_rate)
-        return opt, sched
+    #: The recipe's optimiser (engine/optim.py) when --optimizer is not given.
+    default_optimizer = "sgd"
 
-
+    def milestones(self, epochs):
+        """The epochs after which a step schedule decays (the references step at the start of each epoch)."""
+        return tuple(int(e) for e in epochs)

@@ -29,3 +29,37 @@ def golden_file(method: str) -> Path:
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+def _registries():
+    """Every registry of the project, by name (imported here so that each is complete)."""
+    import data.requests
+    import distillers
+    import distillers.reference
+    import engine.optim
+    import engine.tasks
+    import models.registry
+
+    return {"distillers": distillers.DISTILLERS, "models": models.registry.MODELS, "datasets": data.DATASETS,
+            "data requests": data.requests.SERVERS, "tasks": engine.tasks.TASKS,
+            "golden entries": distillers.reference.GOLDEN, "published rows": distillers.reference.ROWS,
+            "optimizers": engine.optim.OPTIMIZERS, "schedulers": engine.optim.SCHEDULERS}
+
+
+@pytest.fixture(autouse=True)
+def _registries_restored():
+    """What a test registers (a plugin's method, model, dataset or data request) is gone after it, and
+    so is the plugin module, so no test sees another's registrations (the layering test among them)."""
+    import sys
+
+    saved = {name: (dict(r._entries), dict(r._meta)) for name, r in _registries().items()}
+    plugins = {k for k in sys.modules if k.startswith("distillers_plugin_")}
+    yield
+    for name, registry in _registries().items():
+        entries, meta = saved[name]
+        registry._entries.clear()
+        registry._entries.update(entries)
+        registry._meta.clear()
+        registry._meta.update(meta)
+    for key in [k for k in sys.modules if k.startswith("distillers_plugin_") and k not in plugins]:
+        del sys.modules[key]

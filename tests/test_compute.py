@@ -8,7 +8,7 @@ from engine.checkpoint import load
 from engine.distributed import DistInfo
 from engine.finite_watch import FiniteWatch, NonFiniteLoss
 from engine.precision import Precision
-from engine.trainer import Trainer
+from engine.loop import Trainer
 
 TINY = ["--dataset", "synthetic", "--data_opt", "train_size=128", "--data_opt", "test_size=32",
         "--batch_size", "32", "--num_workers", "0", "--no_tensorboard", "--loader", "device", "--model", "resnet8"]
@@ -19,14 +19,14 @@ def teacher_run(tmp, *extra, steps=None):
     trainer = Trainer(config.parse(config.teacher_parser(), TINY + ["--save_dir", str(tmp)] + list(extra)),
                       DistInfo(), "teacher")
     trainer.step_losses = []
-    step = trainer._step
+    step = trainer.stepper.step
 
     def recorded(*args, **kwargs):
         out = step(*args, **kwargs)
         trainer.step_losses.append(out[0].item())
         return out
 
-    trainer._step = recorded
+    trainer.stepper.step = recorded
     return trainer
 
 
@@ -34,18 +34,18 @@ def test_bf16_autocast_trains_close_to_float32(tmp_path):
     plain = teacher_run(tmp_path / "fp32", "--epochs", "2")
     bf16 = teacher_run(tmp_path / "bf16", "--epochs", "2", "--amp", "bf16")
     seen = {}
-    forward = bf16.model.forward
+    forward = bf16.run.model.forward
 
     def spy(x):
         out = forward(x)
-        seen["train" if bf16.model.training else "eval"] = out.dtype
+        seen["train" if bf16.run.model.training else "eval"] = out.dtype
         return out
 
-    bf16.model.forward = spy
+    bf16.run.model.forward = spy
     plain.fit()
     bf16.fit()
     assert seen == {"train": torch.bfloat16, "eval": torch.bfloat16}  # training and evaluation ran in bfloat16
-    assert all(p.dtype == torch.float32 for p in bf16.model.parameters())  # weights stay float32
+    assert all(p.dtype == torch.float32 for p in bf16.run.model.parameters())  # weights stay float32
     a, b = torch.tensor(plain.step_losses), torch.tensor(bf16.step_losses)
     assert len(a) == 8 and not torch.equal(a, b)
     assert torch.allclose(a, b, rtol=0.03)  # bfloat16 keeps ~3 significant digits
@@ -77,7 +77,7 @@ def test_fp16_scaler_skips_an_overflowing_step_and_resumes_with_its_scale(tmp_pa
                                                                     "--save_dir", str(tmp_path / "run")]),
                       DistInfo(), "teacher")
     resumed.resume(str(tmp_path / "run/latest.pth"))
-    assert resumed.precision.scaler.state_dict() == saved
+    assert resumed.run.precision.scaler.state_dict() == saved
 
 
 def test_fp16_with_dot_is_refused(tmp_path, capsys):
@@ -92,7 +92,7 @@ def test_fp16_with_dot_is_refused(tmp_path, capsys):
 def test_channels_last_trains_the_same_model(tmp_path):
     plain = teacher_run(tmp_path / "a", "--epochs", "1")
     nhwc = teacher_run(tmp_path / "b", "--epochs", "1", "--channels_last")
-    conv = nhwc.model.conv1.weight
+    conv = nhwc.run.model.conv1.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     plain.fit()
     nhwc.fit()
@@ -104,7 +104,7 @@ def test_compile_trains_close_to_eager(tmp_path):
     compiled = teacher_run(tmp_path / "b", "--epochs", "1", "--compile")
     eager.fit()
     compiled.fit()
-    assert compiled.compiled_once
+    assert compiled.stepper.compiled_once
     assert torch.allclose(torch.tensor(eager.step_losses), torch.tensor(compiled.step_losses), rtol=1e-3)
 
 
@@ -139,13 +139,13 @@ def test_a_step_reads_nothing_back_from_the_device(tmp_path, monkeypatch):
         argv = [a if a != "train_size=128" else f"train_size={size}" for a in TINY]
         trainer = Trainer(config.parse(config.teacher_parser(), argv + ["--save_dir", str(tmp_path / str(size))]),
                           DistInfo(), "teacher")
-        trainer.watch.every = 10 ** 6  # as on a GPU: the finiteness record is read at the epoch's end
+        trainer.stepper.watch.every = 10 ** 6  # as on a GPU: the finiteness record is read at the epoch's end
         with monkeypatch.context() as patch:
             for name in ("item", "__float__", "__bool__", "tolist", "__int__"):
                 patch.setattr(torch.Tensor, name, counting(name))
             reads["n"] = 0
-            trainer.train_epoch(trainer.optimizer)
-        return reads["n"], len(trainer.train_loader)
+            trainer.train_epoch(trainer.run.optimizer)
+        return reads["n"], len(trainer.run.train_loader)
 
     few, few_steps = reads_in_epoch(64)
     many, many_steps = reads_in_epoch(256)

@@ -195,7 +195,7 @@ def test_a_config_of_every_folder_builds_a_trainer(tmp_path):
     import torch
 
     from engine.distributed import DistInfo
-    from engine.trainer import Trainer
+    from engine.loop import Trainer
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -215,15 +215,15 @@ def test_a_config_of_every_folder_builds_a_trainer(tmp_path):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 trainer = Trainer(config.parse(config.student_parser(), argv), DistInfo(), "student")
-            assert isinstance(trainer.method, DISTILLERS.get(args.distill)), folder
+            assert isinstance(trainer.run.method, DISTILLERS.get(args.distill)), folder
             expected = {k: v for k, v in values(args).items() if k not in ("distill", "model_s", "model_t", "dataset",
                                                                            "gamma", "alpha", "beta", "kd_T", "nce_k",
                                                                            "dot", "dot_delta")}
             if args.dot:  # an optimiser option: the trainer's optimiser is DOT with that delta
-                assert type(trainer.optimizer).__name__ == "DistillationOrientedTrainer", folder
-                assert trainer.optimizer.defaults["delta"] == args.dot_delta
+                assert type(trainer.run.optimizer).__name__ == "DistillationOrientedTrainer", folder
+                assert trainer.run.optimizer.defaults["delta"] == args.dot_delta
             for key, value in expected.items():
-                assert getattr(trainer.method, key) == (tuple(value) if isinstance(value, list) else value), \
+                assert getattr(trainer.run.method, key) == (tuple(value) if isinstance(value, list) else value), \
                     (folder, key)
     finally:
         torch.set_num_threads(threads)

@@ -9,7 +9,10 @@ import torch
 from PIL import Image
 
 import data
-from data import WithContrast, WithIndex, build_dataset, dataset_info
+from core.requests import ContrastSampling, SampleIndex
+from data import build_dataset, dataset_info
+from data.loaders import collate
+from data.requests import ContrastServer, Served, served_dataset
 from data import cifar as cifar_mod
 from core.registry import UnknownNameError
 
@@ -224,55 +227,66 @@ class _Toy(torch.utils.data.Dataset):
 LABELS = [i % 4 for i in range(40)] + [4] * 5  # 4 classes of 10, one of 5
 
 
-def test_with_index():
-    ds = WithIndex(_Toy(LABELS))
-    assert ds[7][2] == 7 and ds[7][1] == 3 and len(ds) == 45
+def indexed(dataset):
+    return served_dataset(dataset, [SampleIndex()], 0)
+
+
+def contrast(k, mode="exact", seed=0, percent=1.0):
+    """The contrast server over the toy labels, and the served set (items: dicts of named fields)."""
+    server = ContrastServer(ContrastSampling(k, mode), _Toy(LABELS), seed, percent=percent)
+    return server, Served(_Toy(LABELS), [server], seed)
+
+
+def test_sample_index_request():
+    ds = indexed(_Toy(LABELS))
+    assert ds[7]["index"] == 7 and ds[7]["labels"] == 3 and len(ds) == 45
     assert ds.num_classes == 5 and ds.targets is ds.dataset.targets
 
 
-def test_with_contrast_exact_and_relax():
+def test_contrast_sampling_exact_and_relax():
     labels = np.array(LABELS)
-    exact = WithContrast(_Toy(LABELS), k=8, mode="exact")
-    relax = WithContrast(_Toy(LABELS), k=8, mode="relax")
+    _, exact = contrast(8, "exact")
+    _, relax = contrast(8, "relax")
     for i in range(len(labels)):
-        _, y, idx, c = exact[i]
-        assert idx == i and c.dtype == torch.long and c.shape == (9,) and c[0] == i
+        item = exact[i]
+        c, y = item["contrast_idx"], item["labels"]
+        assert item["index"] == i and c.dtype == torch.long and c.shape == (9,) and c[0] == i
         assert (labels[c[1:]] != y).all() and len(set(c[1:].tolist())) == 8
-        c = relax[i][3]
+        c = relax[i]["contrast_idx"]
         assert labels[c[0]] == labels[i] and (labels[c[1:]] != labels[i]).all()
-    assert len({WithContrast(_Toy(LABELS), 8, "relax", seed=s)[0][3][0].item()
-                for s in range(20)}) > 1
+    assert len({contrast(8, "relax", seed=s)[0].contrast_indices(0)[0].item() for s in range(20)}) > 1
 
 
-def test_with_contrast_pool_edges_and_determinism():
+def test_contrast_sampling_pool_edges_and_determinism():
     labels = np.array(LABELS)
-    big = WithContrast(_Toy(LABELS), k=100)  # pool of class 0 is 35: with replacement
-    c = big[0][3]
+    big, _ = contrast(100)  # pool of class 0 is 35: with replacement
+    c = big.contrast_indices(0)
     assert c.shape == (101,) and (labels[c[1:]] != 0).all()
-    small = WithContrast(_Toy(LABELS), k=50, percent=0.2)  # 2 per class of 10, 1 of class 4
+    small, _ = contrast(50, percent=0.2)  # 2 per class of 10, 1 of class 4
     pools = {}
     for i in range(len(labels)):
-        negs = small[i][3][1:]
+        negs = small.contrast_indices(i)[1:]
         assert (labels[negs] != labels[i]).all()
         for j in negs.tolist():
             pools.setdefault(labels[j], set()).add(j)
     assert {k: len(v) for k, v in pools.items()} == {0: 2, 1: 2, 2: 2, 3: 2, 4: 1}
 
-    a, b = WithContrast(_Toy(LABELS), 5, seed=3), WithContrast(_Toy(LABELS), 5, seed=3)
-    assert torch.equal(a[11][3], b[11][3]) and torch.equal(a[11][3], a[11][3])
-    other = WithContrast(_Toy(LABELS), 5, seed=4)
-    assert not all(torch.equal(a[i][3], other[i][3]) for i in range(10))
-    before = [a[i][3] for i in range(10)]
+    a, b = contrast(5, seed=3)[0], contrast(5, seed=3)[0]
+    assert torch.equal(a.contrast_indices(11), b.contrast_indices(11))
+    assert torch.equal(a.contrast_indices(11), a.contrast_indices(11))
+    other = contrast(5, seed=4)[0]
+    assert not all(torch.equal(a.contrast_indices(i), other.contrast_indices(i)) for i in range(10))
+    before = [a.contrast_indices(i) for i in range(10)]
     a.set_epoch(1)
-    assert not all(torch.equal(x, a[i][3]) for i, x in enumerate(before))
-    with pytest.raises(ValueError, match="mode"):
-        WithContrast(_Toy(LABELS), 5, mode="soft")
+    assert not all(torch.equal(x, a.contrast_indices(i)) for i, x in enumerate(before))
+    with pytest.raises(ValueError, match="positive"):
+        ContrastSampling(5, positive="soft")
 
 
-def test_with_contrast_same_in_workers():
-    ds = WithContrast(_Toy(LABELS), k=6, mode="relax", seed=1)
+def test_contrast_sampling_same_in_workers():
+    _, ds = contrast(6, "relax", seed=1)
     ds.set_epoch(2)
-    direct = torch.stack([ds[i][3] for i in range(len(ds))])
-    loader = torch.utils.data.DataLoader(ds, batch_size=8, num_workers=2)
-    via_workers = torch.cat([batch[3] for batch in loader])
+    direct = torch.stack([ds[i]["contrast_idx"] for i in range(len(ds))])
+    loader = torch.utils.data.DataLoader(ds, batch_size=8, num_workers=2, collate_fn=collate)
+    via_workers = torch.cat([batch.contrast_idx for batch in loader])
     assert torch.equal(direct, via_workers)

@@ -8,11 +8,12 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from data import WithContrast, WithIndex, build_dataset, dataset_info
-from data.device_loader import DeviceTrainLoader, crop_flip_normalize, decode_views, encode_views, view_ids
-from distillers.base import BatchNeeds
-from engine.distributed import DistInfo
-from engine.loaders import TrainLoader
+from core.requests import ContrastSampling, ExtraView, SampleIndex
+from data import build_dataset, dataset_info
+from data.device_loader import DeviceTrainLoader, crop_flip_normalize
+from data.loaders import DataLoaderTrainLoader
+from data.requests import served_dataset
+from data.view_keys import decode_views, encode_views, view_ids
 
 MEAN, STD = dataset_info("cifar10")["mean"], dataset_info("cifar10")["std"]
 N = 200  # 5 CIFAR-10 batch files of 40 random images
@@ -37,6 +38,11 @@ def loader(dataset, rank=0, world=1, batch=16, seed=3, **options):
     return DeviceTrainLoader.from_dataset(dataset, MEAN, STD, rank, world, batch, seed, "cpu", **options)
 
 
+def indexed(dataset, seed=3):
+    """The training set serving sample indices, as the trainer builds it for a method that asks."""
+    return served_dataset(dataset, [SampleIndex()], seed)
+
+
 def pil_view(hwc, dx, dy, flip, mean=MEAN, std=STD, padding=4):
     """The PIL train path built by hand for one crop offset and flip: RandomCrop(padding=4)
     pads with fill 0, crops at top=dy, left=dx, then RandomHorizontalFlip, ToTensor, Normalize."""
@@ -50,7 +56,7 @@ def pil_view(hwc, dx, dy, flip, mean=MEAN, std=STD, padding=4):
 def passes(loader_, epoch, skip=0):
     """Every batch of one pass, with the views it reports."""
     loader_.set_epoch(epoch, skip)
-    return [batch + (loader_.last_views.clone(),) for batch in loader_]
+    return [(b.images, b.labels, b.index, loader_.last_views.clone()) for b in loader_]
 
 
 def per_sample(batches):
@@ -95,7 +101,7 @@ def test_device_view_is_the_dataset_transform_for_the_same_draws(name, cifar):
 
 
 def test_loader_batches_equal_the_pil_path_and_labels_line_up(cifar):
-    dev = loader(WithIndex(cifar))
+    dev = loader(indexed(cifar))
     batches = passes(dev, epoch=3)
     assert len(batches) == len(dev) == N // 16
     for images, labels, index, views in batches:
@@ -108,21 +114,21 @@ def test_loader_batches_equal_the_pil_path_and_labels_line_up(cifar):
 # ------------------------------------------------------------------ order, resume, ranks, epochs
 @pytest.mark.parametrize("rank,world,epoch,skip", [(0, 1, 0, 0), (0, 1, 2, 3), (1, 2, 5, 0), (0, 2, 1, 2)])
 def test_order_is_the_dataloader_paths(cifar, rank, world, epoch, skip):
-    """Same samples in the same batches as engine.loaders.TrainLoader: switching loaders
-    changes only the augmentation draws."""
-    reference = TrainLoader(WithIndex(cifar), DistInfo(rank=rank, world_size=world), 16, 0, seed=3)
+    """Same samples in the same batches as the DataLoader path: switching loaders changes only
+    the augmentation draws."""
+    reference = DataLoaderTrainLoader(indexed(cifar), rank, world, 16, 0, seed=3)
     reference.set_epoch(epoch, skip)
-    dev = loader(WithIndex(cifar), rank, world)
+    dev = loader(indexed(cifar), rank, world)
     dev.set_epoch(epoch, skip)
     assert len(dev) == len(reference)
-    got = [(b[1].tolist(), b[2].tolist()) for b in dev]
-    assert got == [(b[1].tolist(), b[2].tolist()) for b in reference]
+    got = [(b.labels.tolist(), b.index.tolist()) for b in dev]
+    assert got == [(b.labels.tolist(), b.index.tolist()) for b in reference]
 
 
 def test_resume_replays_the_remaining_batches(cifar):
-    dev = loader(WithIndex(cifar))
+    dev = loader(indexed(cifar))
     full = passes(dev, epoch=4)
-    rest = passes(loader(WithIndex(cifar)), epoch=4, skip=5)  # a fresh loader: nothing carried over
+    rest = passes(loader(indexed(cifar)), epoch=4, skip=5)  # a fresh loader: nothing carried over
     assert len(rest) == len(full) - 5
     for a, b in zip(full[5:], rest):
         assert all(torch.equal(x, y) for x, y in zip(a, b))
@@ -131,14 +137,14 @@ def test_resume_replays_the_remaining_batches(cifar):
 def test_views_do_not_depend_on_the_number_of_processes(cifar):
     """Rank 0 and rank 1 of 2 together serve each sample with the view (and image) that one
     process serves it with; a different batch size changes nothing either."""
-    one = per_sample(passes(loader(WithIndex(cifar), batch=10), epoch=2))
+    one = per_sample(passes(loader(indexed(cifar), batch=10), epoch=2))
     two = {}
     for rank in (0, 1):
-        two.update(per_sample(passes(loader(WithIndex(cifar), rank, 2, batch=10), epoch=2)))
+        two.update(per_sample(passes(loader(indexed(cifar), rank, 2, batch=10), epoch=2)))
     assert sorted(one) == sorted(two) == list(range(N))
     for i in one:
         assert one[i][0] == two[i][0] and torch.equal(one[i][1], two[i][1])
-    odd = per_sample(passes(loader(WithIndex(cifar), 1, 2, batch=7), epoch=2))
+    odd = per_sample(passes(loader(indexed(cifar), 1, 2, batch=7), epoch=2))
     assert len(odd) == 98 and all(odd[i][0] == one[i][0] for i in odd)
 
 
@@ -162,7 +168,7 @@ def test_view_space_is_covered_evenly():
 
 
 def test_loader_reports_its_views(cifar):
-    dev = loader(WithIndex(cifar))
+    dev = loader(indexed(cifar))
     batches = passes(dev, epoch=6)
     views = torch.cat([b[-1] for b in batches])
     assert set(views[:, 0].tolist()) == set(range(9)) and set(views[:, 2].tolist()) == {0, 1}
@@ -170,38 +176,42 @@ def test_loader_reports_its_views(cifar):
     assert torch.equal(dev.views(index, epoch=6), views)
     assert torch.equal(encode_views(views), torch.from_numpy(view_ids(3, 6, index.numpy())))
     assert torch.equal(decode_views(encode_views(views)), views)
-    assert torch.equal(dev.last_index, batches[-1][2])
+    dev.set_epoch(6)
+    keys = [b.keys for b in dev]  # the store's keys: (index, view id) on the host, as served
+    assert torch.equal(torch.cat([k[0] for k in keys]), index)
+    assert torch.equal(torch.cat([k[1] for k in keys]), encode_views(views))
 
 
 # ------------------------------------------------------------------ what the batches carry
 def test_index_and_contrast_as_asked(cifar):
     images = torch.from_numpy(cifar.data)
-    plain = DeviceTrainLoader(images, cifar.targets, MEAN, STD, 0, 1, 16, 3, "cpu")
-    assert len(next(iter(plain))) == 2
-    indexed = DeviceTrainLoader(images, cifar.targets, MEAN, STD, 0, 1, 16, 3, "cpu", needs=BatchNeeds(index=True))
-    assert len(next(iter(indexed))) == 3
-    with pytest.raises(ValueError, match="WithContrast"):
-        DeviceTrainLoader(images, cifar.targets, MEAN, STD, 0, 1, 16, 3, "cpu", needs=BatchNeeds(contrast_k=4))
-    wrapper = WithContrast(cifar, k=4, mode="relax", seed=3)
-    dev = loader(wrapper)
+    plain = next(iter(DeviceTrainLoader(images, cifar.targets, MEAN, STD, 0, 1, 16, 3, "cpu")))
+    assert plain.index is None and plain.contrast_idx is None and plain.keys is not None
+    assert next(iter(loader(indexed(cifar)))).index.shape == (16,)
+    served = served_dataset(cifar, [ContrastSampling(4, "relax")], 3)
+    server = served.servers[0]
+    dev = loader(served)
     dev.set_epoch(2, skip=1)
-    images_, labels, index, contrast = next(iter(dev))
-    assert contrast.shape == (16, 5)
-    assert torch.equal(contrast, torch.stack([wrapper.contrast_indices(i) for i in index.tolist()]))
-    assert int(wrapper._epoch) == 2  # the wrapper's draws follow the loader's epoch
+    batch = next(iter(dev))
+    assert batch.contrast_idx.shape == (16, 5)
+    assert torch.equal(batch.contrast_idx, torch.stack([server.contrast_indices(i) for i in batch.index.tolist()]))
+    assert int(server._epoch) == 2  # the server's draws follow the loader's epoch
+    with pytest.raises(Exception, match="needs the image"):  # a second view needs the image: not served here
+        loader(served_dataset(cifar, [ExtraView("strong")], 3))
 
 
 def test_layouts_and_options(cifar):
     nhwc = DeviceTrainLoader(cifar.data, cifar.targets, MEAN, STD, 0, 1, 16, 3, "cpu")
     nchw = DeviceTrainLoader(torch.from_numpy(cifar.data).permute(0, 3, 1, 2).contiguous(),
                              torch.tensor(cifar.targets), MEAN, STD, 0, 1, 16, 3, "cpu")
-    assert all(torch.equal(a, b) for a, b in zip(next(iter(nhwc)), next(iter(nchw))))
-    still = loader(WithIndex(cifar), flip=False)
+    a, b = next(iter(nhwc)), next(iter(nchw))
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    still = loader(indexed(cifar), flip=False)
     for images, _, index, views in passes(still, epoch=1)[:3]:
         assert views[:, 2].eq(0).all()
         assert torch.equal(images, torch.stack([pil_view(cifar.data[i], *v)
                                                 for i, v in zip(index.tolist(), views.tolist())]))
-    uncropped = loader(WithIndex(cifar), padding=0)
+    uncropped = loader(indexed(cifar), padding=0)
     images, _, index, views = passes(uncropped, epoch=1)[0]
     assert views[:, :2].eq(0).all()
     assert torch.equal(images, torch.stack([pil_view(cifar.data[i], 0, 0, f, padding=0)
@@ -218,15 +228,15 @@ def test_synthetic_exposes_its_uint8_images():
 
 def test_global_rng_untouched(cifar):
     torch_state, np_state = torch.get_rng_state(), np.random.get_state()[1].copy()
-    passes(loader(WithContrast(cifar, k=4)), epoch=1, skip=2)
+    passes(loader(served_dataset(cifar, [ContrastSampling(4)], 3)), epoch=1, skip=2)
     assert torch.equal(torch.get_rng_state(), torch_state)
     assert np.array_equal(np.random.get_state()[1], np_state)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_equals_cpu(cifar):
-    cpu = passes(loader(WithIndex(cifar)), epoch=1)
-    gpu = passes(DeviceTrainLoader.from_dataset(WithIndex(cifar), MEAN, STD, 0, 1, 16, 3, "cuda"), epoch=1)
+    cpu = passes(loader(indexed(cifar)), epoch=1)
+    gpu = passes(DeviceTrainLoader.from_dataset(indexed(cifar), MEAN, STD, 0, 1, 16, 3, "cuda"), epoch=1)
     for a, b in zip(cpu, gpu):
         assert all(x.is_cuda for x in b)
         assert all(torch.allclose(x.cpu(), y) if x.is_floating_point() else torch.equal(x.cpu(), y)
@@ -239,16 +249,17 @@ def test_the_default_loader_is_the_device_loader_where_it_reproduces_the_augment
     keeps the DataLoader. Both reach the same accuracy (README, Loaders)."""
     from types import SimpleNamespace
 
-    from engine.build import loader_kind
+    from engine.data_setup import loader_kind
 
-    def kind(dataset, views=1, dali=None, loader="auto"):
-        return loader_kind(SimpleNamespace(loader=loader, dali=dali), dataset, BatchNeeds(views=views))
+    def kind(dataset, requests=(), dali=None, loader="auto"):
+        served = served_dataset(dataset, list(requests), 0)
+        return loader_kind(SimpleNamespace(loader=loader, dali=dali), served, requests)
 
     synthetic = build_dataset("synthetic", str(tmp_path), "train", train_size=64, test_size=8)
-    assert kind(synthetic) == kind(WithIndex(synthetic)) == kind(cifar) == "device"
+    assert kind(synthetic) == kind(synthetic, [SampleIndex()]) == kind(cifar) == "device"
     assert kind(build_dataset("synthetic", str(tmp_path), "train", train_size=64, test_size=8,
                               augment=False)) == "dataloader"
-    assert kind(synthetic, views=2) == kind(synthetic, dali="cpu") == "dataloader"
+    assert kind(synthetic, [ExtraView("strong")]) == "dataloader" and kind(synthetic, dali="cpu") == "dali"
     assert kind(synthetic, loader="dataloader") == "dataloader"
     folder = tmp_path / "folder" / "train" / "a"
     folder.mkdir(parents=True)

@@ -11,6 +11,8 @@ import torch
 from PIL import Image
 
 import data
+from core.requests import ContrastSampling, SampleIndex
+from data.requests import served_dataset
 from data.imagenet import ImageNetFolder, geometry
 from engine import cli
 from data.registry import DataError
@@ -126,16 +128,22 @@ def test_test_split_reads_val_even_next_to_an_unlabelled_test_folder(tmp_path):
     assert len(build(root, "test")) == 6
 
 
+
+def indexed(dataset):
+    """The training set serving sample indices (what the trainer builds for a method that asks)."""
+    return served_dataset(dataset, [SampleIndex()], 3)
+
+
 # ------------------------------------------------------------------ DALI CPU path
 @needs_dali
 def test_dali_cpu_train_batches_follow_the_sampler_with_right_labels(tree):
     from data.dali import dali_loaders
 
-    train_set = data.WithIndex(build(tree, "train", crop=32))
+    train_set = indexed(build(tree, "train", crop=32))
     train, _ = dali_loaders(*DALI, DistInfo(), 5, train_set, build(tree, "test"))
     assert len(train) == 4  # 24 samples, batch 5: the last partial batch is dropped
     train.set_epoch(2)
-    batches = list(train)
+    batches = [(b.images, b.labels, b.index) for b in train]
     sampler = EpochSampler(train_set, 0, 1, seed=3)
     sampler.set_epoch(2)
     assert torch.cat([b[2] for b in batches]).tolist() == list(sampler)[:20]
@@ -150,9 +158,9 @@ def test_dali_cpu_train_batches_follow_the_sampler_with_right_labels(tree):
         assert -2.2 < x.min() and x.max() < 2.7  # ImageNet-normalised, not 0..255
     # the same epoch replays identically; a skip resumes at the next batch
     again = list(train)
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again))
+    assert all(torch.equal(a[0], b.images) for a, b in zip(batches, again))
     train.set_epoch(2, skip=1)
-    assert len(train) == 3 and torch.equal(next(iter(train))[2], batches[1][2])
+    assert len(train) == 3 and torch.equal(next(iter(train)).index, batches[1][2])
 
 
 @needs_dali
@@ -161,7 +169,7 @@ def test_dali_cpu_eval_matches_torchvision(tree):
 
     test_set = build(tree, "test")
     _, test = dali_loaders(*DALI, DistInfo(), 4, build(tree, "train"), test_set)
-    images, labels = map(torch.cat, zip(*test))
+    images, labels = map(torch.cat, zip(*[(b.images, b.labels) for b in test]))
     reference = torch.stack([test_set[i][0] for i in range(len(test_set))])
     assert images.shape == reference.shape == (15, 3, 64, 64)
     assert labels.tolist() == test_set.targets
@@ -173,15 +181,15 @@ def test_dali_cpu_eval_matches_torchvision(tree):
 def test_dali_two_ranks_shard_train_and_see_every_test_sample_once(tree):
     from data.dali import dali_loaders
 
-    train_set, test_set = data.WithIndex(build(tree, "train", crop=32)), build(tree, "test")
+    train_set, test_set = indexed(build(tree, "train", crop=32)), build(tree, "test")
     reference = torch.stack([test_set[i][0] for i in range(len(test_set))]).flatten(1)
     seen, trained = [], []
     for rank in (0, 1):
         info = DistInfo(rank=rank, world_size=2)
         train, test = dali_loaders(*DALI, info, 4, train_set, test_set)
         train.set_epoch(1)
-        trained.append({i for b in train for i in b[2].tolist()})
-        for x, y in test:  # identify each returned image by its nearest torchvision image
+        trained.append({i for b in train for i in b.index.tolist()})
+        for x, y in ((b.images, b.labels) for b in test):  # identify each image by its nearest torchvision one
             found = torch.cdist(x.flatten(1), reference).argmin(dim=1)
             assert y.tolist() == [test_set.targets[i] for i in found.tolist()]
             seen += found.tolist()
@@ -193,15 +201,16 @@ def test_dali_two_ranks_shard_train_and_see_every_test_sample_once(tree):
 def test_dali_contrast_indices_are_valid(tree):
     from data.dali import dali_loaders
 
-    train_set = data.WithContrast(build(tree, "train", crop=32), k=6, seed=1)
+    train_set = served_dataset(build(tree, "train", crop=32), [ContrastSampling(6)], 1)
     train, _ = dali_loaders(*DALI, DistInfo(), 8, train_set, build(tree, "test"))
     train.set_epoch(1)
     labels = torch.tensor(train_set.targets)
-    for x, y, index, contrast in train:
+    for batch in train:
+        y, index, contrast = batch.labels, batch.index, batch.contrast_idx
         assert contrast.shape == (8, 7) and contrast.dtype == torch.int64
         assert torch.equal(contrast[:, 0], index)  # exact mode: the positive is the sample
         assert (labels[contrast[:, 1:]] != y[:, None]).all()  # negatives from other classes
-        assert torch.equal(contrast, torch.stack([train_set[int(i)][3] for i in index]))  # as torchvision
+        assert torch.equal(contrast, torch.stack([train_set[int(i)]["contrast_idx"] for i in index]))  # as torchvision
 
 
 @needs_dali

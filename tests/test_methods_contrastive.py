@@ -8,6 +8,7 @@ import torch
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp
 
+from core.requests import ContrastSampling
 from distillers.base import ShapeSpec, build_distiller
 
 MEMORY_OPTS = {"crd": {"nce_k": 8}, "crd_queue": {"nce_k": 8}, "rrd": {"nce_k": 8},
@@ -47,7 +48,7 @@ def test_zoo_pairs_forward_backward(pair):
         t = taps(x)
     total = 0
     for distiller in distillers.values():  # one student pass serves all five
-        batch = _contrast_batch(torch.arange(4), 8, 16) if "index" in distiller.batch_keys else {}
+        batch = _contrast_batch(torch.arange(4), 8, 16) if distiller.data_requests() else {}
         loss = distiller.total(distiller({k: s[k] for k in distiller.student_taps},
                                          {k: t[k] for k in distiller.teacher_taps}, batch))
         assert torch.isfinite(loss)
@@ -88,11 +89,11 @@ def test_rrd_defaults_are_the_paper_settings():
     rrd = build_distiller("rrd", _spec(), nce_k=8)
     assert (rrd.nce_t_s, rrd.nce_t_t, rrd.enqueue_first) == (0.04, 0.10, False)
     torch.testing.assert_close(rrd.memory.queue.norm(dim=1), torch.ones(8))
-    assert rrd.batch_keys == () and not hasattr(rrd, "contrast")
+    assert rrd.data_requests() == () and not hasattr(rrd, "contrast")
     ref_init = build_distiller("rrd", _spec(), nce_k=8, queue_row_norm=False)
     torch.testing.assert_close(ref_init.memory.queue.norm(dim=0), torch.ones(128))
     momentum = build_distiller("rrd", _spec(), nce_k=8, memory_type="momentum")
-    assert momentum.batch_keys == ("index", "contrast_idx") and not hasattr(momentum, "memory")
+    assert momentum.data_requests() == (ContrastSampling(8),) and not hasattr(momentum, "memory")
 
 
 def test_crd_fixes_z_once_and_checkpoints_its_memory():

@@ -180,7 +180,8 @@ TEMPS = (4.0, 3.0, 5.0, 2.0, 6.0)
 
 def test_mlkd_declares_two_views_and_the_reference_weights():
     mlkd = build_distiller("mlkd", spec())
-    assert mlkd.views == ("weak", "strong") and (mlkd.kd_T, *mlkd.mlkd_T) == TEMPS
+    assert [(r.name, type(r.augment).__name__) for r in mlkd.data_requests()] == [("strong", "RandAugment")]
+    assert (mlkd.kd_T, *mlkd.mlkd_T) == TEMPS
     assert type(mlkd).default_weights == {"gamma": 0.1, "alpha": 0.0, "beta": 0.9}
 
 

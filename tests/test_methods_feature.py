@@ -158,7 +158,7 @@ def test_dkd_beta_per_pair_and_override():
 def test_dkd_terms_warmup_and_weights():
     from distillers.base import DISTILLERS
     cls = DISTILLERS.get("dkd")
-    assert "labels" in cls.batch_keys and cls.default_weights == {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
+    assert cls.default_weights == {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
     dkd = build_distiller("dkd", _logit_spec("resnet32x4", "resnet8x4"), dkd_alpha=2.0)
     z_s, z_t, y = torch.randn(4, 10), torch.randn(4, 10), torch.randint(0, 10, (4,))
     full = dkd({"logits": z_s}, {"logits": z_t}, {"labels": y})

@@ -17,8 +17,7 @@ from distillers.golden import GoldenCase
 from engine import config
 from engine.checkpoint import save_atomic
 from engine.distributed import DistInfo
-from engine.tasks import unpack
-from engine.trainer import Trainer
+from engine.loop import Trainer
 from models import create_model
 from conftest import golden_file
 
@@ -80,7 +79,7 @@ def _record(method_name, entry, captured, params_before, method, trainer):
             t["factor"] = method.paraphraser.encoder(t["last_map"])
     inputs = golden.record_inputs(entry, s, t, batch)
     hparams = {key: getattr(method, opt) for opt, key in entry.hparam_options.items()}
-    hparams.update({key: getattr(trainer.spec, f) for f, key in entry.spec_from_hparams.items()})
+    hparams.update({key: getattr(trainer.run.spec, f) for f, key in entry.spec_from_hparams.items()})
     params = {_inverse_rename(k, entry.renames): v.double() if v.is_floating_point() else v
               for k, v in params_before.items()
               if k not in entry.state_from_inputs and not (method_name == "ft" and k.startswith("paraphraser."))}
@@ -95,7 +94,7 @@ METHODS = sorted(m for m, e in golden.TABLE.items() if e.task == "classification
 def test_training_step_matches_adapter_and_trains_golden_params(method_name, teacher_path, tmp_path):
     entry = golden.TABLE[method_name]
     trainer = build_trainer(method_name, entry, teacher_path, tmp_path)
-    method = trainer.added_term if entry.distiller == "kd" else trainer.method  # -a's KD term
+    method = trainer.run.added_term if entry.distiller == "kd" else trainer.run.method  # -a's KD term
     stage = method.init_stage() if entry.call == "init_forward" else None
     optimizer = trainer.enter_stage(stage)  # an init stage's own optimizer, or the main one after it
     captured = {}
@@ -110,8 +109,8 @@ def test_training_step_matches_adapter_and_trains_golden_params(method_name, tea
 
     setattr(method, entry.call, spy)
     params_before = copy.deepcopy(method.state_dict())
-    x, y, extras = unpack(next(iter(trainer.train_loader)), trainer.device)
-    loss, _, _ = trainer.losses(x, y, extras, stage)
+    batch = next(iter(trainer.run.train_loader)).to(trainer.info.device)
+    loss, _, _ = trainer.stepper.forward(batch, stage)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     named = dict(method.named_parameters())
@@ -138,17 +137,17 @@ def test_training_step_matches_adapter_and_trains_golden_params(method_name, tea
 def test_parts_and_buffers_survive_checkpoint_and_resume(method_name, teacher_path, tmp_path):
     entry = golden.TABLE[method_name]
     trainer = build_trainer(method_name, entry, teacher_path, tmp_path)
-    stage = trainer.method.init_stage() if trainer.phase == "init" else None
+    stage = trainer.run.method.init_stage() if trainer.state.phase == "init" else None
     trainer.enter_stage(stage)
-    x, y, extras = unpack(next(iter(trainer.train_loader)), trainer.device)
-    loss, _, _ = trainer.losses(x, y, extras, stage)
+    batch = next(iter(trainer.run.train_loader)).to(trainer.info.device)
+    loss, _, _ = trainer.stepper.forward(batch, stage)
     loss.backward()
-    trainer.optimizer.step()
+    trainer.run.optimizer.step()
     trainer.save("latest.pth", 0.0)
-    saved = copy.deepcopy(trainer.method.state_dict())
+    saved = copy.deepcopy(trainer.run.method.state_dict())
     resumed = build_trainer(method_name, entry, teacher_path, tmp_path, resume=True)
     resumed.resume(str(tmp_path / "latest.pth"))
-    restored = resumed.method.state_dict()
+    restored = resumed.run.method.state_dict()
     assert saved.keys() == restored.keys()
     has_state = bool(torch.load(golden_file(method_name), weights_only=True)["params"])
     assert bool(saved) == has_state

@@ -21,8 +21,7 @@ from distillers.retrieval import recall_at_k
 from engine import cli, config
 from engine.checkpoint import load, save_atomic
 from engine.distributed import DistInfo
-from engine.tasks import unpack
-from engine.trainer import Trainer
+from engine.loop import Trainer
 from models import create_model
 from conftest import GOLDEN, REPO
 
@@ -252,13 +251,13 @@ def test_resnet_embedding_nets_match_the_reference_layout(tree, tmp_path):
     args = config.parse(config.teacher_parser(), folder_args(tree, tmp_path / "run", "--base", "resnet18",
                                                              "--sample", "distance", "--select", "test"))
     trainer = Trainer(args, DistInfo(), "teacher")
-    before = trainer.model.linear.weight.detach().clone()
-    x, y, extras = unpack(next(iter(trainer.train_loader)), trainer.device)
-    loss, _, terms = trainer.losses(x, y, extras)
+    before = trainer.run.model.linear.weight.detach().clone()
+    batch = next(iter(trainer.run.train_loader)).to(trainer.info.device)
+    loss, _, terms = trainer.stepper.forward(batch)
     assert set(terms) == {"triplet"} and torch.isfinite(loss)
     loss.backward()
-    trainer.optimizer.step()
-    assert not torch.equal(before, trainer.model.linear.weight)
+    trainer.run.optimizer.step()
+    assert not torch.equal(before, trainer.run.model.linear.weight)
 
 
 # ----------------------------------------------------------------------------- samplers
@@ -315,17 +314,17 @@ def test_teacher_trains_with_triplet_distance_sampling_and_evaluates(tree, tmp_p
     args = config.parse(config.teacher_parser(), folder_args(tree, tmp_path, "--sample", "distance",
                                                              "--margin", "0.2"))
     trainer = Trainer(args, DistInfo(), "teacher")
-    assert trainer.args.learning_rate == 1e-3 and trainer.args.lr_decay_epochs == [25, 30, 35]
-    assert type(trainer.optimizer).__name__ == "Adam" and trainer.optimizer.defaults["weight_decay"] == 1e-5
-    before = copy.deepcopy(trainer.model.state_dict())
-    x, y, extras = unpack(next(iter(trainer.train_loader)), trainer.device)
-    assert x.shape == (12, 3, 32, 32) and np.bincount(y.numpy()).max() == 4
-    loss, embedding, terms = trainer.losses(x, y, extras)
+    assert trainer.run.config["learning_rate"] == 1e-3 and trainer.run.config["lr_decay_epochs"] == [25, 30, 35]
+    assert type(trainer.run.optimizer).__name__ == "Adam" and trainer.run.optimizer.defaults["weight_decay"] == 1e-5
+    before = copy.deepcopy(trainer.run.model.state_dict())
+    batch = next(iter(trainer.run.train_loader)).to(trainer.info.device)
+    assert batch.images.shape == (12, 3, 32, 32) and np.bincount(batch.labels.numpy()).max() == 4
+    loss, embedding, terms = trainer.stepper.forward(batch)
     assert set(terms) == {"triplet"} and torch.isfinite(loss) and embedding.shape == (12, EMBED)
-    (term,) = trainer.objective.terms  # the teacher's objective: the triplet part of the metric method
+    (term,) = trainer.run.objective.terms  # the teacher's objective: the triplet part of the metric method
     assert term.name == "triplet" and term.weight == 1.0 and term.distiller.triplet_sample == "distance"
     result = trainer.fit()
-    assert not torch.equal(before["linear.weight"], trainer.model.state_dict()["linear.weight"])
+    assert not torch.equal(before["linear.weight"], trainer.run.model.state_dict()["linear.weight"])
     assert {"recall@1", "recall@8", "val_recall@1", "best_recall@1"} <= set(result)
     state = load(tmp_path / "latest.pth")
     assert state["arch"] == "tiny_metric" and state["config"]["embedding_size"] == EMBED
@@ -384,7 +383,7 @@ def test_training_step_of_each_loss_matches_the_golden_adapter(method_name, tree
     options = {**entry.options, **extra}
     trainer = student(tree, tmp_path, teachers[arch], "--teacher_base", arch, "--distill", entry.distiller,
                       *_flags(options))
-    method = trainer.method
+    method = trainer.run.method
     captured = {}
     forward = method.forward
 
@@ -397,11 +396,11 @@ def test_training_step_of_each_loss_matches_the_golden_adapter(method_name, tree
 
     method.forward = spy
     params_before = copy.deepcopy(method.state_dict())
-    x, y, extras = unpack(next(iter(trainer.train_loader)), trainer.device)
-    loss, _, _ = trainer.losses(x, y, extras)
-    trainer.optimizer.zero_grad(set_to_none=True)
+    batch = next(iter(trainer.run.train_loader)).to(trainer.info.device)
+    loss, _, _ = trainer.stepper.forward(batch)
+    trainer.run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    trainer.optimizer.step()
+    trainer.run.optimizer.step()
     assert torch.allclose(loss, captured["loss"])
 
     s, t, batch = captured["s"], captured["t"], dict(captured["batch"])
@@ -433,30 +432,31 @@ def test_composite_objective_trains_every_term_and_checkpoints_its_parts(tree, t
               "--at_ratio", "1e3", "--fitnet_ratio", "1", "--sp_ratio", "2e1", "--aomd_ratio", "2e2",
               "--aomd_mode", "1", "--teacher_base", "tiny_metric_wide"]
     trainer = student(tree, tmp_path, teachers["tiny_metric_wide"], *ratios)
-    assert trainer.args.distill == "metric" and trainer.args.learning_rate == 1e-3
-    assert trainer.args.lr_decay_epochs == [40, 60] and trainer.alpha == 0 and trainer.gamma == 0
-    x, y, extras = unpack(next(iter(trainer.train_loader)), trainer.device)
-    loss, _, terms = trainer.losses(x, y, extras)
+    assert trainer.run.config["distill"] == "metric" and trainer.run.config["learning_rate"] == 1e-3
+    assert trainer.run.config["lr_decay_epochs"] == [40, 60]
+    assert trainer.run.weights["alpha"] == 0 and trainer.run.weights["gamma"] == 0
+    batch = next(iter(trainer.run.train_loader)).to(trainer.info.device)
+    loss, _, terms = trainer.stepper.forward(batch)
     assert set(terms) == {"triplet", "dist", "angle", "dark", "at", "fitnet", "sp", "aomd"}
     assert torch.allclose(loss, sum(terms.values()))
     # the ratios are the objective's weights of ordinary terms, not weights hidden inside one method
-    assert {term.name: term.weight for term in trainer.objective.terms} == {
+    assert {term.name: term.weight for term in trainer.run.objective.terms} == {
         "triplet": 1.0, "dist": 1.0, "angle": 2.0, "dark": 1.0, "at": 1e3, "fitnet": 1.0, "sp": 20.0, "aomd": 200.0}
-    assert "2 * angle=metric_rkd(distance_weight=0.0, angle_weight=1.0)" in trainer.objective.describe()
-    trainer.optimizer.zero_grad(set_to_none=True)
+    assert "2 * angle=metric_rkd(distance_weight=0.0, angle_weight=1.0)" in trainer.run.objective.describe()
+    trainer.run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    optimised = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
-    for name, param in trainer.method.named_parameters():
+    optimised = {id(p) for g in trainer.run.optimizer.param_groups for p in g["params"]}
+    for name, param in trainer.run.method.named_parameters():
         assert id(param) in optimised and param.grad is not None, name
-    trainer.optimizer.step()
+    trainer.run.optimizer.step()
     trainer.save("latest.pth", 0.0)
-    saved = trainer.method.state_dict()
+    saved = trainer.run.method.state_dict()
     assert any(k.startswith("terms.fitnet.regressors.") for k in saved)
     assert any(k.startswith("terms.aomd.adapters.") for k in saved)
     resumed = student(tree, tmp_path, teachers["tiny_metric_wide"], *ratios, "--resume")
     resumed.resume(str(tmp_path / "latest.pth"))
     for key, value in saved.items():
-        assert torch.equal(value, resumed.method.state_dict()[key]), key
+        assert torch.equal(value, resumed.run.method.state_dict()[key]), key
 
 
 def test_aomd_alone_warns_that_the_embedding_head_gets_no_gradient(tree, teachers, tmp_path):
@@ -601,7 +601,7 @@ def test_eval_on_another_dataset_takes_the_command_line_data_options(tree, tmp_p
 
 def _gather_worker(rank, port, tree, out):
     import torch.distributed as dist
-    from engine.loaders import eval_loader
+    from data.loaders import eval_loader
     from engine.metric_learning_task import MetricTask
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
@@ -609,7 +609,7 @@ def _gather_worker(rank, port, tree, out):
         test = md.build_split("metric_folder", tree, "test", train_classes=6, image_size=32)
         torch.manual_seed(0)
         model = create_model("tiny_metric", family="metric", embedding_size=8, pretrained=False)
-        embeddings, labels = MetricTask().embed(model, eval_loader(test, DistInfo(rank, 2), 5, 0), torch.device("cpu"))
+        embeddings, labels = MetricTask().embed(model, eval_loader(test, rank, 2, 5, 0), torch.device("cpu"))
         if rank == 0:
             torch.save((embeddings, labels), out)
     finally:
@@ -617,7 +617,7 @@ def _gather_worker(rank, port, tree, out):
 
 
 def test_ddp_evaluation_gathers_every_sample_once(tree, tmp_path):
-    from engine.loaders import eval_loader
+    from data.loaders import eval_loader
     from engine.metric_learning_task import MetricTask
 
     port = 29500 + (os.getpid() + 500) % 1000
@@ -626,7 +626,7 @@ def test_ddp_evaluation_gathers_every_sample_once(tree, tmp_path):
     test = md.build_split("metric_folder", tree, "test", train_classes=6, image_size=32)
     torch.manual_seed(0)
     model = create_model("tiny_metric", family="metric", embedding_size=8, pretrained=False)
-    full, full_labels = MetricTask().embed(model, eval_loader(test, DistInfo(), 5, 0), torch.device("cpu"))
+    full, full_labels = MetricTask().embed(model, eval_loader(test, 0, 1, 5, 0), torch.device("cpu"))
     order = list(range(0, len(test), 2)) + list(range(1, len(test), 2))  # rank 0's shard, then rank 1's
     assert torch.equal(labels, full_labels[order]) and torch.allclose(gathered, full[order], atol=1e-6)
 

@@ -129,3 +129,20 @@ def test_a_plugin_registers_a_method_a_model_and_a_dataset(tmp_path, capsys):
                                "--distill", "pooled_cos", "--width", "0", "--save_dir", str(tmp_path / "bad")])
     err = capsys.readouterr().err
     assert code == 2 and "option width=0 is not accepted; expected an integer >= 1" in err
+
+
+def test_a_plugin_brings_its_own_data_request_and_trains_with_it(tmp_path, teacher):
+    """issue 20: a method in a file outside the package defines a new data request (a grey second view)
+    with its own server; the run serves it (the DataLoader path: it needs the image), the method reads
+    its taps in batch["gray"], and nothing in data/ or engine/ names it."""
+    plugin = str(REPO / "tests" / "plugins" / "gray_view.py")
+    argv = TINY + ["--plugin", plugin, "--distill", "gray_consistency", "--path_t", teacher, "--model_s", "resnet8",
+                   "--save_dir", str(tmp_path / "run")]
+    assert cli.student(argv) == 0
+    import sys
+    method = sys.modules["distillers_plugin_gray_view"].GrayConsistency
+    assert method.seen and all(s == g == t for s, g, t in method.seen)  # both views, student and teacher
+    state = load(tmp_path / "run" / "latest.pth")
+    assert state["config"]["loader"] == "auto" and state["distiller_name"] == "gray_consistency"
+    engine_and_data = [p.read_text() for d in ("engine", "data") for p in (REPO / d).rglob("*.py")]
+    assert not any("GrayView" in text or "gray_consistency" in text for text in engine_and_data)

@@ -8,13 +8,14 @@ from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
 import data
-from data.device_loader import view_key
+from data.view_keys import view_key
 from data.imagenet import REFERENCE_RRC, TORCHVISION_RRC
 from data.registry import DataError
 from data.seeded_views import SeededRandomResizedCrop, WithSeededViews, rrc_params, view_slot
-from data.wrappers import WithIndex
+from core.requests import SampleIndex
+from data.requests import served_dataset
 from engine.distributed import DistInfo
-from engine.loaders import TrainLoader
+from data.loaders import DataLoaderTrainLoader
 
 CLASSES = ("n01440764", "n01443537", "n01484850")
 N_PER_CLASS = 8
@@ -140,18 +141,18 @@ def test_same_views_from_two_instances_fresh_views_each_epoch(tree):
 def _by_index(loader, epoch):
     loader.set_epoch(epoch)
     seen = {}
-    for images, labels, index in loader:
-        for image, label, i in zip(images, labels, index.tolist()):
+    for batch in loader:
+        for image, label, i in zip(batch.images, batch.labels, batch.index.tolist()):
             seen[i] = (image, int(label), view_slot(loader.dataset.dataset.epoch))
     return seen
 
 
 def test_dataloader_workers_and_batch_orders_replay_the_same_views(tree):
-    """engine.loaders.TrainLoader sets the epoch before each fresh (non-persistent) iterator, so
-    its worker processes render the epoch's views; the order of batches does not matter."""
+    """The DataLoader path sets the epoch before each fresh (non-persistent) iterator, so its worker
+    processes render the epoch's views; the order of batches does not matter."""
     reference = seeded_set(tree)
-    loaders = [TrainLoader(WithIndex(seeded_set(tree)), DistInfo(), batch_size=4, num_workers=workers, seed=order)
-               for workers, order in ((0, 1), (2, 2))]
+    loaders = [DataLoaderTrainLoader(served_dataset(seeded_set(tree), [SampleIndex()], order), 0, 1, batch_size=4,
+                                     num_workers=workers, seed=order) for workers, order in ((0, 1), (2, 2))]
     for epoch in (2, 5):
         expected = {i: item for i, item in enumerate(_items(reference, epoch))}
         runs = [_by_index(loader, epoch) for loader in loaders]
@@ -193,10 +194,11 @@ def test_dali_renders_the_torchvision_paths_views_with_any_threads_batching_or_r
     test = data.build_dataset("imagenet", str(tree), "test", crop=32, val_resize=36)
 
     def run(threads, batch_size, skip=0):
-        loader, _ = seeded_dali_loaders("cpu", threads, 7, DistInfo(), batch_size, data.WithIndex(train), test)
+        loader, _ = seeded_dali_loaders("cpu", threads, 7, DistInfo(), batch_size,
+                                        served_dataset(train, [SampleIndex()], 7), test)
         loader.set_epoch(3, skip)
-        return {i: (image, int(label)) for images, labels, index in loader
-                for image, label, i in zip(images, labels, index.tolist())}
+        return {i: (image, int(label)) for b in loader
+                for image, label, i in zip(b.images, b.labels, b.index.tolist())}
 
     full = run(threads=1, batch_size=4)
     assert len(full) == len(train)

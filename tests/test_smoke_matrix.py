@@ -36,7 +36,8 @@ from engine import cli, config
 from engine.config import ConfigError
 from engine.checkpoint import save_atomic
 from engine.distributed import DistInfo
-from engine.trainer import Trainer, shape_spec
+from engine.loop import Trainer
+from engine.assembly import shape_spec
 from models import create_model
 
 
@@ -175,14 +176,14 @@ def _changed(params, before):
 
 def _step(trainer, optimizer, stage=None):
     """One step of the trainer's loop (``Trainer.train_step``); its loss and terms are finite."""
-    trainer.model.train()
-    if trainer.method is not None:
-        trainer.method.train()
-    loss, logits, terms = trainer.train_step(next(iter(trainer.train_loader)), optimizer, stage)
+    trainer.run.model.train()
+    if trainer.run.method is not None:
+        trainer.run.method.train()
+    loss, logits, terms = trainer.train_step(next(iter(trainer.run.train_loader)), optimizer, stage)
     assert torch.isfinite(loss), f"loss {loss.item()}, terms {({k: float(v) for k, v in terms.items()})}"
     for key, value in terms.items():
         assert torch.isfinite(value).all(), f"term {key} is {value}"
-    assert logits.shape == (trainer.batch_per_rank, NUM_CLASSES)
+    assert logits.shape == (trainer.run.settings.batch_per_rank, NUM_CLASSES)
     return loss
 
 
@@ -208,8 +209,8 @@ def test_one_step(cell, teachers, tmp_path):
         return
     trainer = build_trainer(method, path, s_arch, tmp_path)
     try:
-        student = list(trainer.model.parameters())
-        stage = trainer.method.init_stage() if trainer.phase == "init" else None
+        student = list(trainer.run.model.parameters())
+        stage = trainer.run.method.init_stage() if trainer.state.phase == "init" else None
         if stage is not None:
             optimizer = trainer.enter_stage(stage)
             params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -221,7 +222,7 @@ def test_one_step(cell, teachers, tmp_path):
         _step(trainer, optimizer)
         assert _changed(student, before), f"the {method} step did not change the student"
     finally:
-        for taps in (trainer.s_taps, trainer.t_taps):
+        for taps in (trainer.stepper.s_taps, trainer.stepper.t_taps):
             if taps is not None:
                 taps.close()
 

@@ -12,7 +12,7 @@ from engine import cli, config
 from engine.checkpoint import load
 from engine.distributed import DistInfo
 from engine.teacher_store import TeacherStore
-from engine.trainer import Trainer
+from engine.loop import Trainer
 from data.device_loader import view_ids
 from conftest import REPO
 from test_interrupts import child, free_port
@@ -42,7 +42,7 @@ def fit_recorded(args) -> Trainer:
     the teacher's forward saw (``teacher_rows``)."""
     trainer = Trainer(args, DistInfo(), "student")
     trainer.step_losses, trainer.teacher_rows = [], 0
-    step, taps = trainer._step, trainer.t_taps.__class__.__call__
+    step, taps = trainer.stepper.step, trainer.stepper.t_taps.__class__.__call__
 
     def recorded(*args, **kwargs):
         out = step(*args, **kwargs)
@@ -50,16 +50,16 @@ def fit_recorded(args) -> Trainer:
         return out
 
     def counted(self, x, *args, **kwargs):
-        if self is trainer.t_taps:
+        if self is trainer.stepper.t_taps:
             trainer.teacher_rows += x.shape[0]
         return taps(self, x, *args, **kwargs)
 
-    trainer._step = recorded
-    trainer.t_taps.__class__.__call__ = counted
+    trainer.stepper.step = recorded
+    trainer.stepper.t_taps.__class__.__call__ = counted
     try:
         trainer.fit()
     finally:
-        trainer.t_taps.__class__.__call__ = taps
+        trainer.stepper.t_taps.__class__.__call__ = taps
     return trainer
 
 
@@ -68,7 +68,7 @@ def test_a_run_with_the_store_equals_one_without_and_a_warm_store_skips_the_teac
     plain = student(tmp_path / "plain", teacher, method, "--no_teacher_store")
     cold = student(tmp_path / "cold", teacher, method, "--teacher_store", str(tmp_path / "store"))
     warm = student(tmp_path / "warm", teacher, method, "--teacher_store", str(tmp_path / "store"))
-    assert plain.store is None and cold.store is not None and tap in cold.objective.teacher_taps
+    assert plain.run.store is None and cold.run.store is not None and tap in cold.run.objective.teacher_taps
     steps = len(plain.step_losses)
     assert steps == 8 and plain.teacher_rows == steps * 32  # 2 epochs of 4 batches, the teacher on every row
     # the cold store computes each view once: a view met again in epoch 2 is read, not recomputed
@@ -78,10 +78,10 @@ def test_a_run_with_the_store_equals_one_without_and_a_warm_store_skips_the_teac
     # computed in another (sub-)batch, whose kernels may sum in another order
     for run in (cold, warm):
         assert torch.allclose(torch.tensor(run.step_losses), torch.tensor(plain.step_losses), rtol=1e-5, atol=1e-6)
-        for key, value in plain.model.state_dict().items():
-            assert torch.allclose(run.model.state_dict()[key].float(), value.float(), rtol=1e-4, atol=1e-5), key
+        for key, value in plain.run.model.state_dict().items():
+            assert torch.allclose(run.run.model.state_dict()[key].float(), value.float(), rtol=1e-4, atol=1e-5), key
     store = TeacherStore.open(str(tmp_path / "store"), stored_key(tmp_path / "store"), 128, 162,
-                              {tap: warm.spec.teacher[tap]})
+                              {tap: warm.run.spec.teacher[tap]})
     assert store.filled_fraction(tap) == pytest.approx(cold_entries(cold) / (128 * 162))
 
 
@@ -91,7 +91,7 @@ def stored_key(folder):
 
 def cold_entries(trainer) -> int:
     """Distinct (sample, view) pairs the two epochs visited: what a lazily filled store holds."""
-    loader, seen = trainer.train_loader, set()
+    loader, seen = trainer.run.train_loader, set()
     for epoch in (1, 2):
         loader.set_epoch(epoch)
         order = list(loader.sampler)[:len(loader) * loader.batch_size]
@@ -133,7 +133,7 @@ def test_the_fill_script_and_a_lazy_fill_hold_the_same_values(tmp_path, teacher)
                "--teacher_store", str(tmp_path / "full_store"), "--limit", "16", "--device", "cpu"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    shapes = {"logits": lazy.spec.teacher["logits"]}
+    shapes = {"logits": lazy.run.spec.teacher["logits"]}
     key = stored_key(tmp_path / "lazy_store")
     assert stored_key(tmp_path / "full_store") == key  # the script and the trainer build one key
     lazy_store = TeacherStore.open(str(tmp_path / "lazy_store"), key, 128, 162, shapes)
@@ -185,9 +185,9 @@ def test_seeded_imagenet_views_replay_from_the_store(tmp_path, dali):
         runs[name] = fit_recorded(config.parse(config.student_parser(),
                                                argv + extra + ["--save_dir", str(tmp_path / name)]))
     cold, warm, plain = runs["cold"], runs["warm"], runs["plain"]
-    served = len(warm.train_loader) * 8  # samples per epoch (the last partial batch dropped)
-    assert plain.store is None and warm.store.num_views == 2  # one slot per epoch
+    served = len(warm.run.train_loader) * 8  # samples per epoch (the last partial batch dropped)
+    assert plain.run.store is None and warm.run.store.num_views == 2  # one slot per epoch
     assert plain.teacher_rows == cold.teacher_rows == 2 * served and warm.teacher_rows == 0
-    assert warm.store.filled_fraction("logits") == pytest.approx(served / len(warm.train_set))
+    assert warm.run.store.filled_fraction("logits") == pytest.approx(served / len(warm.run.train_set))
     for run in (cold, warm):
         assert torch.allclose(torch.tensor(run.step_losses), torch.tensor(plain.step_losses), rtol=1e-5, atol=1e-6)

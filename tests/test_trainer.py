@@ -6,10 +6,10 @@ import pytest
 import torch
 import yaml
 
-from engine import cli, config
+from engine import cli, config, recipes
 from engine.checkpoint import load
 from engine.distributed import DistInfo
-from engine.trainer import Trainer
+from engine.loop import Trainer
 
 PLUGIN = str(Path(__file__).parent / "plugins" / "nobn_model.py")
 TINY = ["--dataset", "synthetic", "--data_opt", "train_size=192", "--data_opt", "test_size=64",
@@ -84,7 +84,7 @@ def test_student_kd_and_evaluate_reproduces_accuracy(tmp_path, teacher_ckpt, cap
     trainer = Trainer(student_args(tmp_path, "--path_t", teacher_ckpt, "--model_s", "resnet8", "--epochs", "1",
                                    "--distill", "kd"), DistInfo(), "student")
     result = trainer.fit()
-    assert (trainer.gamma, trainer.alpha, trainer.beta) == (0.1, 0.9, 0.0)
+    assert (trainer.run.weights["gamma"], trainer.run.weights["alpha"], trainer.run.weights["beta"]) == (0.1, 0.9, 0.0)
     out = capsys.readouterr().out
     assert "teacher resnet8 test top-1" in out
     code = cli.student(["--evaluate", "--path_s", str(tmp_path / "latest.pth")] + TINY)
@@ -99,8 +99,8 @@ def test_repdistiller_teacher_checkpoint_loads(tmp_path, teacher_ckpt):
     torch.save({"model": weights(teacher_ckpt), "epoch": 240}, folder / "ckpt_epoch_240.pth")
     trainer = Trainer(student_args(tmp_path / "s", "--path_t", str(folder / "ckpt_epoch_240.pth"),
                                    "--model_s", "resnet8", "--epochs", "1"), DistInfo(), "student")
-    assert trainer.teacher.arch == "resnet8"
-    assert_same(trainer.teacher.state_dict(), weights(teacher_ckpt))
+    assert trainer.run.teacher.arch == "resnet8"
+    assert_same(trainer.run.teacher.state_dict(), weights(teacher_ckpt))
 
 
 def _cli_error(capsys, fn, argv):
@@ -163,10 +163,10 @@ def test_seed_flag_spellings():
 def test_small_lr_students_are_announced():
     args = config.parse(config.student_parser(), [])
     said = []
-    config.apply_recipe(args, "cifar", "MobileNetV2", log=said.append)
+    recipes.apply_recipe(args, "cifar", "MobileNetV2", log=said.append)
     assert args.learning_rate == 0.01 and "0.01" in said[0]
     args = config.parse(config.student_parser(), ["--learning_rate", "0.05"])
-    config.apply_recipe(args, "cifar", "ShuffleV1", log=said.append)
+    recipes.apply_recipe(args, "cifar", "ShuffleV1", log=said.append)
     assert args.learning_rate == 0.05
 
 
@@ -201,7 +201,7 @@ def test_init_stage_runs_logged_checkpointed_and_resumable(tmp_path, teacher_ckp
     resumed.fit()
     final = load(tmp_path / "latest.pth")
     assert (final["phase"], final["init_done"], final["epoch"]) == ("main", 2, 2)
-    for name, param in resumed.method.named_parameters():
+    for name, param in resumed.run.method.named_parameters():
         assert not param.requires_grad, f"{name} should be frozen after the init stage"
     trained = {k: v for k, v in final["distiller"].items() if k in connectors}
     assert any(not torch.equal(trained[k], connectors[k]) for k in connectors)
@@ -210,7 +210,7 @@ def test_init_stage_runs_logged_checkpointed_and_resumable(tmp_path, teacher_ckp
 def test_simkd_student_evaluates_without_teacher(tmp_path, teacher_ckpt, capsys):
     trainer = Trainer(student_args(tmp_path, "--path_t", teacher_ckpt, "--model_s", "resnet8", "--epochs", "1",
                                    "--distill", "simkd"), DistInfo(), "student")
-    assert (trainer.gamma, trainer.alpha, trainer.beta) == (0.0, 0.0, 1.0)
+    assert (trainer.run.weights["gamma"], trainer.run.weights["alpha"], trainer.run.weights["beta"]) == (0.0, 0.0, 1.0)
     result = trainer.fit()
     capsys.readouterr()
     os.rename(teacher_ckpt, teacher_ckpt + ".hidden")  # no teacher anywhere
@@ -224,14 +224,14 @@ def test_simkd_student_evaluates_without_teacher(tmp_path, teacher_ckpt, capsys)
 def test_crd_gets_contrast_indices_automatically(tmp_path, teacher_ckpt):
     trainer = Trainer(student_args(tmp_path, "--path_t", teacher_ckpt, "--model_s", "resnet8", "--epochs", "1",
                                    "--distill", "crd", "--nce_k", "16"), DistInfo(), "student")
-    batch = next(iter(trainer.train_loader))
-    assert len(batch) == 4 and batch[3].shape == (32, 17)
-    assert torch.equal(batch[3][:, 0], batch[2])  # exact mode: the positive is the sample itself
-    labels = torch.as_tensor(trainer.train_set.targets)
-    assert (labels[batch[3][:, 1:]] != batch[1][:, None]).all()
-    before = trainer.method.state_dict()["contrast.memory_v1"].clone()
+    batch = next(iter(trainer.run.train_loader))
+    assert batch.contrast_idx.shape == (32, 17)
+    assert torch.equal(batch.contrast_idx[:, 0], batch.index)  # exact mode: the positive is the sample itself
+    labels = torch.as_tensor(trainer.run.train_set.targets)
+    assert (labels[batch.contrast_idx[:, 1:]] != batch.labels[:, None]).all()
+    before = trainer.run.method.state_dict()["contrast.memory_v1"].clone()
     trainer.fit()
-    assert not torch.equal(before, trainer.method.state_dict()["contrast.memory_v1"])
+    assert not torch.equal(before, trainer.run.method.state_dict()["contrast.memory_v1"])
 
 
 def test_dot_optimiser_with_any_method_trains_resumes_and_reduces_to_sgd(tmp_path, teacher_ckpt, monkeypatch):
@@ -261,29 +261,29 @@ def test_dot_optimiser_with_any_method_trains_resumes_and_reduces_to_sgd(tmp_pat
 
 
 def test_two_view_methods_get_a_weak_and_a_strong_view(tmp_path, teacher_ckpt):
-    """MLKD declares views ("weak", "strong"): the data path serves both (the strong one adds
-    RandAugment), one forward covers both, the method reads the second in batch["strong"], and the
-    task's cross-entropy covers both views, as the reference."""
+    """MLKD requests a further view, "strong" (ExtraView): the data path serves it (it adds RandAugment),
+    one forward covers both views, the method reads the second in batch["strong"], and the task's
+    cross-entropy covers both views, as the reference."""
     import torch.nn.functional as F
 
     trainer = Trainer(student_args(tmp_path, "--path_t", teacher_ckpt, "--model_s", "resnet8", "--epochs", "1",
                                    "--distill", "mlkd"), DistInfo(), "student")
-    assert trainer.objective.batch_needs().views == 2
-    batch = next(iter(trainer.train_loader))
-    x, y = batch[0], batch[1]
-    assert x.shape == (32, 2, 3, 32, 32) and not torch.equal(x[:, 0], x[:, 1])
+    assert [type(r).__name__ for r in trainer.run.objective.data_requests()] == ["ExtraView"]
+    batch = next(iter(trainer.run.train_loader))
+    x, y, strong = batch.images, batch.labels, batch.views["strong"]
+    assert x.shape == strong.shape == (32, 3, 32, 32) and not torch.equal(x, strong)
     seen = {}
-    forward = trainer.method.forward
+    forward = trainer.run.method.forward
 
     def spy(s, t, batch=None):
         seen.update(s=s["logits"], strong=batch["strong"]["s"]["logits"], t_strong=batch["strong"]["t"]["logits"])
         return forward(s, t, batch)
 
-    trainer.method.forward = spy
-    loss, prediction, terms = trainer.train_step(batch, trainer.optimizer)
+    trainer.run.method.forward = spy
+    loss, prediction, terms = trainer.train_step(batch, trainer.run.optimizer)
     assert seen["strong"].shape == seen["s"].shape and not torch.allclose(seen["strong"], seen["s"])
     ce = F.cross_entropy(seen["s"], y) + F.cross_entropy(seen["strong"], y)
-    assert torch.allclose(terms["ce"], trainer.gamma * ce)
+    assert torch.allclose(terms["ce"], trainer.run.weights["gamma"] * ce)
     assert torch.isfinite(loss) and set(terms) == {"ce", "mlkd_instance", "mlkd_batch", "mlkd_class"}
 
 

@@ -1,5 +1,6 @@
 """Tian et al., "Contrastive Representation Distillation" (CRD), the original NCE form."""
-from distillers.base import BatchNeeds, Distiller, Option, register_distiller
+from core.requests import ContrastSampling
+from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._common import LinearEmbed
 from distillers.methods._memory import ContrastMemory, nce_loss, pooled_dim, require_num_data
 from distillers.reference import (GoldenEntry, register_golden, KD_T4, PublishedRow,
@@ -22,7 +23,6 @@ class CRD(Distiller):
     display_name = "CRD"  # its row in published tables
     student_taps = ("pooled",)
     teacher_taps = ("pooled",)
-    batch_keys = ("index", "contrast_idx")
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 0.8}
     options = {
         "feat_dim": Option(128, "width of the embeddings and memory rows", min=1),
@@ -40,8 +40,9 @@ class CRD(Distiller):
         self.embed_t = LinearEmbed(pooled_dim(spec.teacher, "teacher", "crd"), self.feat_dim)
         self.contrast = ContrastMemory(self.feat_dim, self.n_data, self.nce_k, self.nce_t, self.nce_m)
 
-    def batch_needs(self) -> BatchNeeds:
-        return BatchNeeds(index=True, contrast_k=self.nce_k, contrast_mode=self.mode)
+    def data_requests(self):
+        """Each sample's index, and its positive and ``nce_k`` negatives (mode exact or relax)."""
+        return (ContrastSampling(self.nce_k, self.mode),)
 
     def forward(self, s, t, batch=None):
         o_s, o_t = self.contrast(self.embed_s(s["pooled"]), self.embed_t(t["pooled"]),

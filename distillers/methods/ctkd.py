@@ -103,7 +103,6 @@ class CTKD(Distiller):
     display_name = "KD+CTKD"  # its row in published tables
     student_taps = ("logits",)
     teacher_taps = ("logits",)
-    batch_keys = ("labels",)
     default_weights = {"gamma": 0.1, "alpha": 0.0, "beta": 0.9}
     options = {
         "ctkd_base": Option("kd", "the loss read at the learned temperature", choices=("kd", "dkd")),

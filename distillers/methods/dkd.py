@@ -42,7 +42,6 @@ class DKD(Distiller):
     display_name = "DKD"  # its row in published tables
     student_taps = ("logits",)
     teacher_taps = ("logits",)
-    batch_keys = ("labels",)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
     options = {
         "dkd_alpha": Option(1.0, "weight of the target-class term (TCKD)", min=0),

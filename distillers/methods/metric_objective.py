@@ -43,7 +43,6 @@ RATIOS = ("triplet_ratio", "dist_ratio", "angle_ratio", "dark_ratio", "at_ratio"
 class MetricObjective(Distiller):
     """The metric-learning seeds' losses, each weighted by its ratio flag (module docstring)."""
 
-    batch_keys = ("labels",)
     default_weights = METRIC_WEIGHTS
     options = {
         "triplet_ratio": Option(0.0, "weight of the triplet (or contrastive) loss", min=0),

@@ -19,7 +19,6 @@ MARGIN = Option(0.2, "margin", min=0)
 class _TripletLoss(Distiller):
     student_taps = ("logits",)
     teacher_taps = ()
-    batch_keys = ("labels",)
     default_weights = METRIC_WEIGHTS
 
     def squared_mining(self) -> bool:

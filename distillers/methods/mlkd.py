@@ -2,7 +2,9 @@
 Jin-Ying/Multi-Level-Logit-Distillation (``mdistiller/distillers/KD_ours.py``, class ``KD_ours``)."""
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import RandAugment
 
+from core.requests import ExtraView
 from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._logits import LOGIT_STD, check_same_classes, logit_pair
 from distillers.methods.kd import kd_loss
@@ -44,7 +46,9 @@ class MLKD(Distiller):
     """Instance (KD), batch and class alignment at temperatures (kd_T, *mlkd_T) = (4, 3, 5, 2, 6).
 
     Two views: the reference feeds a weak (crop + flip) and a strong (+ RandAugment(2, 10) and
-    Cutout) augmentation of each image; ``views`` declares it. With the weak view in ``s``/``t``
+    Cutout) augmentation of each image; :meth:`data_requests` asks for the strong one (torchvision's
+    RandAugment(2, 10) after the dataset's own augmentation; the reference's copy of RandAugment
+    also holds a Cutout op, which torchvision's does not). With the weak view in ``s``/``t``
     and the strong view's taps in ``batch["strong"] = {"s": {...}, "t": {...}}`` the terms are,
     summed over the temperatures, with the masks of :func:`confidence_fractions` (weak teacher):
 
@@ -54,7 +58,7 @@ class MLKD(Distiller):
     The reference computes strong-view batch/class terms too but does not return them (left out
     here as well), and its strong KD at T 2 and 6 reads the weak logits (a copy-paste slip; the
     default uses the strong view at every T, :attr:`strong_levels_on_weak` reproduces the slip).
-    The trainer serves both views (``BatchNeeds.views``); without ``batch["strong"]`` (a caller with
+    The trainer serves both views in one forward; without ``batch["strong"]`` (a caller with
     one view) the one view serves as both, which is the reference's ``forward_train`` with
     ``image_strong = image_weak``. The reference's CE is on both views (CE_WEIGHT each), as the
     trainer's gamma * CE.
@@ -74,7 +78,6 @@ class MLKD(Distiller):
     display_name = "MLKD"  # its row in published tables
     student_taps = ("logits",)
     teacher_taps = ("logits",)
-    views = ("weak", "strong")
     default_weights = {"gamma": 0.1, "alpha": 0.0, "beta": 0.9}
     options = {
         "kd_T": Option(4.0, "first temperature (the plain KD level)", above=0),
@@ -87,8 +90,12 @@ class MLKD(Distiller):
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)
-        self.mlkd_T = tuple(float(T) for T in self.mlkd_T)
+        self.mlkd_T = tuple(float(t) for t in self.mlkd_T)
         check_same_classes("mlkd", spec)
+
+    def data_requests(self):
+        """The strong view: the dataset's augmentation followed by RandAugment(2, 10)."""
+        return (ExtraView("strong", RandAugment(num_ops=2, magnitude=10)),)
 
     def forward(self, s, t, batch=None):
         z_s, z_t = s["logits"], t["logits"]

@@ -27,7 +27,6 @@ class NKD(Distiller):
     display_name = "NKD"  # its row in published tables
     student_taps = ("logits",)
     teacher_taps = ("logits",)
-    batch_keys = ("labels",)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
     options = {
         "nkd_T": Option(3.0, "softmax temperature of the non-target term", above=0),

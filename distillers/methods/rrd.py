@@ -1,7 +1,8 @@
 """Giakoumoglou & Stathaki, "Relational Representation Distillation" (RRD)."""
 import torch.nn.functional as F
 
-from distillers.base import BatchNeeds, Distiller, Option, register_distiller
+from core.requests import ContrastSampling
+from distillers.base import Distiller, Option, register_distiller
 from distillers.methods._common import LinearEmbed
 from distillers.methods._memory import ContrastMemory, TeacherQueue, pooled_dim, require_num_data
 from distillers.reference import GoldenEntry, register_golden, KD_T4, PublishedRow, register_row
@@ -45,16 +46,15 @@ class RRD(Distiller):
         self.embed_s = LinearEmbed(pooled_dim(spec.student, "student", "rrd"), self.feat_dim)
         self.embed_t = LinearEmbed(pooled_dim(spec.teacher, "teacher", "rrd"), self.feat_dim)
         if self.memory_type == "momentum":
-            self.batch_keys = ("index", "contrast_idx")
             self.contrast = ContrastMemory(self.feat_dim, require_num_data(spec, "rrd (momentum memory)"),
                                            self.nce_k, self.nce_t, self.nce_m)
         else:
             self.memory = TeacherQueue(self.nce_k, self.feat_dim, row_norm=self.queue_row_norm)
 
-    def batch_needs(self) -> BatchNeeds:
+    def data_requests(self):
         if self.memory_type == "momentum":  # CRD's banks: contrast indices drawn as CRD's exact mode
-            return BatchNeeds(index=True, contrast_k=int(self.nce_k))
-        return BatchNeeds()
+            return (ContrastSampling(int(self.nce_k)),)
+        return ()
 
     def forward(self, s, t, batch=None):
         v_s, v_t = self.embed_s(s["pooled"]), self.embed_t(t["pooled"])

@@ -31,7 +31,6 @@ class WSLD(Distiller):
     display_name = "WSLD"  # its row in published tables
     student_taps = ("logits",)
     teacher_taps = ("logits",)
-    batch_keys = ("labels",)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 2.25}
     options = {"wsld_T": Option(4.0, "softmax temperature", above=0), "logit_std": LOGIT_STD}
 

@@ -1,0 +1,140 @@
+"""The data side of a run, chosen from the flags: which training loader, and the teacher store keyed
+by its views.
+
+``--loader auto`` picks the device loader for an in-memory set whose own augmentation is the
+device loader's and whose data requests need no image of their own; image folders, DALI and
+methods with a second view get the DataLoader. The teacher-output store serves a student's main
+stage when the loader names its views (:attr:`data.loaders.TrainLoader.view_scheme`).
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+from torch import nn
+
+import data as datasets
+from core.requests import DataRequest
+from data.loaders import ViewScheme, eval_loader
+from data.requests import unwrap
+from distillers import ShapeSpec
+from engine.errors import ConfigError
+from engine.objective import Objective
+
+
+def seeded_views_of(train_set):
+    """The folder set with ``seeded_views`` under the training set's wrappers, or None."""
+    while train_set is not None and not getattr(train_set, "seeded_views", False):
+        train_set = getattr(train_set, "dataset", None)
+    return train_set
+
+
+def with_seeded_views(train_set, extra_views: Sequence[str], seed: int, dali: Optional[str]):
+    """A set built with ``seeded_views`` renders each sample's view of an epoch from (seed, epoch,
+    index) (:class:`~data.seeded_views.WithSeededViews`; DALI renders them in its pipeline)."""
+    if not getattr(train_set, "seeded_views", False):
+        return train_set
+    if extra_views:
+        raise ConfigError(f"--data_opt seeded_views=true renders one view per image; the method reads "
+                          f"{1 + len(extra_views)}: drop seeded_views for this method")
+    if dali:  # DALI renders the seeded views itself (data/dali_seeded.py)
+        return train_set
+    from data.seeded_views import WithSeededViews
+    return WithSeededViews(train_set, seed)
+
+
+def loader_kind(args, served, requests: Sequence[DataRequest]) -> str:
+    """``--loader``, with ``auto`` resolved: the device loader for an in-memory set whose requests come
+    from the sample index alone (not with --dali), else the DataLoader."""
+    if args.dali:
+        if args.loader == "device":
+            raise ConfigError("--loader device and --dali are two loaders: choose one")
+        return "dali"
+    if args.loader != "auto":
+        return args.loader
+    from data.device_loader import DeviceTrainLoader
+    _, servers = unwrap(served)
+    if any(not s.from_index for s in servers) or not DeviceTrainLoader.serves(served):
+        return "dataloader"
+    return "device"
+
+
+def seeded_scheme(args, train) -> Optional[ViewScheme]:
+    """The view scheme of seeded ImageNet views (one per sample and epoch, keyed by the seed and the
+    renderer: DALI's decoder and resampler differ from PIL's), or None for another set."""
+    seeded = seeded_views_of(train)
+    if seeded is None:
+        return None
+    geometry = seeded.geometry
+    return ViewScheme(args.epochs, {"kind": "seeded_random_resized_crop",
+                                    "renderer": f"dali-{args.dali}" if args.dali else "torchvision",
+                                    "seed": args.seed, "size": geometry.crop, "scale": list(geometry.rrc_scale),
+                                    "ratio": list(geometry.rrc_ratio)})
+
+
+def train_loader(args, info, task, kind: str, served, test_set, batch_per_rank: int):
+    """(train loader, test loader): the device loader, DALI, or the task's DataLoader."""
+    pin = info.device.type == "cuda"
+    scheme = seeded_scheme(args, served)
+    if kind == "device":  # batches augmented on the training device (data/device_loader.py)
+        from data.device_loader import DeviceTrainLoader
+        meta = datasets.dataset_info(args.dataset)
+        train = DeviceTrainLoader.from_dataset(served, meta["mean"], meta["std"], info.rank, info.world_size,
+                                               batch_per_rank, args.seed, info.device)
+    elif kind == "dali":  # lazily: CIFAR runs never import DALI
+        if scheme is not None:
+            from data.dali_seeded import seeded_dali_loaders as dali_loaders
+        else:
+            from data.dali import dali_loaders
+        train, test = dali_loaders(args.dali, args.num_workers, args.seed, info, batch_per_rank, served, test_set)
+        train.view_scheme = scheme
+    else:
+        train = task.train_loader(args, info, served, batch_per_rank, pin, scheme)
+    if kind != "dali":
+        test = eval_loader(test_set, info.rank, info.world_size, max(1, batch_per_rank // 2),
+                           max(0, args.num_workers // 2), pin)
+    if len(train) == 0:
+        raise ConfigError(f"the training set ({len(served)} samples) is smaller than one batch "
+                          f"({batch_per_rank} per process)")
+    return train, test
+
+
+def open_teacher_store(args, teacher: nn.Module, spec: ShapeSpec, objective: Objective, train_loader,
+                       num_samples: int):
+    """(the run's :class:`~engine.teacher_store.TeacherStore` or None, why it is off).
+
+    The store serves a student's main stage when its loader names each batch's views
+    (``view_scheme``): the device loader (a CIFAR view, one of 162, is a function of seed, epoch
+    and sample) or ``--data_opt seeded_views=true`` on ImageNet-style folders (one seeded
+    random-resized crop per sample and epoch: one slot per epoch, keyed by the seed). Every
+    teacher tap the objective reads must be small per sample (logits, pooled); otherwise the
+    teacher runs on every batch as without it, and the reason is returned for the log.
+    """
+    from core.taps import tap_points_of
+    from engine import teacher_store as ts
+
+    taps = objective.teacher_taps
+    if args.no_teacher_store or not taps:
+        return None, "off (--no_teacher_store)" if taps else ""
+    scheme = getattr(train_loader, "view_scheme", None)
+    if scheme is None:
+        return None, ("off: the DataLoader path draws each augmentation at random (as DALI's random "
+                      "crop does), so a view cannot be named again; --loader device (in-memory CIFAR-style "
+                      "sets) or --data_opt seeded_views=true (image folders) make views a function of "
+                      "(seed, epoch, sample) that the store can key")
+    modules = [name for name, point in tap_points_of(teacher).items() if point.io == "module"]
+    ok, why = ts.storable_taps(spec.teacher, taps, modules=modules, reader=f"--distill {args.distill}")
+    if not ok:
+        return None, f"off: {why}"
+    meta = datasets.dataset_info(args.dataset)
+    key = ts.store_key(teacher, args.dataset, num_samples, meta["mean"], meta["std"],
+                       dtype=args.teacher_store_dtype, data_options=args.data_opts, scheme=scheme.description)
+    # the folder that holds run folders: --save_root, or the one holding an explicit --save_dir
+    runs_root = os.path.dirname(os.path.abspath(args.save_dir)) if args.save_dir else args.save_root
+    folder = args.teacher_store or ts.default_store_dir(runs_root, key)
+    try:
+        store = ts.TeacherStore.open(folder, key, num_samples, scheme.num_views,
+                                     {tap: spec.teacher[tap] for tap in taps}, ts.DTYPES[args.teacher_store_dtype])
+    except ts.StoreError as err:
+        raise ConfigError(str(err)) from None
+    return store, ""

@@ -1,0 +1,75 @@
+"""The reference training recipes and the checks on the optimisation flags.
+
+Recipe values left unset on the command line (learning rate, epochs, schedule, weight decay,
+batch) come from the dataset family's recipe; the run prints where its learning rate came from.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Dict
+
+from engine.errors import ConfigError
+
+RECIPES: Dict[str, Dict[str, Any]] = {
+    # RepDistiller's CIFAR-100 protocol (mdistiller and GD cifar/ are identical)
+    "cifar": dict(epochs=240, learning_rate=0.05, lr_decay_epochs=[150, 180, 210], lr_decay_rate=0.1,
+                  weight_decay=5e-4, momentum=0.9, batch_size=64),
+    # SimKD / GD imagenet/ (lr 0.1 for a global batch of 256)
+    "imagenet": dict(epochs=120, learning_rate=0.1, lr_decay_epochs=[30, 60, 90], lr_decay_rate=0.1,
+                     weight_decay=1e-4, momentum=0.9, batch_size=256),
+    # metric learning: the seeds' recipes (engine.metric_learning_flags.METRIC_RECIPES), filled in by
+    # the metric task before this table is read
+    "metric": {},
+}
+#: Students the references train at lr 0.01 on CIFAR (they override the flag silently; we print it).
+SMALL_LR_MODELS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
+SMALL_LR = 0.01
+
+
+def apply_recipe(args: argparse.Namespace, family: str, model_name: str, log=print) -> None:
+    """Fill unset optimisation values from the family's recipe, saying where lr came from."""
+    recipe = RECIPES.get(family, RECIPES["cifar"])
+    lr_was_set = args.learning_rate is not None
+    for key, value in recipe.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if not lr_was_set and family == "cifar" and model_name in SMALL_LR_MODELS:
+        args.learning_rate = SMALL_LR
+        log(f"learning rate {SMALL_LR} for {model_name} (the reference recipe for MobileNet/ShuffleNet "
+            "students; set --learning_rate to override)")
+
+
+def validate_numbers(args: argparse.Namespace, world_size: int = 1, log=print) -> None:
+    """The optimisation flags (after the recipe) make sense, before any data is read or folder made."""
+    def bad(flag: str, value, accepted: str) -> ConfigError:
+        return ConfigError(f"{flag} {value}: {accepted}")
+
+    if not isinstance(args.batch_size, int) or args.batch_size < 1:
+        raise bad("--batch_size", args.batch_size, "must be a positive integer (the global batch)")
+    if args.batch_size % world_size:
+        raise ConfigError(f"--batch_size {args.batch_size} is not divisible by the {world_size} processes")
+    if not isinstance(args.epochs, int) or args.epochs < 1:
+        raise bad("--epochs", args.epochs, "must be a positive integer")
+    if not args.learning_rate > 0:
+        raise bad("--learning_rate", args.learning_rate, "must be positive")
+    if not args.lr_decay_rate > 0:
+        raise bad("--lr_decay_rate", args.lr_decay_rate, "must be positive (the lr is multiplied by it)")
+    if args.weight_decay < 0:
+        raise bad("--weight_decay", args.weight_decay, "must be 0 or positive")
+    if not 0 <= args.momentum < 1:
+        raise bad("--momentum", args.momentum, "must be in [0, 1)")
+    if args.eval_freq < 1:
+        raise bad("--eval_freq", args.eval_freq, "must be a positive integer")
+    if getattr(args, "log_every", 0) < 0:
+        raise bad("--log_every", args.log_every, "must be 0 (per epoch only) or a positive number of steps")
+    if args.num_workers < 0:
+        raise bad("--num_workers", args.num_workers, "must be 0 (load in the main process) or more")
+    if getattr(args, "nprocs", None) is not None and args.nprocs < 1:
+        raise bad("--nprocs", args.nprocs, "must be a positive integer")
+    milestones = list(args.lr_decay_epochs or [])
+    if any(m < 1 for m in milestones) or milestones != sorted(set(milestones)):
+        raise bad("--lr_decay_epochs", ",".join(map(str, milestones)),
+                  "must be increasing positive epoch numbers, e.g. 150,180,210")
+    late = [m for m in milestones if m > args.epochs]
+    if late:
+        log(f"note: lr decay epochs {late} lie beyond --epochs {args.epochs} and are never reached")

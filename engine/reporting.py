@@ -1,0 +1,59 @@
+"""What a run says about itself: the lines printed at its start and after each evaluated epoch.
+
+Kept apart from the loop so that the loop reads as the order of events, and the wording of the
+log lives in one place. Everything here reads a :class:`~engine.assembly.Run`; nothing trains.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+from engine.interrupts import fault_point
+
+LOADERS = {"device": "device (augmented a batch at a time on the device; --loader dataloader for PIL)",
+           "dali": "DALI", "dataloader": "DataLoader"}
+
+
+def describe_run(run, state, fresh: bool, evaluate: Callable) -> None:
+    """The run's folder, data, recipe, loss, compute flags and teacher store; on a fresh student run,
+    the teacher's own test score."""
+    s = run.settings
+    log = run.log
+    log(f"run folder: {run.run_dir}")
+    log(f"dataset {s.dataset}: {len(run.train_set)} train / {len(run.test_set)} test, {run.num_classes} classes; "
+        f"processes {run.info.world_size} on {run.info.device}; loader {LOADERS[s.loader]}")
+    schedule = (f"decay x{s.lr_decay_rate} after epochs {list(s.lr_decay_epochs)}" if run.schedule_settings.name == "step"
+                else f"{run.schedule_settings.name} schedule, {run.schedule_settings.warmup_epochs} warm-up epochs")
+    log(f"batch {s.batch_size} ({s.batch_per_rank} per process; last partial batch dropped), "
+        f"{run.optimizer_settings.name} lr {run.optimizer_settings.lr}, {schedule}, "
+        f"wd {run.optimizer_settings.weight_decay}, momentum {run.optimizer_settings.momentum}, {s.epochs} epochs")
+    log(f"loss = {run.objective.describe()}")
+    compute = [f"--amp {run.precision.amp}" if run.precision.amp else "",
+               "--channels_last" if run.precision.channels_last else "", "--compile" if s.compile else ""]
+    if any(compute):
+        log("compute: " + " ".join(x for x in compute if x))
+    if run.store is not None:
+        filled = min(run.store.filled_fraction(t) for t in run.objective.teacher_taps)
+        log(f"teacher store {run.store.directory} ({', '.join(run.objective.teacher_taps)}, {s.store_dtype}): "
+            f"{filled:.1%} of the views filled; the teacher runs on the others")
+    elif run.store_off:
+        log(f"teacher store {run.store_off}")
+    if s.kind == "student":
+        extra = sum(p.numel() for p in run.method.parameters() if p.requires_grad)
+        log(f"{extra} extra trainable parameters (weights: command line, else the method's reference values)")
+        if fresh:  # a resumed run showed it when it started
+            fault_point("teacher_eval", rank=run.info.rank)
+            acc = evaluate(run.teacher)
+            log(f"teacher {getattr(run.teacher, 'arch', '')} test {run.task.describe(acc)}")
+
+
+def epoch_line(run, state, lr: float, metrics: Dict[str, float], acc: Dict[str, float]) -> str:
+    """``epoch 3/240 lr 0.05 | train loss ... | test top-1 ... | 640 img/s, 3% of step time waiting for data``."""
+    train = " ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                     if k not in ("images_per_s", "lr", "data_wait") and not k.startswith("teacher_store"))
+    line = (f"epoch {state.epoch}/{run.settings.epochs} lr {lr:.4g} | train {train} | test "
+            f"{run.task.describe(acc)} | {metrics['images_per_s']:.0f} img/s, "
+            f"{metrics['data_wait']:.0%} of step time waiting for data")
+    if run.store is not None:
+        line += (f" | teacher store {metrics['teacher_store_hits']:.0%} hits, "
+                 f"{metrics['teacher_store_gb']:.2f} GB")
+    return line
