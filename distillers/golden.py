@@ -6,12 +6,18 @@ Usage::
 
 Each file names its ``method``; its entry, declared beside the method with
 :func:`distillers.reference.register_golden` (:data:`TABLE` holds them all), says which
-registered distiller and options reproduce it, which tap each input stands for, and
-how the reference's parameter names map onto ours. The distiller is built from the
-input *shapes* through the registry, exactly as training builds it from a dry run,
-its parameters are loaded, one step is run in float64 and ``loss``, ``grads``,
-``state_after`` and ``extra.step2`` are compared at the file's tolerance. One
-``PASS``/``FAIL`` line per file; the exit status is non-zero if any file fails.
+registered distiller reproduces it, which tap each input stands for, which of the file's
+``hparams`` set which option, and how the reference's parameter names map onto ours. The
+distiller is built from the input *shapes* and the file's recorded settings through the
+registry, exactly as training builds it from a dry run, its parameters are loaded, one step
+is run in float64 and ``loss``, every ``grads`` and ``state_after`` entry, the declared
+outputs, ``extra.step2`` and the declared variants (each at its own settings) are compared,
+at min(file tolerance, 1e-10) when the file is float64 (an entry may state why its reference
+cannot reach that). Nothing is skipped silently: a part of the file the method does not
+produce, a part the method produces that the file lacks, a declared variant or output
+missing, a key the adapter does not compare (other than a declared diagnostic) and a
+recorded setting the method cannot take are each a failure naming it. One ``PASS``/``FAIL``
+line per file; the exit status is non-zero if any file fails.
 """
 from __future__ import annotations
 
@@ -209,6 +215,9 @@ def entry_options(entry: GoldenEntry, hparams: Mapping[str, Any], problems: List
     for key, value in entry.hparam_fixed.items():
         if key in hparams and not _same(hparams[key], value):
             problems.append(f"{label}hparams {key}={hparams[key]!r}: the method has {value!r} built in")
+    for key in entry.spec_from_hparams.values():
+        if key not in hparams:
+            problems.append(f"{label}hparams: no '{key}' (sizes the method's parts)")
     known = {*entry.hparam_options.values(), *entry.spec_from_hparams.values(), *entry.hparam_fixed,
              *entry.hparam_info}
     for key in hparams:
@@ -237,7 +246,6 @@ class GoldenCase:
         self.file_tol = float(record["tolerance"])
         # both sides in float64: the entry's tolerance (1e-10 unless it states why not) caps the file's
         self.tol = min(self.file_tol, self.entry.tolerance) if record.get("dtype") == "float64" else self.file_tol
-        self.problems: List[str] = []
 
     # construction --------------------------------------------------------
     def build(self, options: Mapping[str, Any], inputs: Optional[Mapping[str, Any]] = None,
@@ -249,7 +257,7 @@ class GoldenCase:
             student={k: _shape_of(v) for k, v in s.items()},
             teacher={k: (tuple(v.weight.shape) if isinstance(v, nn.Module) else _shape_of(v))
                      for k, v in t.items()},
-            **{f: int(hp[k]) for f, k in entry.spec_from_hparams.items()},
+            **{f: int(hp[k]) for f, k in entry.spec_from_hparams.items() if k in hp},  # absent: a problem
         )
         distiller = build_distiller(entry.distiller, spec, **options).double()
         params = self.record["params"] if params is None else params
@@ -311,9 +319,7 @@ class GoldenCase:
         for key in record:
             if key not in REQUIRED and key not in BOOKKEEPING:
                 cmp.problems.append(f"{key}: not a key of the golden file format")
-        for name in record.get("inputs", {}):
-            if name not in entry.inputs:
-                cmp.problems.append(f"inputs.{name}: not an input of the entry")
+        self.check_inputs(record.get("inputs", {}), cmp)
         extra = record.get("extra", {})
         output_keys = set(entry.outputs.values())
         known = output_keys | set(entry.variants) | set(entry.diagnostics) | {"step2"}
@@ -331,8 +337,12 @@ class GoldenCase:
             for key in step2:
                 if key not in STEP2_KEYS:
                     cmp.problems.append(f"extra.step2.{key}: not compared by the adapter")
-        trainable = {_rename(k, entry.renames) for k in record.get("trainable", []) if not self._ignored(k)}
-        self._trainable_ref = trainable
+            self.check_inputs(step2.get("inputs", {}), cmp, "extra.step2.")
+
+    def check_inputs(self, inputs: Mapping[str, Any], cmp: "_Comparer", label: str = "") -> None:
+        for name in inputs:
+            if name not in self.entry.inputs:
+                cmp.problems.append(f"{label}inputs.{name}: not an input of the entry")
 
     # one step --------------------------------------------------------------
     def step(self, distiller, inputs, ref: Mapping[str, Any], cmp: "_Comparer", label: str,
@@ -415,10 +425,11 @@ class GoldenCase:
 
     def check_trainable(self, distiller, cmp: "_Comparer") -> None:
         """The file's ``trainable`` names are exactly our trainable parameters."""
+        listed = {_rename(k, self.entry.renames) for k in self.record["trainable"] if not self._ignored(k)}
         ours = {n for n, p in distiller.named_parameters() if p.requires_grad}
-        for name in sorted(self._trainable_ref - ours):
+        for name in sorted(listed - ours):
             cmp.problems.append(f"trainable: '{self._reference_name(name)}' is not a trainable parameter of ours")
-        for name in sorted(ours - self._trainable_ref):
+        for name in sorted(ours - listed):
             cmp.problems.append(f"trainable: our '{name}' is trainable, the file does not list it")
 
     def function_step(self, cmp: "_Comparer") -> None:
@@ -470,6 +481,7 @@ class GoldenCase:
             for name in ref:
                 if name not in allowed and not name.startswith("grad_"):
                     cmp.problems.append(f"{label}{name}: not compared by the adapter")
+            self.check_inputs(ref.get("inputs", {}), cmp, f"extra.{key}.")
         grads = dict(ref.get("grads", {}))
         grads.update({k[len("grad_"):]: v for k, v in ref.items() if k.startswith("grad_")})
         hparams = {**self.record.get("hparams", {}), **ref.get("hparams", {})}
@@ -488,7 +500,6 @@ class GoldenCase:
 
     def run(self) -> Outcome:
         cmp = _Comparer(self.tol)
-        self._trainable_ref = set()
         if self.complete:
             self.check_keys(cmp)
         with torch.autograd.set_grad_enabled(True):
