@@ -215,12 +215,20 @@ def test_declared_variants_and_outputs_must_be_present():
     assert any("extra.inter: the declared output dist_inter is missing" in p for p in problems)
 
 
-def test_a_gradient_the_method_does_not_produce_fails():
+def test_a_gradient_the_method_does_not_produce_or_a_trainable_list_that_differs_fails():
     cc = _load(next(p for p in FILES if p.stem == "cc"))
     grads = {**cc["grads"], "params.embed_s.linear.extra": torch.zeros(1)}
     assert any("params.embed_s.linear.extra" in p for p in _problems({**cc, "grads": grads}))
     grads = {**cc["grads"], "feat_t": torch.zeros(1)}  # a teacher input has no gradient
     assert any("grad feat_t: not a student input" in p for p in _problems({**cc, "grads": grads}))
+    rrd = _load(next(p for p in FILES if p.stem == "rrd"))  # ours detaches the teacher side, as the reference
+    grads = {**rrd["grads"], "params.memory.embed_t.weight": torch.zeros(128, 64, dtype=torch.float64)}
+    assert any("embed_t.linear.weight' gets no gradient" in p for p in _problems({**rrd, "grads": grads}))
+    state = {**rrd["state_after"], "memory.bogus": torch.zeros(1)}
+    problems = _problems({**rrd, "state_after": state})
+    assert any("state_after memory.bogus: the method has no buffer" in p for p in problems)
+    trainable = [k for k in cc["trainable"] if k != "embed_t.linear.bias"]
+    assert any("our 'embed_t.linear.bias' is trainable" in p for p in _problems({**cc, "trainable": trainable}))
 
 
 def test_the_strong_view_gradient_is_the_strong_views_own():
