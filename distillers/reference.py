@@ -21,6 +21,12 @@ GOLDEN = Registry("golden entry")
 ROWS = Registry("published row")
 
 
+#: The tolerance of a float64 comparison when the reference path allows it (both sides in float64).
+TOLERANCE = 1e-10
+#: What a ``variants`` declaration may hold (see :class:`GoldenEntry`).
+VARIANT_FIELDS = frozenset({"options", "attributes", "unchecked", "inputs_from"})
+
+
 @dataclass(frozen=True)
 class GoldenEntry:
     """How one reference method maps onto a registered distiller.
@@ -36,8 +42,15 @@ class GoldenEntry:
         A list input that spans several taps joins them with ``+`` in order, a group
         taking the elements the single taps leave (``"s:stem+stages"``); ``_`` marks an
         element the method does not read (its reference gradient is zero).
-    options: fixed distiller options; ``hparam_options`` maps an option name to the
-        file's ``hparams`` key that sets it (sizes of the small memories).
+    options: fixed distiller options, only for settings the reference records no hparam for.
+    hparam_options: option name -> the file's ``hparams`` key that sets it; the option is built from
+        the file's value (so one method is checked at the settings each file records) and a file
+        without that key fails. An option is either fixed or read from the file, never both.
+    hparam_fixed: ``hparams`` key -> the value the method has built in (no option sets it); a file
+        recording another value fails (ours cannot be set to it).
+    hparam_info: ``hparams`` keys that set nothing the compared numbers depend on (loss weights the
+        file does not apply, descriptions, sizes that follow from the inputs). A key of the file's
+        hparams that is none of mapped, fixed, info or ``spec_from_hparams`` fails.
     spec_from_hparams: ShapeSpec field -> ``hparams`` key (e.g. ``num_data``).
     renames: (reference prefix, our prefix) pairs applied to parameter names.
     outputs: distiller output key -> ``extra`` key compared as well (e.g. SimKD's prediction).
@@ -53,12 +66,21 @@ class GoldenEntry:
         input names to ``"arg:<keyword>"``; ``options`` are extra keywords. The function returns
         the tensor compared with ``loss``, or a tuple whose first element is; ``outputs`` then
         maps a tuple position (``"1"``) to the ``extra`` key it must equal.
-    variants: ``extra`` key -> a second step whose reference numbers are that ``extra`` entry
-        (its ``loss`` and ``grads``, or ``grad_<input>`` keys): ``options`` override the entry's
-        options (AOMD's ``mode1``); ``inputs_from`` = ``("module:name", keywords)`` names a
+    variants: ``extra`` key -> a second step whose reference numbers are that ``extra`` entry (its
+        ``loss``, ``grads`` or ``grad_<input>`` keys, ``state_after`` and the declared outputs; its own
+        ``inputs``, ``params`` and ``hparams`` replace the file's, its hparams setting the options as
+        above). A declared variant missing from a file fails. ``options`` fix options of the variant
+        that its hparams do not record (AOMD's ``mode1``); ``attributes`` set documented class
+        attributes of the built distiller (MLKD's ``strong_levels_on_weak``, the reference's slip);
+        ``unchecked`` = {``grads`` key: why} for a gradient the reference cannot give (CTKD's NaN);
+        ``inputs_from`` = ``("module:name", keywords)`` names a
         function called with the golden inputs its signature asks for, whose returned dict
         replaces those inputs and is itself compared with the ``extra`` entry (the triplet
         samplers' index vectors, then the loss on them).
+    diagnostics: ``extra`` keys that are diagnostics (golden/README.md: optional to compare), not
+        compared; any other ``extra`` key the adapter does not compare fails.
+    tolerance: the tightest tolerance the reference path allows when both sides run in float64; the
+        adapter compares at min(file tolerance, this). Looser than 1e-10 only with ``tolerance_why``.
     task: the trainer task whose training step exercises the entry (``tests/test_methods_training.py``
         covers ``classification``; the metric-learning entries run in ``tests/test_metric_learning.py``).
     """
@@ -75,7 +97,28 @@ class GoldenEntry:
     ignore_params: Sequence[str] = ()
     function: str = ""
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    hparam_fixed: Mapping[str, Any] = field(default_factory=dict)
+    hparam_info: Sequence[str] = ()
+    diagnostics: Sequence[str] = ()
+    tolerance: float = TOLERANCE
+    tolerance_why: str = ""
     task: str = "classification"
+
+    def __post_init__(self):
+        both = sorted(set(self.options) & set(self.hparam_options))
+        if both:
+            raise ValueError(f"options {both} are both fixed and read from the file's hparams: choose one")
+        keys = [*self.hparam_options.values(), *self.spec_from_hparams.values(), *self.hparam_fixed,
+                *self.hparam_info]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise ValueError(f"hparams keys {twice} are declared more than once")
+        if self.tolerance > TOLERANCE and not self.tolerance_why:
+            raise ValueError(f"a tolerance looser than {TOLERANCE:g} needs its reason (tolerance_why)")
+        for key, variant in self.variants.items():
+            unknown = sorted(set(variant) - VARIANT_FIELDS)
+            if unknown:
+                raise ValueError(f"variant '{key}': unknown field(s) {unknown}; known: {sorted(VARIANT_FIELDS)}")
 
 
 LOGITS = {"logit_s": "s:logits", "logit_t": "t:logits"}

@@ -48,5 +48,7 @@ def recall_at_k(embeddings: torch.Tensor, labels: torch.Tensor, ks: Sequence[int
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
 register_golden("recall_at_k", GoldenEntry(
     "", {"embeddings": "arg:embeddings", "labels": "arg:labels"},
-    function="distillers.retrieval:recall_at_k", options={"ks": (1, 2, 4, 8)},
-    hparam_options={"ks": "K"}, task="metric"))
+    function="distillers.retrieval:recall_at_k", hparam_options={"ks": "K"},
+    hparam_fixed={"distance": "squared euclidean (pdist squared=True)"},
+    tolerance=1e-7, tolerance_why="the reference averages the hits in float32 (rounding up to 2^-24 of R@K <= 1)",
+    task="metric"))

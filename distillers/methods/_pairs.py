@@ -155,6 +155,6 @@ def tap_shape(spec_side, tap: str, side: str, owner: str):
 register_golden("distance_weighted_logweights", GoldenEntry(
     "", {"embeddings": "arg:embeddings", "labels": "arg:labels"},
     function="distillers.methods._pairs:distance_weighted_probabilities",
-    options={"cut_off": 0.5, "nonzero_loss_cutoff": 1.4}, outputs={"1": "anchor_idx", "2": "pos_idx"},
-    hparam_options={"cut_off": "cut_off", "nonzero_loss_cutoff": "nonzero_loss_cutoff"},
-    task="metric"))
+    outputs={"1": "anchor_idx", "2": "pos_idx"},
+    hparam_options={"cut_off": "cut_off", "nonzero_loss_cutoff": "nonzero_loss_cutoff"}, hparam_info=("dim",),
+    diagnostics=("dist", "log_weight", "weight_matrix", "nonzero_fraction"), task="metric"))

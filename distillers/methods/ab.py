@@ -77,7 +77,10 @@ class AB(Distiller):
 
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
 register_golden("ab", GoldenEntry("ab", {"g_s": "s:stages_preact", "g_t": "t:stages_preact"},
-                                  options={"margin": 1.0}, call="init_forward"))
+                                  hparam_options={"margin": "margin"}, call="init_forward",
+                                  hparam_fixed={"layer_weights": [0.25, 0.5, 1], "scale": "each term /batch /1000 *3",
+                                                "bn_mode": "train"},
+                                  hparam_info=("feat_num", "layers"), diagnostics=("loss_terms",)))
 
 
 # The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).

@@ -61,7 +61,9 @@ class AT(Distiller):
 
 
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
-register_golden("at", GoldenEntry("at", {"g_s": "s:stages", "g_t": "t:stages"}, options={"p": 2}))
+register_golden("at", GoldenEntry("at", {"g_s": "s:stages", "g_t": "t:stages"}, hparam_options={"p": "p"},
+                                  hparam_fixed={"sum_over_layers": True}, hparam_info=("layers",),
+                                  diagnostics=("loss_terms",)))
 
 
 # The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).

@@ -98,8 +98,10 @@ class CATKD(Distiller):
 register_golden("catkd", GoldenEntry(
     "catkd", {"feat_s": "s:last_map", "fc_s_weight": "s:classifier.weight",
               "feat_t": "t:last_map", "fc_t_weight": "t:classifier.weight"},
-    options={"cat_weight": 1.0, "cam_resolution": 2, "cam_normalize": False},
-    variants={"normalized_res4": {"options": {"cam_resolution": 4, "cam_normalize": True}}}))
+    hparam_options={"cat_weight": "cat_loss_weight", "cam_resolution": "cam_resolution",
+                    "cam_normalize": "if_normalize"},
+    hparam_fixed={"if_binarize": False, "only_transfer_partial_cams": False},
+    hparam_info=("cat_loss_weight_res32x4_res8x4",), variants={"normalized_res4": {}, "weight2_res3": {}}))
 
 
 def catkd_options(pair) -> dict:

@@ -32,7 +32,8 @@ class CC(Distiller):
 
 
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
-register_golden("cc", GoldenEntry("cc", {"feat_s": "s:pooled", "feat_t": "t:pooled"}, options={"feat_dim": 128}))
+register_golden("cc", GoldenEntry("cc", {"feat_s": "s:pooled", "feat_t": "t:pooled"},
+                                  hparam_options={"feat_dim": "feat_dim"}, diagnostics=("embed_s_out", "embed_t_out")))
 
 
 # The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).

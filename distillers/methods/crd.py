@@ -54,8 +54,9 @@ class CRD(Distiller):
 register_golden("crd", GoldenEntry(
     "crd", {"feat_s": "s:pooled", "feat_t": "t:pooled", "idx": "batch:index",
             "contrast_idx": "batch:contrast_idx"},
-    options={"nce_t": 0.07, "nce_m": 0.5}, hparam_options={"nce_k": "nce_k"},
-    spec_from_hparams={"num_data": "n_data"}))
+    hparam_options={"feat_dim": "feat_dim", "nce_k": "nce_k", "nce_t": "nce_t", "nce_m": "nce_m"},
+    spec_from_hparams={"num_data": "n_data"}, hparam_fixed={"eps": 1e-7},
+    hparam_info=("nce_k_reference_default", "n_data_reference", "s_dim", "t_dim")))
 
 
 # The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).

@@ -54,5 +54,6 @@ class CRDQueue(Distiller):
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
 register_golden("crd_fifo", GoldenEntry(
     "crd_queue", {"feat_s": "s:pooled", "feat_t": "t:pooled"},
-    options={"nce_t": 0.07, "enqueue_first": True}, hparam_options={"nce_k": "nce_k"},
+    options={"enqueue_first": True}, hparam_options={"feat_dim": "feat_dim", "nce_k": "nce_k", "nce_t": "nce_t"},
+    hparam_fixed={"memory_type": "fifo"}, hparam_info=("s_dim", "t_dim"),
     renames=(("memory.embed_s.", "embed_s.linear."), ("memory.embed_t.", "embed_t.linear."))))

@@ -166,12 +166,26 @@ class CTKD(Distiller):
 
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
 # CTKD, MLKD, DOT (tests/golden/, made by tests/golden/make_ctkd_mlkd_dot_goldens.py)
+#: CTKD's train_student.py flags, which are our options' names (--distill kd|dkd is ctkd_base)
+_CTKD_HPARAMS = {"ctkd_base": "distill",
+                 **{k: k for k in ("mlp_name", "cosine_decay", "t_start", "t_end", "decay_max", "decay_min",
+                                   "decay_loops", "dkd_alpha", "dkd_beta")}}
+#: the dkd_base variant: its temperature gradient is NaN in the reference
+_CTKD_DKD = {"unchecked": {"params.global_T": "NaN in the reference (0 * log 0 in its probability-space KL)"}}
 register_golden("ctkd", GoldenEntry("ctkd", {**LOGITS, "target": "batch:labels", "epoch": "batch:epoch"},
-                                    variants={"dkd_base": {"options": {"ctkd_base": "dkd", "dkd_beta": 2.0}}}))
+                                    options={"logit_std": False}, hparam_fixed={"logit_stand": False},
+                                    hparam_options=_CTKD_HPARAMS,
+                                    # the optimiser (extra.step2.sgd) and epochs (inputs) the file gives otherwise
+                                    hparam_info=("lr", "momentum", "weight_decay", "epoch", "epoch2"),
+                                    diagnostics=("lambda", "temperature"),
+                                    variants={"dkd_base": _CTKD_DKD, "linear_t2_10_loops5": {}}))
 # CTKD and MLKD with logit standardisation (tests/golden/, make_ctkd_mlkd_dot_goldens.py --ls)
 register_golden("ctkd_ls", GoldenEntry("ctkd", {**LOGITS, "target": "batch:labels", "epoch": "batch:epoch"},
-                                       options={"logit_std": True},
-                                       variants={"dkd_base": {"options": {"ctkd_base": "dkd", "dkd_beta": 2.0}}}))
+                                       options={"logit_std": True}, hparam_fixed={"logit_stand": True},
+                                       hparam_options=_CTKD_HPARAMS,
+                                       hparam_info=("lr", "momentum", "weight_decay", "epoch", "epoch2"),
+                                       diagnostics=("lambda", "temperature"),
+                                       variants={"dkd_base": _CTKD_DKD, "linear_t2_10_loops5": {}}))
 
 
 # The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).

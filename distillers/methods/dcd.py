@@ -52,7 +52,9 @@ class DCD(Distiller):
 
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
 register_golden("dcd", GoldenEntry(
-    "dcd", {"feat_s": "s:pooled", "feat_t": "t:pooled"}, options={"dcd_alpha": 0.5},
+    "dcd", {"feat_s": "s:pooled", "feat_t": "t:pooled"},
+    hparam_options={"feat_dim": "feat_dim", "dcd_alpha": "alpha"}, hparam_fixed={"max_tau": 10.0},
+    hparam_info=("init_tau", "init_b", "trainable", "s_dim", "t_dim"),  # initial values: the file's params
     renames=(("params.", ""), ("embed_s.", "embed_s.linear."), ("embed_t.", "embed_t.linear."))))
 
 

@@ -61,11 +61,15 @@ class DIST(Distiller):
 
 
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
-register_golden("dist", GoldenEntry("dist", LOGITS, options={"dist_beta": 1.0, "dist_gamma": 1.0, "dist_tau": 4.0},
-                                    outputs={"dist_inter": "inter", "dist_intra": "intra"}))
+_DIST_HPARAMS = {"dist_beta": "beta", "dist_gamma": "gamma", "dist_tau": "tau"}
+register_golden("dist", GoldenEntry("dist", LOGITS, options={"logit_std": False}, hparam_options=_DIST_HPARAMS,
+                                    hparam_fixed={"logit_stand": False},
+                                    hparam_info=("kd", "ori_loss_weight", "kd_loss_weight"),
+                                    outputs={"dist_inter": "inter", "dist_intra": "intra"},
+                                    variants={"beta2_gamma05_tau1": {}}))
 register_golden("dist_ls", GoldenEntry(
-    "dist", LOGITS, options={"dist_beta": 1.0, "dist_gamma": 1.0, "dist_tau": 4.0,
-                             "logit_std": True},
+    "dist", LOGITS, options={"logit_std": True}, hparam_options=_DIST_HPARAMS, hparam_fixed={"logit_stand": True},
+    hparam_info=("kd", "ori_loss_weight", "kd_loss_weight"),
     outputs={"dist_inter": "inter", "dist_intra": "intra"}))
 
 

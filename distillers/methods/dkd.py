@@ -85,11 +85,17 @@ class DKD(Distiller):
 
 
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
-register_golden("dkd", GoldenEntry("dkd", {**LOGITS, "target": "batch:labels"},
-                                   options={"dkd_alpha": 1.0, "dkd_beta": 8.0, "kd_T": 4.0}))
+register_golden("dkd", GoldenEntry("dkd", {**LOGITS, "target": "batch:labels"}, options={"logit_std": False},
+                                   hparam_options={"dkd_alpha": "alpha", "dkd_beta": "beta", "kd_T": "T",
+                                                   "warmup": "warmup_epochs"},  # no epoch in the batch: factor 1
+                                   hparam_fixed={"logit_stand": False}, hparam_info=("ce_weight", "beta_per_pair"),
+                                   diagnostics=("tckd", "nckd")))
 register_golden("dkd_ls", GoldenEntry("dkd", {**LOGITS, "target": "batch:labels"},
-                                      options={"dkd_alpha": 9.0, "dkd_beta": 72.0, "kd_T": 2.0, "logit_std": True},
-                                      outputs={"tckd": "alpha_tckd", "nckd": "beta_nckd"}))
+                                      options={"logit_std": True}, hparam_fixed={"logit_stand": True},
+                                      hparam_options={"dkd_alpha": "alpha", "dkd_beta": "beta", "kd_T": "temperature"},
+                                      hparam_info=("recipe",),
+                                      outputs={"tckd": "alpha_tckd", "nckd": "beta_nckd"},
+                                      variants={"alpha1_beta18_T3": {}}))
 
 
 def dkd_options(pair) -> dict:

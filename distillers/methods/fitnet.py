@@ -76,7 +76,10 @@ class FitNet(Distiller):
 
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
 register_golden("fitnet", GoldenEntry("fitnet", {"feat_s": "s:stage2", "feat_t": "t:stage2"},
-                                      options={"hint_layer": 2}, renames=(("", "regressor."),)))
+                                      hparam_options={"hint_layer": "hint_layer"}, renames=(("", "regressor."),),
+                                      hparam_fixed={"regressor": "ConvReg(use_relu=True)", "bn_mode": "train",
+                                                    "bn_momentum": 0.1, "bn_eps": 1e-05},
+                                      hparam_info=("conv",)))  # the conv the shapes select
 
 
 # The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).

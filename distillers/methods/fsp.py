@@ -60,7 +60,8 @@ class FSP(Distiller):
 
 
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
-register_golden("fsp", GoldenEntry("fsp", {"g_s": "s:stem+stages", "g_t": "t:stem+stages"}, call="init_forward"))
+register_golden("fsp", GoldenEntry("fsp", {"g_s": "s:stem+stages", "g_t": "t:stem+stages"}, call="init_forward",
+                                   hparam_info=("layers",), diagnostics=("loss_terms",)))
 
 
 # The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).

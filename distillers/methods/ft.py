@@ -107,7 +107,10 @@ class FT(Distiller):
 
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
 register_golden("ft", GoldenEntry("ft", {"feat_s": "s:last_map", "factor_t": "t:factor"},
-                                  renames=(("encoder.", "translator."),)))
+                                  renames=(("encoder.", "translator."),),
+                                  hparam_fixed={"p1": 2, "p2": 1, "k": 0.5, "translator_use_bn": True,
+                                                "bn_mode": "train"},
+                                  hparam_info=("layers",), diagnostics=("factor_s",)))
 
 
 # The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).

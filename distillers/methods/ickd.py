@@ -49,4 +49,6 @@ class ICKD(Distiller):
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
 register_golden("ickd", GoldenEntry("ickd", {"feat_s": "s:last_map", "feat_t": "t:last_map"},
                                     renames=(("embed_s.conv2d.", "embed.0."), ("embed_s.l2norm.", "embed.1.")),
-                                    ignore_params=("embed_t.*",)))
+                                    ignore_params=("embed_t.*",), hparam_fixed={"bn_mode": "train"},
+                                    hparam_info=("feat_dim", "layers", "beta_cifar", "alpha_cifar"),  # feat_dim = t_dim
+                                    diagnostics=("loss_terms",)))

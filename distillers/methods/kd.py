@@ -37,9 +37,13 @@ class KD(Distiller):
 
 
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
-register_golden("kd", GoldenEntry("kd", LOGITS, options={"kd_T": 4.0}))
+register_golden("kd", GoldenEntry("kd", LOGITS, options={"logit_std": False}, hparam_options={"kd_T": "T"},
+                                  hparam_fixed={"logit_stand": False}, hparam_info=("reduction",)))
 # logit methods and logit standardisation (tests/golden/, made by tests/golden/make_logit_goldens.py)
-register_golden("kd_ls", GoldenEntry("kd", LOGITS, options={"kd_T": 2.0, "logit_std": True}))
+register_golden("kd_ls", GoldenEntry("kd", LOGITS, options={"logit_std": True}, hparam_options={"kd_T": "temperature"},
+                                     hparam_fixed={"logit_stand": True},
+                                     hparam_info=("kd_weight", "ce_weight", "recipe"),
+                                     variants={"T4": {}}))
 
 
 # The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).

@@ -76,4 +76,6 @@ class KDSVD(Distiller):
 
 
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
-register_golden("kdsvd", GoldenEntry("kdsvd", {"g_s": "s:stages", "g_t": "t:stages"}, options={"k": 1}))
+register_golden("kdsvd", GoldenEntry("kdsvd", {"g_s": "s:stages", "g_t": "t:stages"}, hparam_options={"k": "k"},
+                                     hparam_fixed={"student_k": "k+3", "rbf_sigma2": 8.0}, hparam_info=("layers",),
+                                     diagnostics=("loss_terms",)))

@@ -86,6 +86,8 @@ class AOMD(Distiller):
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
 # feats_s are the student stages after AOMD's adapters (equal channels: the adapters are identities)
 register_golden("aomd", GoldenEntry("aomd", {"feats_s": "s:stages", "feats_t": "t:stages"},
-                                    options={"aomd_mode": 2, "aomd_global": 1.0, "aomd_local": 1.0},
+                                    options={"aomd_global": 1.0, "aomd_local": 1.0},
                                     hparam_options={"aomd_mode": "mode"},
+                                    hparam_fixed={"start_weight_2": 1, "end_weight_2": 1},
+                                    hparam_info=("aomd_ratio_examples", "layers"),
                                     variants={"mode1": {"options": {"aomd_mode": 1}}}, task="metric"))

@@ -42,4 +42,5 @@ class MetricAT(Distiller):
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
 register_golden("metric_at", GoldenEntry(
     "metric_at", {"g_s": "s:stage2+stage3+stage4", "g_t": "t:stage2+stage3+stage4"},
-    options={"p": 2}, hparam_options={"p": "p"}, task="metric"))
+    hparam_options={"p": "p"}, hparam_fixed={"sum_over_layers": True, "normalize_eps": 1e-12},
+    hparam_info=("layers", "at_ratio_examples"), diagnostics=("loss_terms",), task="metric"))

@@ -45,6 +45,7 @@ class HardDarkRank(Distiller):
 
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
 register_golden("darkrank", GoldenEntry(
-    "darkrank", EMBEDS, options={"dark_alpha": 2.0, "dark_beta": 3.0, "permute_len": 4},
-    hparam_options={"dark_alpha": "alpha", "dark_beta": "beta", "permute_len": "permute_len"},
-    task="metric"))
+    "darkrank", EMBEDS, hparam_options={"dark_alpha": "alpha", "dark_beta": "beta", "permute_len": "permute_len"},
+    hparam_fixed={"pdist_eps": 1e-12},
+    hparam_info=("student_embedding", "teacher_embedding", "l2normalize"),  # sizes; how the inputs were made
+    diagnostics=("permute_idx", "labels"), task="metric"))

@@ -53,4 +53,6 @@ class MetricFitNet(Distiller):
 register_golden("metric_fitnet", GoldenEntry(
     "metric_fitnet", {"feat_s": "s:stage2", "feat_t": "t:stage2"},
     options={"fitnet_layers": "stage2"}, renames=(("transform.", "regressors.stage2."),),
+    hparam_fixed={"kernel": 1, "bias": False},
+    hparam_info=("in_feature", "out_feature", "weight_init", "layer", "fitnet_ratio_examples"),
     task="metric"))

@@ -30,6 +30,7 @@ class MetricRKD(RKD):
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
 # metric learning (lenscloth/RKD metric/, ahu-hpt/AOMD metric/); embeddings = the embedding net's output
 register_golden("rkd_metric", GoldenEntry(
-    "metric_rkd", EMBEDS, options={"distance_weight": 1.0, "angle_weight": 2.0},
-    hparam_options={"distance_weight": "dist_ratio", "angle_weight": "angle_ratio"},
-    task="metric"))
+    "metric_rkd", EMBEDS, hparam_options={"distance_weight": "dist_ratio", "angle_weight": "angle_ratio"},
+    hparam_fixed={"pdist_eps": 1e-12, "smooth_l1_beta": 1.0},
+    hparam_info=("student_embedding", "teacher_embedding", "l2normalize"),
+    diagnostics=("loss_distance", "loss_angle"), task="metric"))

@@ -50,4 +50,8 @@ class MetricSP(Distiller):
 
 
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
-register_golden("metric_sp", GoldenEntry("metric_sp", EMBEDS, options={"sp_mode": "per_sample"}, task="metric"))
+register_golden("metric_sp", GoldenEntry(
+    "metric_sp", EMBEDS, options={"sp_mode": "per_sample"},
+    hparam_fixed={"per_sample": True, "normalize_eps": 1e-12},  # per_sample True is sp_mode per_sample
+    hparam_info=("student_embedding", "teacher_embedding", "l2normalize", "sp_ratio_examples"),
+    diagnostics=("loss_terms",), task="metric"))

@@ -81,9 +81,11 @@ class Contrastive(_TripletLoss):
 
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
 register_golden("triplet", GoldenEntry(
-    "triplet", {**LABELLED, **TRIPLETS}, options={"margin": 0.2, "p": 2},
-    hparam_options={"margin": "margin", "p": "p"},
+    "triplet", {**LABELLED, **TRIPLETS}, hparam_options={"margin": "margin", "p": "p"},
+    hparam_fixed={"pairwise_distance_eps": 1e-6}, hparam_info=("reduction", "default_sampler"),
     variants={"all_pairs": mined_variant("all"), "hard_negative": mined_variant("hard"),
               "semihard_negative": mined_variant("semihard")}, task="metric"))
-register_golden("metric_contrastive", GoldenEntry("contrastive", {**LABELLED, **TRIPLETS}, options={"margin": 0.2},
-                                                  hparam_options={"margin": "margin"}, task="metric"))
+register_golden("metric_contrastive", GoldenEntry(
+    "contrastive", {**LABELLED, **TRIPLETS}, hparam_options={"margin": "margin"},
+    hparam_fixed={"p": 2, "pairwise_distance_eps": 1e-6}, hparam_info=("reduction", "sampler"),
+    diagnostics=("d_pos", "d_neg", "n_active_neg"), task="metric"))

@@ -115,14 +115,17 @@ class MLKD(Distiller):
 
 
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
-register_golden("mlkd", GoldenEntry(
-    "mlkd", {**LOGITS, "logit_s_strong": "strong_s:logits", "logit_t_strong": "strong_t:logits"},
-    options={"kd_T": 4.0},
-    outputs={"mlkd_instance": "loss_kd", "mlkd_batch": "loss_bc", "mlkd_class": "loss_cc"}))
-register_golden("mlkd_ls", GoldenEntry(
-    "mlkd", {**LOGITS, "logit_s_strong": "strong_s:logits", "logit_t_strong": "strong_t:logits"},
-    options={"kd_T": 2.0, "logit_std": True},
-    outputs={"mlkd_instance": "loss_kd", "mlkd_batch": "loss_bc", "mlkd_class": "loss_cc"}))
+#: two_views: distinct strong-view logits, with the reference's slip (its strong KD at T 2 and 6 reads the weak view)
+_MLKD_VARIANTS = {"two_views": {"attributes": {"strong_levels_on_weak": (3, 4)}}}
+for _name, _std, _variants in (("mlkd", False, {**_MLKD_VARIANTS, "temperature2": {}}),
+                               ("mlkd_ls", True, _MLKD_VARIANTS)):
+    register_golden(_name, GoldenEntry(
+        "mlkd", {**LOGITS, "logit_s_strong": "strong_s:logits", "logit_t_strong": "strong_t:logits"},
+        options={"logit_std": _std}, hparam_options={"kd_T": "temperature", "mlkd_T": "level_temperatures"},
+        # KD_WEIGHT multiplies every term in the reference (ours: beta, outside the method)
+        hparam_fixed={"kd_weight": 1.0, "logit_stand": _std},
+        hparam_info=("kd_weight_reference", "ce_weight_reference", "recipe"),
+        outputs={"mlkd_instance": "loss_kd", "mlkd_batch": "loss_bc", "mlkd_class": "loss_cc"}, variants=_variants))
 
 
 # The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).

@@ -53,8 +53,11 @@ class NKD(Distiller):
 
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
 register_golden("nkd", GoldenEntry(
-    "nkd", {**LOGITS, "target": "batch:labels"}, options={"nkd_T": 3.0, "nkd_gamma": 3.5},
-    outputs={"nkd_target": "target", "nkd_non_target": "non_target"}))
-register_golden("nkd_ls", GoldenEntry("nkd", {**LOGITS, "target": "batch:labels"},
-                                      options={"nkd_T": 3.0, "nkd_gamma": 3.5, "logit_std": True},
+    "nkd", {**LOGITS, "target": "batch:labels"},
+    options={"logit_std": False}, hparam_options={"nkd_T": "temp", "nkd_gamma": "gamma"},
+    hparam_fixed={"logit_stand": False}, hparam_info=("config",),
+    outputs={"nkd_target": "target", "nkd_non_target": "non_target"}, variants={"class_defaults": {}}))
+register_golden("nkd_ls", GoldenEntry("nkd", {**LOGITS, "target": "batch:labels"}, options={"logit_std": True},
+                                      hparam_options={"nkd_T": "temp", "nkd_gamma": "gamma"},
+                                      hparam_fixed={"logit_stand": True}, hparam_info=("config",),
                                       outputs={"nkd_target": "target", "nkd_non_target": "non_target"}))

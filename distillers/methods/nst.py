@@ -44,7 +44,9 @@ class NST(Distiller):
 
 
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
-register_golden("nst", GoldenEntry("nst", {"g_s": "s:stages", "g_t": "t:stages"}))
+register_golden("nst", GoldenEntry("nst", {"g_s": "s:stages", "g_t": "t:stages"},
+                                   hparam_fixed={"kernel": "polynomial, degree 2, c=0", "full_loss": True},
+                                   hparam_info=("layers",), diagnostics=("loss_terms",)))
 
 
 # The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).

@@ -119,7 +119,12 @@ class OFD(Distiller):
 # feature methods (tests/golden/, made by tests/golden/make_feature_goldens.py)
 register_golden("ofd", GoldenEntry("ofd", {"feats_s": "s:stages_preact", "preact_feats_t": "t:stages_preact",
                                            "bn_weight_t": "t:stages_bn.weight", "bn_bias_t": "t:stages_bn.bias"},
-                                   renames=(("connectors.connectors.", "connectors."),)))
+                                   renames=(("connectors.connectors.", "connectors."),),
+                                   hparam_options={"ofd_kernel": "connector_kernel_size"},
+                                   hparam_fixed={"bn_mode": "train", "stage_weights": [0.25, 0.5, 1.0]},
+                                   hparam_info=("feat_weight", "ce_weight", "layers", "reduction"),
+                                   diagnostics=("margins", "loss_terms", "mask_counts", "overhaul"),
+                                   variants={"kernel3": {}}))
 
 
 # The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).

@@ -100,7 +100,10 @@ class ReviewKD(Distiller):
 register_golden("reviewkd", GoldenEntry(
     "reviewkd", {"feats_s": "s:_+stages", "pooled_s": "s:pooled",
                  "preact_feats_t": "t:_+stages_preact", "pooled_t": "t:pooled"},
-    options={"reviewkd_weight": 1.0}, renames=(("", "abfs."),)))
+    options={"reviewkd_weight": 1.0}, renames=(("", "abfs."),), hparam_options={"warmup": "warmup_epochs"},
+    hparam_fixed={"stu_preact": False, "bn_mode": "train"},
+    # sizes that follow from the inputs (ours derives them from the shapes); the CIFAR weight is not applied
+    hparam_info=("shapes", "out_shapes", "in_channels", "out_channels", "mid_channel", "reviewkd_weight_cifar")))
 
 
 #: dvlab-research/ReviewKD CIFAR-100/script/reviewKD.sh --kd-loss-weight (other pairs: 5).

@@ -56,7 +56,9 @@ class RKD(Distiller):
 
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
 register_golden("rkd", GoldenEntry("rkd", {"feat_s": "s:pooled", "feat_t": "t:pooled"},
-                                   options={"distance_weight": 25.0, "angle_weight": 50.0}))
+                                   hparam_options={"distance_weight": "w_d", "angle_weight": "w_a"},
+                                   hparam_fixed={"pdist_eps": 1e-12, "squared": False, "smooth_l1_beta": 1.0},
+                                   diagnostics=("loss_distance", "loss_angle")))
 
 
 # The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).

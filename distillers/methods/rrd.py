@@ -75,14 +75,18 @@ class RRD(Distiller):
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
 register_golden("rrd", GoldenEntry(
     "rrd", {"feat_s": "s:pooled", "feat_t": "t:pooled"},
-    options={"nce_t_s": 0.1, "nce_t_t": 0.02, "enqueue_first": True, "queue_row_norm": False},
-    hparam_options={"nce_k": "nce_k"},
+    options={"enqueue_first": True, "queue_row_norm": False, "memory_type": "queue"},
+    hparam_options={"feat_dim": "feat_dim", "nce_k": "nce_k", "nce_t_s": "nce_t_s", "nce_t_t": "nce_t_t"},
+    hparam_fixed={"memory_type": "fifo"},  # the reference's name of our "queue"
+    hparam_info=("nce_k_reference_default", "s_dim", "t_dim"),
     renames=(("memory.embed_s.", "embed_s.linear."), ("memory.embed_t.", "embed_t.linear."))))
 register_golden("rrd_momentum", GoldenEntry(
     "rrd", {"feat_s": "s:pooled", "feat_t": "t:pooled", "idx": "batch:index",
             "contrast_idx": "batch:contrast_idx"},
-    options={"memory_type": "momentum", "nce_t_s": 0.1, "nce_t_t": 0.02, "nce_t": 0.07, "nce_m": 0.5},
-    hparam_options={"nce_k": "nce_k"}, spec_from_hparams={"num_data": "n_data"},
+    options={"memory_type": "momentum"}, hparam_fixed={"memory_type": "momentum"},  # the entry's memory
+    hparam_options={"feat_dim": "feat_dim", "nce_k": "nce_k", "nce_t": "nce_t", "nce_m": "nce_m",
+                    "nce_t_s": "nce_t_s", "nce_t_t": "nce_t_t"},
+    spec_from_hparams={"num_data": "n_data"}, hparam_info=("s_dim", "t_dim"),
     renames=(("memory.embed_s.", "embed_s.linear."), ("memory.embed_t.", "embed_t.linear."),
              ("memory.contrast.", "contrast."))))
 

@@ -118,6 +118,8 @@ class SemCKD(Distiller):
 
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
 register_golden("semckd", GoldenEntry(
-    "semckd", {"g_s": "s:stages", "g_t": "t:stages"}, options={"soft": 1.0},
+    "semckd", {"g_s": "s:stages", "g_t": "t:stages"}, hparam_options={"soft": "soft"},
     spec_from_hparams={"batch_size": "feat_dim_is_batch_size"},
+    hparam_fixed={"query_key_factor": 4, "bn_mode": "train"}, hparam_info=("layers", "beta_cifar"),
+    diagnostics=("attention",),
     ignore_params=("query_*.regressor.*", "key_*.regressor.*")))

@@ -114,6 +114,8 @@ class SimKD(Distiller):
 register_golden("simkd", GoldenEntry(
     "simkd", {"feat_s": "s:last_map", "feat_t": "t:last_map",
               "teacher_fc_weight": "t:classifier.weight", "teacher_fc_bias": "t:classifier.bias"},
-    options={"factor": 2}, renames=(("transfer.", "head.transfer."),),
+    hparam_options={"factor": "factor"}, hparam_fixed={"bn_mode": "train"},
+    hparam_info=("cls", "div", "beta", "layers"), diagnostics=("trans_feat_t",),
+    renames=(("transfer.", "head.transfer."),),
     state_from_inputs={"head.fc.weight": "teacher_fc_weight", "head.fc.bias": "teacher_fc_bias"},
     outputs={"logits": "logits"}))

@@ -27,7 +27,7 @@ class SP(Distiller):
 
 
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
-register_golden("sp", GoldenEntry("sp", {"feat_s": "s:last_map", "feat_t": "t:last_map"}))
+register_golden("sp", GoldenEntry("sp", {"feat_s": "s:last_map", "feat_t": "t:last_map"}, hparam_info=("layers",)))
 
 
 # The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).

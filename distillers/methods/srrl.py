@@ -48,4 +48,6 @@ class SRRL(Distiller):
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
 register_golden("srrl", GoldenEntry(
     "srrl", {"feat_s": "s:pooled", "feat_t": "t:pooled", "logit_t": "t:logits",
-             "teacher_fc_weight": "t:classifier.weight", "teacher_fc_bias": "t:classifier.bias"}))
+             "teacher_fc_weight": "t:classifier.weight", "teacher_fc_bias": "t:classifier.bias"},
+    hparam_fixed={"bn_mode": "train"}, hparam_info=("connector", "cls", "div", "beta"),
+    diagnostics=("loss_feat", "loss_pred", "trans_feat_s", "pred_feat_s")))

@@ -58,7 +58,9 @@ class VID(Distiller):
 
 
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
-register_golden("vid", GoldenEntry("vid", {"g_s": "s:stages", "g_t": "t:stages"}, renames=(("", "estimators."),)))
+register_golden("vid", GoldenEntry("vid", {"g_s": "s:stages", "g_t": "t:stages"}, renames=(("", "estimators."),),
+                                   hparam_options={"init_pred_var": "init_pred_var"}, hparam_fixed={"eps": 1e-5},
+                                   hparam_info=("num_mid_channel", "layers"), diagnostics=("loss_terms",)))
 
 
 # The published CIFAR-100 rows this method runs (scripts/make_configs.py writes their configs).

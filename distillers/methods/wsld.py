@@ -51,6 +51,9 @@ class WSLD(Distiller):
 
 
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
-register_golden("wsld", GoldenEntry("wsld", {**LOGITS, "target": "batch:labels"}, options={"wsld_T": 2.0}))
+register_golden("wsld", GoldenEntry("wsld", {**LOGITS, "target": "batch:labels"}, options={"logit_std": False},
+                                    hparam_options={"wsld_T": "T"}, hparam_fixed={"logit_stand": False},
+                                    hparam_info=("alpha", "note"), variants={"T4": {}}))
 register_golden("wsld_ls", GoldenEntry(
-    "wsld", {**LOGITS, "target": "batch:labels"}, options={"wsld_T": 2.0, "logit_std": True}))
+    "wsld", {**LOGITS, "target": "batch:labels"}, options={"logit_std": True}, hparam_options={"wsld_T": "T"},
+    hparam_fixed={"logit_stand": True}, hparam_info=("alpha", "note")))

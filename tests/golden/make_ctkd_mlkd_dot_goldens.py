@@ -8,8 +8,11 @@ megvii-research/mdistiller and sunshangquan/logit-standardization-KD (commits be
 writes its files (``--ls``: ctkd_ls.pt from its ``CTKD/`` copy, mlkd_ls.pt from its
 ``mdistiller/distillers/MLKD.py``). Their code is imported from there, never copied:
 packages under private aliases (the references' ``models``/``mdistiller`` names clash with this
-project's and with each other), and CTKD's ``CosineDecay`` class read out of ``train_student.py``
-(whose imports need the ImageNet/DALI stack). CPU, float64, fixed seed; ``.cuda()`` is a no-op.
+project's and with each other), and CTKD's ``CosineDecay``/``LinearDecay`` classes read out of
+``train_student.py`` (whose imports need the ImageNet/DALI stack). CPU, float64, fixed seed; ``.cuda()``
+is a no-op. Batch 7, 11 classes: odd, so MLKD's median masks keep 4/7 and 6/11, not a half. Every
+setting a file is made at is in its ``hparams`` under the reference's names; the ``extra`` variants
+carry their own ``hparams``.
 """
 import argparse
 import ast
@@ -56,7 +59,7 @@ BLOBS = {
            "mdistiller/distillers/loss.py": "fdd22af1aafa2dc560e8324c42d8c888da044ed8"},
 }
 SEED = 0
-B, C = 8, 10
+B, C = 7, 11
 
 
 def check_blobs(name: str, root: Path) -> None:
@@ -134,22 +137,29 @@ def make_ctkd(root: Path, logit_stand: bool = False):
     DistillDiv = zoo_kd.DistillKL_logit_stand if logit_stand else DistillKL
     DKDloss = importlib.import_module(f"{alias}_zoo.DKD").DKDloss
     train_distill = importlib.import_module(f"{alias}_helper.loops").train_distill
-    CosineDecay = class_from_script(root / "train_student.py", "CosineDecay", {"math": math})
-    # the CIFAR script: --t_start 1 --t_end 20 (defaults) --cosine_decay 1 --decay_max 0 --decay_min -1 --decay_loops 10
-    hp = dict(t_start=1.0, t_end=20.0, decay_max=0.0, decay_min=-1.0, decay_loops=10.0,
-              lr=0.05, momentum=0.9, weight_decay=5e-4, epoch=3, epoch2=4, dkd_alpha=1.0, dkd_beta=2.0)
-    schedule = CosineDecay(max_value=hp["decay_max"], min_value=hp["decay_min"], num_loops=hp["decay_loops"])
+    decays = {flag: class_from_script(root / "train_student.py", name, {"math": math})
+              for flag, name in ((1, "CosineDecay"), (0, "LinearDecay"))}  # train_student.py: opt.cosine_decay
+    # the CIFAR script: --distill kd --have_mlp 1 --mlp_name global --t_start 1 --t_end 20 (defaults) --cosine_decay 1
+    # --decay_max 0 --decay_min -1 --decay_loops 10
+    hp = dict(distill="kd", mlp_name="global", t_start=1.0, t_end=20.0, cosine_decay=1, decay_max=0.0, decay_min=-1.0,
+              decay_loops=10.0, lr=0.05, momentum=0.9, weight_decay=5e-4, epoch=3, epoch2=4, dkd_alpha=1.0,
+              dkd_beta=2.0, logit_stand=logit_stand)
+    #: a second schedule and temperature range (LinearDecay, T in [2, 12])
+    other = dict(t_start=2.0, t_end=10.0, cosine_decay=0, decay_loops=5.0)
 
     g = torch.Generator().manual_seed(SEED)
     logit_s = torch.randn(B, C, generator=g) * 2
     logit_t = [torch.randn(B, C, generator=g) * 3 for _ in range(2)]
     target = [torch.randint(0, C, (B,), generator=g) for _ in range(2)]
 
-    def run(distill, gamma, alpha, beta, epochs):
+    def run(distill, gamma, alpha, beta, epochs, setting=None):
         """The reference's train_distill, one batch per epoch; -> per epoch (inputs, loss, grads, T before)."""
+        setting = {**hp, **(setting or {})}
+        schedule = decays[setting["cosine_decay"]](max_value=setting["decay_max"], min_value=setting["decay_min"],
+                                                   num_loops=setting["decay_loops"])
         student, mlp = FixedLogits(logit_s, True), Global_T()
         opt = SimpleNamespace(distill=distill, gamma=gamma, alpha=alpha, beta=beta, have_mlp=1,
-                              t_start=hp["t_start"], t_end=hp["t_end"], kd_T=4, gpu=None,
+                              t_start=setting["t_start"], t_end=setting["t_end"], kd_T=4, gpu=None,
                               multiprocessing_distributed=False, print_freq=1, batch_size=B,
                               dkd_alpha=hp["dkd_alpha"], dkd_beta=hp["dkd_beta"])
         if distill == "dkd":  # the fork feeds DKD raw logits: standardising them is our composition
@@ -180,14 +190,15 @@ def make_ctkd(root: Path, logit_stand: bool = False):
     (_, loss_dkd, grads_dkd, _, _), = run("dkd", 0.0, 0.0, 1.0, [hp["epoch"]])
     if grads_dkd["params.global_T"].isnan().all():  # 0 * log 0 in its probability-space KL: not comparable
         del grads_dkd["params.global_T"]
+    # the other schedule and range, at the first epoch (KD)
+    (_, loss_other, grads_other, _, _), = run("kd", 0.0, 1.0, 0.0, [hp["epoch"]], other)
     if logit_stand:
         reference = (f"{COMMITS['ls']} CTKD/models/temp_global.py Global_T + CTKD/distiller_zoo/KD.py "
                      "DistillKL_logit_stand (dkd_base: DKD.py DKDloss on KD.py normalize, our composition) + "
-                     "CTKD/helper/loops.py train_distill + CTKD/train_student.py CosineDecay")
-        hp = {**hp, "logit_stand": True}
+                     "CTKD/helper/loops.py train_distill + CTKD/train_student.py CosineDecay, LinearDecay")
     else:
         reference = (f"{COMMITS['ctkd']} models/temp_global.py Global_T + distiller_zoo/KD.py DistillKL "
-                     "(DKD.py DKDloss) + helper/loops.py train_distill + train_student.py CosineDecay")
+                     "(DKD.py DKDloss) + helper/loops.py train_distill + train_student.py CosineDecay, LinearDecay")
     notes = ("One batch per epoch through the reference's own train_distill with mock models "
              "returning fixed logits (the student's are a parameter). loss = the KD term at the "
              "learned T (-r 0 -a 1 -b 0); grads.params.global_T is the reversed gradient "
@@ -197,7 +208,8 @@ def make_ctkd(root: Path, logit_stand: bool = False):
              "step. dkd_base: --distill dkd -r 0 -a 0 -b 1 --dkd_beta 2 at the first epoch; its temperature "
              "gradient is NaN in the reference (the masked teacher probability of the target class "
              "underflows to 0 and the KL's target-side derivative log 0 + 1 meets d p / d T = 0), so "
-             "only loss and logit_s are recorded for it.")
+             "only loss and logit_s are recorded for it. linear_t2_10_loops5: --t_start 2 --t_end 10 "
+             "--cosine_decay 0 --decay_loops 5 (LinearDecay) at the first epoch, KD.")
     if logit_stand:
         notes = ("Logit standardisation: the fork's CTKD with its KD criterion DistillKL_logit_stand (normalize "
                  "both logits, then KD at the learned T), the criterion its CIFAR script runs (train_student.py "
@@ -213,7 +225,8 @@ def make_ctkd(root: Path, logit_stand: bool = False):
         "extra": {
             "step2": {"inputs": inputs2, "loss": loss2, "grads": grads2,
                       "sgd": {"lr": hp["lr"], "momentum": hp["momentum"], "weight_decay": hp["weight_decay"]}},
-            "dkd_base": {"loss": loss_dkd, "grads": grads_dkd},
+            "dkd_base": {"hparams": {"distill": "dkd"}, "loss": loss_dkd, "grads": grads_dkd},
+            "linear_t2_10_loops5": {"hparams": other, "loss": loss_other, "grads": grads_other},
             "lambda": torch.tensor([lam, lam2]),
             "temperature": hp["t_start"] + hp["t_end"] * torch.sigmoid(theta),
         },
@@ -238,8 +251,10 @@ def make_mlkd(root: Path, logit_stand: bool = False):
         alias_package("ref_mlkd", root / "mdistiller" / "distillers")
         KD_ours = importlib.import_module("ref_mlkd.KD_ours").KD_ours
         temperature = 4.0
-    cfg = SimpleNamespace(KD=SimpleNamespace(TEMPERATURE=temperature, LOSS=SimpleNamespace(CE_WEIGHT=0.1, KD_WEIGHT=1.0)),
-                          EXPERIMENT=SimpleNamespace(LOGIT_STAND=logit_stand))
+    def cfg(temperature):
+        return SimpleNamespace(KD=SimpleNamespace(TEMPERATURE=temperature,
+                                                  LOSS=SimpleNamespace(CE_WEIGHT=0.1, KD_WEIGHT=1.0)),
+                               EXPERIMENT=SimpleNamespace(LOGIT_STAND=logit_stand))
 
     g = torch.Generator().manual_seed(SEED + 1)
     weak_s, weak_t = torch.randn(B, C, generator=g) * 2, torch.randn(B, C, generator=g) * 3
@@ -256,9 +271,9 @@ def make_mlkd(root: Path, logit_stand: bool = False):
         def forward(self, image):
             return self.views[int(image.reshape(-1)[0])], None
 
-    def run(views_s, views_t, strong_image):
+    def run(views_s, views_t, strong_image, temp=temperature):
         leaves = [v.clone().requires_grad_(True) for v in views_s]
-        distiller = KD_ours(ByImage(leaves), ByImage(views_t), cfg)
+        distiller = KD_ours(ByImage(leaves), ByImage(views_t), cfg(temp))
         distiller.train()
         weak, strong = torch.zeros(B, 1), torch.full((B, 1), float(strong_image))
         _, losses = distiller.forward_train(image_weak=weak, image_strong=strong, target=target)
@@ -270,14 +285,22 @@ def make_mlkd(root: Path, logit_stand: bool = False):
     # one view: the strong image is the weak one (the single-view data path)
     loss, (grad_s, _), terms = run([weak_s, strong_s], [weak_t, strong_t], strong_image=0)
     loss2, (grad_weak, grad_strong), terms2 = run([weak_s, strong_s], [weak_t, strong_t], strong_image=1)
+    variants = {"two_views": {"inputs": {"logit_s_strong": strong_s, "logit_t_strong": strong_t},
+                              "loss": loss2, "grads": {"logit_s": grad_weak, "logit_s_strong": grad_strong}, **terms2}}
+    if not logit_stand:  # a second TEMPERATURE (the LS fork's base temperature), one view
+        loss3, (grad3, _), terms3 = run([weak_s, strong_s], [weak_t, strong_t], strong_image=0, temp=2.0)
+        variants["temperature2"] = {"hparams": {"temperature": 2.0}, "loss": loss3, "grads": {"logit_s": grad3},
+                                    **terms3}
     notes = ("forward_train of the reference on mock student/teacher returning fixed logits per view, "
              "KD.LOSS.KD_WEIGHT 1 (reference 0.9) so the loss is unweighted; loss = loss_kd + loss_cc + "
              "loss_bc (loss_ce left out). Main record: image_strong = image_weak (one view). "
              "extra.two_views: distinct strong logits; the reference's strong KD at T 2 and 6 reads the "
-             "weak logits, and its strong cc/bc terms are computed but not returned.")
+             "weak logits, and its strong cc/bc terms are computed but not returned. level_temperatures: the four "
+             "temperatures forward_train hard-codes after TEMPERATURE.")
     if logit_stand:
         reference = f"{COMMITS['ls']} mdistiller/distillers/MLKD.py MLKD.forward_train (kd_loss, cc_loss, bc_loss)"
-        hparams = {"temperature": 2.0, "temperatures": [2.0, 3.0, 5.0, 2.0, 6.0], "kd_weight": 1.0, "logit_stand": True,
+        hparams = {"temperature": 2.0, "level_temperatures": [3.0, 5.0, 2.0, 6.0], "kd_weight": 1.0,
+                   "logit_stand": True,
                    "kd_weight_reference": 9.0, "ce_weight_reference": 0.1,
                    "recipe": "configs/cifar100/mlkd/<pair>.yaml --logit-stand --base-temp 2 --kd-weight 9 "
                              "(TEMPERATURE 2, KD_WEIGHT 9; kd_weight not applied here)"}
@@ -286,21 +309,19 @@ def make_mlkd(root: Path, logit_stand: bool = False):
                  "and the masks are on the raw logits. " + notes.replace("KD_WEIGHT 1 (reference 0.9)",
                                                                         "KD_WEIGHT 1 (recipe 9)"))
     else:
-        reference = f"{COMMITS['mlkd']} mdistiller/distillers/KD_ours.py KD_ours.forward_train (kd_loss, cc_loss, bc_loss)"
-        hparams = {"temperature": 4.0, "temperatures": [4.0, 3.0, 5.0, 2.0, 6.0], "kd_weight": 1.0,
+        reference = (f"{COMMITS['mlkd']} mdistiller/distillers/KD_ours.py KD_ours.forward_train "
+                     "(kd_loss, cc_loss, bc_loss)")
+        hparams = {"temperature": 4.0, "level_temperatures": [3.0, 5.0, 2.0, 6.0], "kd_weight": 1.0,
+                   "logit_stand": False,
                    "kd_weight_reference": 0.9, "ce_weight_reference": 0.1}
+        notes += " extra.temperature2: TEMPERATURE 2 (one view)."
     return {
         "method": "mlkd_ls" if logit_stand else "mlkd",
         "reference": reference,
         "hparams": hparams,
         "inputs": {"logit_s": weak_s, "logit_t": weak_t}, "params": {}, "trainable": [],
         "loss": loss, "grads": {"logit_s": grad_s}, "state_after": {},
-        "extra": {
-            **terms,
-            "two_views": {"inputs": {"logit_s_strong": strong_s, "logit_t_strong": strong_t},
-                          "loss": loss2, "grads": {"logit_s": grad_weak, "logit_s_strong": grad_strong},
-                          **terms2},
-        },
+        "extra": {**terms, **variants},
         "notes": notes,
     }
 
@@ -356,7 +377,8 @@ def main():
     parser.add_argument("--ctkd", type=Path, help="zhengli97/CTKD checkout (ctkd.pt)")
     parser.add_argument("--mlkd", type=Path, help="Jin-Ying/Multi-Level-Logit-Distillation checkout (mlkd.pt)")
     parser.add_argument("--mdistiller", type=Path, help="megvii-research/mdistiller checkout (dot.pt)")
-    parser.add_argument("--ls", type=Path, help="sunshangquan/logit-standardization-KD checkout (ctkd_ls.pt, mlkd_ls.pt)")
+    parser.add_argument("--ls", type=Path,
+                        help="sunshangquan/logit-standardization-KD checkout (ctkd_ls.pt, mlkd_ls.pt)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
     args = parser.parse_args()
     given = [(name, root) for name, root in (("ctkd", args.ctkd), ("mlkd", args.mlkd), ("dot", args.mdistiller),

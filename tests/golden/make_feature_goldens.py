@@ -7,10 +7,14 @@ named in :data:`REFERENCES`; the git blob id of every file imported is checked):
         [--overhaul PATH] [--out tests/golden]
 
 Nothing is copied from the references: their own loss code is imported from those paths and
-run on CPU in float64 with a fixed seed, on the shapes of ``../shared/golden/README.md``. Where
+run on CPU in float64 with a fixed seed, on odd batch, class counts and spatial sizes whose pooling
+is not by whole factors (so averaging windows overlap and nothing splits in halves). Where
 a reference needs a whole network, the network is replaced by a stub that returns the given
 tensors (OFD's ``get_stage_channels``/``get_bn_before_relu``, CAT-KD's ``(logits, feats)``);
-the loss code itself runs unchanged. The records follow the shared golden file format.
+the loss code itself runs unchanged. The records follow the shared golden file format; each
+records its settings in ``hparams`` under the reference's names, and a second setting as an
+``extra`` variant with its own ``hparams`` (OFD's 3x3 connector with its own ``params``, CAT-KD's
+other CAM resolutions).
 """
 from __future__ import annotations
 
@@ -45,11 +49,12 @@ FILES = {
               "mdistiller/distillers/_base.py": "901ddcf9002c725f946a8459dbecc9fe038efe2c"},
 }
 SEED = 0
-TOLERANCE = 1e-6
-B, CLASSES = 4, 10
-#: the "wide" pair of ../shared/golden/README.md: stage1..3 (C, H, W)
-WIDE_S = [(8, 8, 8), (16, 4, 4), (32, 2, 2)]
-WIDE_T = [(16, 8, 8), (32, 8, 8), (64, 4, 4)]
+TOLERANCE = 1e-10
+B, CLASSES = 5, 11
+#: stage1..3 (C, H, W): a "wide" pair whose teacher maps pool to the student's sizes by non-integer
+#: factors at stages 2 and 3 (7 -> 4, 3 -> 2) and not at stage 1 (equal sizes)
+WIDE_S = [(8, 7, 7), (16, 4, 4), (32, 2, 2)]
+WIDE_T = [(16, 7, 7), (32, 7, 7), (64, 3, 3)]
 
 
 # ---------------------------------------------------------------------------- importing
@@ -157,29 +162,41 @@ def make_ofd(args):
     # stem channel first: the reference drops element 0 of get_stage_channels()
     student = _StubNet([WIDE_S[0][0]] + [c for c, _, _ in WIDE_S])
     teacher = _StubNet([WIDE_T[0][0]] + [c for c, _, _ in WIDE_T], bns)
-    cfg = SimpleNamespace(OFD=SimpleNamespace(LOSS=SimpleNamespace(CE_WEIGHT=1.0, FEAT_WEIGHT=1e-3),
-                                              CONNECTOR=SimpleNamespace(KERNEL_SIZE=1)))
-    torch.set_default_dtype(torch.float64)
-    try:
-        distiller = ofd_mod.OFD(student, teacher, cfg)  # margins computed here, in float32
-    finally:
-        torch.set_default_dtype(torch.float32)
-    distiller = distiller.double().train()
+    def build(kernel_size):
+        cfg = SimpleNamespace(OFD=SimpleNamespace(LOSS=SimpleNamespace(CE_WEIGHT=1.0, FEAT_WEIGHT=1e-3),
+                                                  CONNECTOR=SimpleNamespace(KERNEL_SIZE=kernel_size)))
+        torch.set_default_dtype(torch.float64)
+        try:
+            return ofd_mod.OFD(student, teacher, cfg).double().train()  # margins computed here, in float32
+        finally:
+            torch.set_default_dtype(torch.float32)
+
+    distiller = build(1)
     margins = [m.reshape(-1).clone() for m in distiller.margins]
     # pre-activation maps: student signed N(0, 1); teacher per channel N(bias, |weight|), the
     # distribution the margin assumes, so every branch of the partial L2 is exercised
     feats_s = [torch.randn(B, *shape, dtype=torch.float64) for shape in WIDE_S]
     feats_t = [torch.randn(B, *shape, dtype=torch.float64) * w.abs().view(1, -1, 1, 1) + b.view(1, -1, 1, 1)
                for shape, w, b in zip(WIDE_T, bn_w, bn_b)]
-    owner = nn.Module()  # the distiller's own part, under its name in the reference's state_dict
-    owner.connectors = distiller.connectors
-    params_before = _state(owner)
-    leaves = [_leaf(f) for f in feats_s]
-    loss = distiller.ofd_loss(leaves, [f.clone() for f in feats_t])
-    loss.backward()
-    grads = {"feats_s": _grad(leaves)}
-    state_after = _buffers(owner)  # before the diagnostic re-run below moves the BN statistics again
+
+    def step(distiller):
+        """ofd_loss on leaves: (the distiller's own part, params before, loss, grads, buffers after)."""
+        owner = nn.Module()  # the distiller's own part, under its name in the reference's state_dict
+        owner.connectors = distiller.connectors
+        params_before = _state(owner)
+        leaves = [_leaf(f) for f in feats_s]
+        loss = distiller.ofd_loss(leaves, [f.clone() for f in feats_t])
+        loss.backward()
+        grads = {"feats_s": _grad(leaves)}
+        grads.update({f"params.{k}": p.grad.detach().clone() for k, p in owner.named_parameters()
+                      if p.grad is not None})
+        return owner, params_before, loss.detach(), grads, _buffers(owner)
+
+    owner, params_before, loss, grads, state_after = step(distiller)
+    # the 3x3 connector (CONNECTOR.KERNEL_SIZE 3, padding 1): its own parameters and buffers
+    _, params3, loss3, grads3, state3 = step(build(3))
     # per-stage terms and the masks' coverage, recomputed with the reference's own feat_loss
+    # (after the buffers are read: this re-run moves the BN statistics again)
     with torch.no_grad():
         outs = [distiller.connectors.connectors[i](f) for i, f in enumerate(feats_s)]
     record = _record(
@@ -188,7 +205,8 @@ def make_ofd(args):
          "layers": "preact_feats[1:] of student and teacher (stage1..3 before the final ReLU)",
          "stage_weights": [0.25, 0.5, 1.0], "reduction": "sum over C,H,W, mean over the batch"},
         {"feats_s": feats_s, "preact_feats_t": feats_t, "bn_weight_t": bn_w, "bn_bias_t": bn_b},
-        owner, loss, grads, {}, "")
+        None, loss, grads, {}, "")
+    record["trainable"] = [k for k, p in owner.named_parameters() if p.requires_grad]
     record["params"], record["state_after"] = params_before, state_after
     n = len(outs)
     terms, coverage = [], []
@@ -198,7 +216,9 @@ def make_ofd(args):
         terms.append(ofd_mod.feat_loss(o, target, distiller.margins[i]) / 2 ** (n - i - 1))
         coverage.append([int(((o > m) & (target <= m)).sum()), int(((o > target) & (target > m) & (target <= 0)).sum()),
                          int((target > 0).sum())])
-    record["extra"] = {"margins": margins, "loss_terms": terms, "mask_counts": coverage}
+    record["extra"] = {"margins": margins, "loss_terms": terms, "mask_counts": coverage,
+                       "kernel3": {"hparams": {"connector_kernel_size": 3}, "params": params3, "loss": loss3,
+                                   "grads": grads3, "state_after": state3}}
     if args.overhaul:
         record["extra"]["overhaul"] = _overhaul_check(args.overhaul, bns, outs, feats_t)
     record["notes"] = (
@@ -211,7 +231,9 @@ def make_ofd(args):
         "reference computes them with scipy and stores them in float32 (extra.margins, the exact values "
         "it used). mdistiller indexes margins by position in the aligned list, so a teacher with more "
         "stages than the student would get the margins of its first stages (not the case here: equal "
-        "stage counts). extra.overhaul: clovaai/overhaul-distillation CIFAR-100 distiller.py "
+        "stage counts). extra.kernel3: CONNECTOR.KERNEL_SIZE 3 (3x3 conv, padding 1), with its own params "
+        "(another initialisation), gradients and buffers. extra.overhaul: clovaai/overhaul-distillation CIFAR-100 "
+        "distiller.py "
         "(distillation_loss, get_margin_from_BN) on the same connector outputs, divided by the batch as "
         "its training script does (it also divides by 1000 = FEAT_WEIGHT, not applied).")
     return record
@@ -238,7 +260,7 @@ def make_ickd(args):
     ref = _check_commit("ickd", args.ickd)
     mod = _load_file(os.path.join(args.ickd, "Cifar100", "distiller_zoo", "ICKD.py"), "_ickd_ref")
     torch.manual_seed(SEED)
-    (c_s, h_s, w_s), (c_t, h_t, w_t) = WIDE_S[-1], WIDE_T[-1]
+    (c_s, h_s, w_s), (c_t, h_t, w_t) = (32, 3, 3), (64, 5, 5)  # last maps of other, odd sizes
     # train_student.py: s_dim = feat_s[-2] channels, feat_dim = t_dim = feat_t[-2] channels
     opt = SimpleNamespace(s_dim=c_s, t_dim=c_t, feat_dim=c_t)
     criterion = mod.ICKDLoss(opt).double().train()
@@ -290,17 +312,18 @@ def make_catkd(args):
     ref = _check_commit("catkd", args.catkd)
     mod = _load(args.catkd, "mdistiller.distillers.CAT_KD")
     torch.manual_seed(SEED)
-    # own shapes: last maps larger than the 2x2 CAM resolution on both sides, so both are pooled
-    c_s, c_t, hw_s, hw_t = 32, 64, 4, 8
+    # own shapes: last maps larger than every CAM resolution on both sides, none a multiple of it, so both
+    # are pooled with overlapping windows (5 -> 2, 3, 4 and 7 -> 2, 3, 4)
+    c_s, c_t, hw_s, hw_t = 32, 64, 5, 7
     feat_s = torch.randn(B, c_s, hw_s, hw_s, dtype=torch.float64).relu()
     feat_t = torch.randn(B, c_t, hw_t, hw_t, dtype=torch.float64).relu()
     fc_s = torch.randn(CLASSES, c_s, dtype=torch.float64) / math.sqrt(c_s)
     fc_t = torch.randn(CLASSES, c_t, dtype=torch.float64) / math.sqrt(c_t)
     labels = torch.randint(0, CLASSES, (B,))
 
-    def run(resolution, normalize):
+    def run(resolution, normalize, weight=1.0):
         cfg = SimpleNamespace(CAT_KD=SimpleNamespace(
-            LOSS=SimpleNamespace(CE_WEIGHT=1.0, CAT_loss_weight=1.0, CAM_RESOLUTION=resolution),
+            LOSS=SimpleNamespace(CE_WEIGHT=1.0, CAT_loss_weight=weight, CAM_RESOLUTION=resolution),
             onlyCAT=False, IF_NORMALIZE=normalize, IF_BINARIZE=False, IF_OnlyTransferPartialCAMs=False,
             CAMs_Nums=100, Strategy=0))
         leaf_f, leaf_w = _leaf(feat_s), _leaf(fc_s)
@@ -312,6 +335,7 @@ def make_catkd(args):
 
     loss, grads = run(2, False)  # resnet32x4 -> resnet8x4 config
     loss_n, grads_n = run(4, True)  # resnet32x4 -> ShuffleV1 config
+    loss_3, grads_3 = run(3, False, 2.0)  # another resolution and weight
     record = _record(
         "catkd", f"{ref} mdistiller/distillers/CAT_KD.py class CAT_KD (forward_train, CAT_loss); "
         "CAMs as the *_test models and tools/train.py build them",
@@ -319,7 +343,10 @@ def make_catkd(args):
          "cat_loss_weight_res32x4_res8x4": 15.0, "if_binarize": False, "only_transfer_partial_cams": False},
         {"feat_s": feat_s, "fc_s_weight": fc_s, "feat_t": feat_t, "fc_t_weight": fc_t},
         None, loss, grads, {"normalized_res4": {"loss": loss_n.detach(), "grads": grads_n,
-                                                "hparams": {"cam_resolution": 4, "if_normalize": True}}}, "")
+                                                "hparams": {"cam_resolution": 4, "if_normalize": True}},
+                            "weight2_res3": {"loss": loss_3.detach(), "grads": grads_3,
+                                             "hparams": {"cam_resolution": 3, "if_normalize": False,
+                                                         "cat_loss_weight": 2.0}}}, "")
     record["notes"] = (
         "CAM = W x F: the class weights W [K, C] applied at every position of the last map F (a bias-free 1x1 "
         "conv; the reference's *_test models use it as their classifier, pooling after it, and convert a "
@@ -329,7 +356,8 @@ def make_catkd(args):
         "Loss weight 1 here (CIFAR configs: 15 for resnet32x4 -> resnet8x4, per pair otherwise). grads: the "
         "student map and the student classifier weight (the student's CAM goes through its own classifier). "
         "extra.normalized_res4: the same inputs with CAM_RESOLUTION 4 and IF_NORMALIZE True (the "
-        "resnet32x4 -> ShuffleV1 config): student 4x4 unpooled, teacher 8x8 -> 4x4.")
+        "resnet32x4 -> ShuffleV1 config). extra.weight2_res3: CAM_RESOLUTION 3, CAT_loss_weight 2. Maps 5x5 "
+        "(student) and 7x7 (teacher): every pooling has overlapping windows.")
     return record
 
 

@@ -5,14 +5,17 @@
 Each ``DIR`` is a work tree of the reference commit in :data:`REFERENCES` (for example
 ``git --git-dir=MIRROR archive COMMIT | tar -x -C DIR``); the script checks that the reference
 file there is that commit's blob, imports it from ``DIR`` and runs it as it is, on the CPU in
-float64 with seed 0 on batch 4, 10 classes. Nothing of the references is copied here. Run-time
+float64 with seed 0 on batch 5, 11 classes (odd sizes: nothing splits in halves). Nothing of the
+references is copied here. Run-time
 shims (each listed in the file's ``notes``): ``.cuda()`` is a no-op, the WSLD distiller's
 hard-coded ``one_hot(num_classes=1000)`` uses the logits' 10 classes and its CE and loss weight
 are neutralised to leave the distillation term, and cls_KD's ``mmcls.registry`` is a stub
 (mmcls is not installed). Files, in the format of ``../shared/golden/README.md``:
 
-dist, wsld, nkd                     the methods' reference losses
-kd_ls, dkd_ls                       logit standardisation, from its reference's own kd_loss / dkd_loss
+dist, wsld, nkd                     the methods' reference losses, each at a second setting too (an ``extra``
+                                    variant with its own ``hparams``)
+kd_ls, dkd_ls                       logit standardisation, from its reference's own kd_loss / dkd_loss (and a
+                                    second setting)
 dist_ls, wsld_ls, nkd_ls            the standardisation reference's ``normalize`` applied to both logits,
                                     then the method's reference (no published code combines them)
 """
@@ -31,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SEED, BATCH, CLASSES, TOLERANCE = 0, 4, 10, 1e-8
+SEED, BATCH, CLASSES, TOLERANCE = 0, 5, 11, 1e-10
 
 #: flag -> (owner/repo, commit, file, git blob id of that file at the commit).
 REFERENCES = {
@@ -158,21 +161,32 @@ def draw_inputs():
     return logit_s, logit_t, target
 
 
-def record(method, reference, hparams, loss_fn, notes, with_target, extra_fns=()):
-    """Run ``loss_fn(logit_s, logit_t[, target])`` with a student leaf; extras are more calls."""
+def record(method, reference, hparams, loss_fn, notes, with_target, extra_fns=(), variants=()):
+    """Run ``loss_fn(logit_s, logit_t[, target])`` with a student leaf; extras are more calls.
+
+    ``variants``: (name, hparams, loss_fn, extra_fns) of the same reference at another setting, run on
+    the same inputs; each becomes ``extra[name]`` = {hparams, loss, grads, its extras}."""
     logit_s, logit_t, target = draw_inputs()
-    leaf = logit_s.clone().requires_grad_(True)
     call = (lambda fn, s: fn(s, logit_t, target)) if with_target else (lambda fn, s: fn(s, logit_t))
-    loss = call(loss_fn, leaf)
-    loss.backward()
+
+    def run(fn, fns):
+        leaf = logit_s.clone().requires_grad_(True)
+        loss = call(fn, leaf)
+        loss.backward()
+        with torch.no_grad():
+            extras = {key: call(f, logit_s).detach() for key, f in fns}
+        return loss.detach(), {"logit_s": leaf.grad.detach()}, extras
+
+    loss, grads, extra = run(loss_fn, extra_fns)
+    for name, variant_hparams, variant_fn, variant_fns in variants:
+        v_loss, v_grads, v_extra = run(variant_fn, variant_fns)
+        extra[name] = {"hparams": variant_hparams, "loss": v_loss, "grads": v_grads, **v_extra}
     inputs = {"logit_s": logit_s, "logit_t": logit_t}
     if with_target:
         inputs["target"] = target
-    with torch.no_grad():
-        extra = {key: call(fn, logit_s).detach() for key, fn in extra_fns}
     return {
         "method": method, "reference": reference, "hparams": hparams, "inputs": inputs, "params": {},
-        "trainable": [], "loss": loss.detach(), "grads": {"logit_s": leaf.grad.detach()},
+        "trainable": [], "loss": loss, "grads": grads,
         "state_after": {}, "extra": extra, "tolerance": TOLERANCE, "dtype": "float64", "split": "public",
         "seed": SEED, "torch_version": str(torch.__version__), "notes": notes,
     }
@@ -194,27 +208,37 @@ def build_records(refs):
     dist_ref = ref_name("dist", f"class DIST; {DIST_SUPERPROJECT}")
     dist_hp = {"beta": 1.0, "gamma": 1.0, "tau": 4.0, "kd": "dist_t4 (configs/strategies/distill/dist_cifar.yaml)",
                "ori_loss_weight": 1.0, "kd_loss_weight": 2.0}
-    dist_notes = ("DIST(beta=1, gamma=1, tau=4) of the CIFAR-100 recipe (kd: dist_t4); loss = beta*inter + gamma*intra, "
-                  "the DIST term alone (no CE, kd_loss_weight 2 not applied). extra.inter / extra.intra = the "
-                  "reference with (beta, gamma) = (1, 0) / (0, 1).")
-    dist_extra = (("inter", dist(1.0, 0.0)), ("intra", dist(0.0, 1.0)))
+    dist_notes = ("DIST(beta=1, gamma=1, tau=4) of the CIFAR-100 recipe (kd: dist_t4); "
+                  "loss = beta*inter + gamma*intra, the DIST term alone (no CE, kd_loss_weight 2 not applied). "
+                  "extra.inter / extra.intra = the reference with gamma = 0 / beta = 0 (the weighted terms). "
+                  "extra.beta2_gamma05_tau1: "
+                  "DIST(beta=2, gamma=0.5, tau=1) (tau 1 is the class default and the ImageNet setting).")
+
+    def dist_terms(beta, gamma, tau, of=lambda fn: fn):
+        return (("inter", of(dist(beta, 0.0, tau))), ("intra", of(dist(0.0, gamma, tau))))
+
+    dist_extra = dist_terms(1.0, 1.0, 4.0)
+    dist_variant = ("beta2_gamma05_tau1", {"beta": 2.0, "gamma": 0.5, "tau": 1.0}, dist(2.0, 0.5, 1.0),
+                    dist_terms(2.0, 0.5, 1.0))
 
     wsld_ref = ref_name("wsld", "class WSLDistiller")
     wsld_hp = {"T": 2.0, "alpha": 2.5, "note": "the repository's ImageNet values (T 2, alpha 2.5); alpha not applied"}
     wsld_notes = ("WSLDistiller.forward with its networks replaced by the given logits, hard_loss (CE) replaced by 0 "
-                  "and alpha set to 1, so loss = T^2 * mean_i w_i * soft cross-entropy_i (T 2). Shims: .cuda() a "
-                  "no-op; the module's F.one_hot ignores the hard-coded num_classes=1000 and uses the 10 classes "
-                  "(the reference is ImageNet-only as written).")
+                  "and alpha set to 1, so loss = T^2 * mean_i w_i * soft cross-entropy_i (T 2; extra.T4: its "
+                  "distiller at T 4). Shims: .cuda() a no-op; the module's F.one_hot ignores the hard-coded "
+                  f"num_classes=1000 and uses the logits' {CLASSES} classes (the reference is ImageNet-only as "
+                  "written).")
 
     nkd_ref = ref_name("nkd", "class NKDLoss")
     nkd_hp = {"temp": 3.0, "gamma": 3.5, "config": "configs/distillers/cifar100/res34_distill_res18_cifar.py"}
-    nkd_notes = ("NKDLoss(temp=3, gamma=3.5) of the repository's CIFAR-100 config (class defaults temp 1, gamma 1.5); "
-                 "loss = target term + non-target term, no CE. extra.target = the reference with gamma 0, "
-                 "extra.non_target = loss - extra.target. Shim: mmcls.registry stubbed (only its decorator is used).")
+    nkd_notes = ("NKDLoss(temp=3, gamma=3.5) of the repository's CIFAR-100 config (class defaults temp 1, gamma 1.5: "
+                 "extra.class_defaults); loss = target term + non-target term, no CE. extra.target = the reference "
+                 "with gamma 0, extra.non_target = loss - extra.target. Shim: mmcls.registry stubbed (only its "
+                 "decorator is used).")
 
-    def nkd_terms(fn_of):
-        target = fn_of(nkd(0.0))
-        return (("target", target), ("non_target", lambda *a: fn_of(nkd(3.5))(*a) - target(*a)))
+    def nkd_terms(fn_of, gamma=3.5, temp=3.0):
+        target = fn_of(nkd(0.0, temp))
+        return (("target", target), ("non_target", lambda *a: fn_of(nkd(gamma, temp))(*a) - target(*a)))
 
     kd_ls = refs["ls_kd"].kd_loss
     dkd_ls = refs["ls_dkd"].dkd_loss
@@ -224,23 +248,34 @@ def build_records(refs):
     identity = lambda fn: fn  # noqa: E731
 
     return {
-        "dist": record("dist", dist_ref, dist_hp, dist(1.0, 1.0), dist_notes, False, dist_extra),
-        "wsld": record("wsld", wsld_ref, wsld_hp, wsld_reference(refs, 2.0), wsld_notes, True),
-        "nkd": record("nkd", nkd_ref, nkd_hp, nkd(3.5), nkd_notes, True, nkd_terms(identity)),
+        "dist": record("dist", dist_ref, {**dist_hp, "logit_stand": False}, dist(1.0, 1.0), dist_notes, False,
+                       dist_extra, [dist_variant]),
+        "wsld": record("wsld", wsld_ref, {**wsld_hp, "logit_stand": False}, wsld_reference(refs, 2.0), wsld_notes,
+                       True, (), [("T4", {"T": 4.0}, wsld_reference(refs, 4.0), ())]),
+        "nkd": record("nkd", nkd_ref, {**nkd_hp, "logit_stand": False}, nkd(3.5), nkd_notes, True,
+                      nkd_terms(identity),
+                      [("class_defaults", {"temp": 1.0, "gamma": 1.5}, nkd(1.5, 1.0), nkd_terms(identity, 1.5, 1.0))]),
         "kd_ls": record(
             "kd_ls", ref_name("ls_kd", "function kd_loss (logit_stand=True)"),
             {"temperature": 2.0, "logit_stand": True, "kd_weight": 9.0, "ce_weight": 0.1,
              "recipe": "--logit-stand --base-temp 2 --kd-weight 9 (kd_weight and ce_weight not applied)"},
             lambda s, t: kd_ls(s, t, 2.0, True),
             "kd_loss with logit_stand=True at base temperature 2: KL of softmax(normalize(z)/2), times 2^2, "
-            "batch mean. normalize(z) = (z - mean) / (1e-7 + std), unbiased std over the classes.", False),
+            "batch mean. normalize(z) = (z - mean) / (1e-7 + std), unbiased std over the classes. extra.T4: "
+            "the same at temperature 4.", False, (),
+            [("T4", {"temperature": 4.0}, lambda s, t: kd_ls(s, t, 4.0, True), ())]),
         "dkd_ls": record(
             "dkd_ls", ref_name("ls_dkd", "function dkd_loss (logit_stand=True)"), dkd_hp,
             lambda s, t, y: dkd_ls(s, t, y, 9.0, 72.0, 2.0, True),
             "dkd_loss with logit_stand=True, alpha 9, beta 72, T 2 (the LS recipe for resnet32x4 -> resnet8x4); "
-            "no CE, warm-up factor 1. extra.alpha_tckd / extra.beta_nckd = dkd_loss with beta 0 / alpha 0.", True,
+            "no CE, warm-up factor 1. extra.alpha_tckd / extra.beta_nckd = dkd_loss with beta 0 / alpha 0. "
+            "extra.alpha1_beta18_T3: alpha 1, beta 18, T 3 (other weights and temperature).", True,
             (("alpha_tckd", lambda s, t, y: dkd_ls(s, t, y, 9.0, 0.0, 2.0, True)),
-             ("beta_nckd", lambda s, t, y: dkd_ls(s, t, y, 0.0, 72.0, 2.0, True)))),
+             ("beta_nckd", lambda s, t, y: dkd_ls(s, t, y, 0.0, 72.0, 2.0, True))),
+            [("alpha1_beta18_T3", {"alpha": 1.0, "beta": 18.0, "temperature": 3.0},
+              lambda s, t, y: dkd_ls(s, t, y, 1.0, 18.0, 3.0, True),
+              (("alpha_tckd", lambda s, t, y: dkd_ls(s, t, y, 1.0, 0.0, 3.0, True)),
+               ("beta_nckd", lambda s, t, y: dkd_ls(s, t, y, 0.0, 18.0, 3.0, True))))]),
         "dist_ls": record(
             "dist_ls", ls_first + dist_ref, {**dist_hp, "logit_stand": True}, standardized(dist(1.0, 1.0)),
             "Our composition (no published code runs DIST with logit standardisation): " + dist_notes, False,
