@@ -41,8 +41,15 @@ def _flags(options):
     return flags
 
 
+def golden_options(method, entry):
+    """The options the method's golden file was recorded at (the adapter's reading of its hparams)."""
+    hparams = torch.load(golden_file(method), weights_only=True).get("hparams", {})
+    return golden.entry_options(entry, hparams, [])
+
+
 def build_trainer(method, entry, teacher_path, tmp_path, resume=False):
-    options = dict(entry.options)
+    options = golden_options(method, entry)
+    options.pop("warmup", None)  # the step is taken at full weight (--warmup 0 below)
     options.update({k: MEMORY[k] for k in entry.hparam_options if k in MEMORY})
     argv = ["--dataset", "synthetic", "--data_opt", "train_size=64", "--data_opt", "test_size=16",
             "--batch_size", str(BATCH), "--num_workers", "0", "--no_tensorboard",
