@@ -306,7 +306,8 @@ def test_a_projector_maps_the_student_feature_only_when_the_widths_differ():
 
 
 def test_kdpp_and_dkdpp_take_the_reference_values_of_a_pair():
-    pair = ShapeSpec(_spec().student, _spec().teacher, extra={"teacher_arch": "resnet32x4", "student_arch": "ShuffleV1"})
+    pair = ShapeSpec(_spec().student, _spec().teacher,
+                     extra={"teacher_arch": "resnet32x4", "student_arch": "ShuffleV1"})
     kdpp, dkdpp = build_distiller("kdpp", pair), build_distiller("dkdpp", pair)
     assert (kdpp.kd_loss_factor, kdpp.nd_loss_factor) == (2.5, 1.5)
     assert (dkdpp.dkd_alpha, dkdpp.dkd_beta, dkdpp.nd_loss_factor) == (0.5, 8.0, 4.0)

@@ -117,6 +117,8 @@ class KDPP(_NormDirection):
     factors take the pair's values from ``CIFAR/train_cifar.sh`` (:data:`KDPP_PER_PAIR`), else its argparse
     defaults (1 and 1); CE weight 1. The KD warm-up counts epochs from 0 (none in the first epoch).
 
+    Beside the ND loss (``DirectNormLoss``), followed here as the code has them: the KD warm-up counted from
+    epoch 0 and, for a student feature of another width, the projector with dropout 0.5 (``EmbTrans``).
     Where this differs from the reference: its class centres are precomputed class means over one augmented
     pass of the training set (``emb_fea_distribution.py``, a JSON per teacher; its scripts hard-code
     resnet56's file and say to edit the path); here they are summed from the teacher's features during the
@@ -180,7 +182,8 @@ _ND_INPUTS = {"logit_s": "s:logits", "logit_t": "t:logits", "emb_s": "s:pooled",
               "target": "batch:labels", "epoch": "batch:epoch"}
 _ND_RENAMES = (("T_EMB", "centers"), ("fc1.", "projector."))
 _ND_HPARAMS = {"kd_T": "t", "nd_loss_factor": "nd_loss_factor", "warmup": "warm_up", "nd_dropout": "dropout"}
-register_golden("kdpp", GoldenEntry("kdpp", _ND_INPUTS, renames=_ND_RENAMES, outputs={"kd": "logit_loss", "nd": "nd_loss"},
+register_golden("kdpp", GoldenEntry("kdpp", _ND_INPUTS, renames=_ND_RENAMES,
+                                    outputs={"kd": "logit_loss", "nd": "nd_loss"},
                                     hparam_options={**_ND_HPARAMS, "kd_loss_factor": "kd_loss_factor"}))
 register_golden("dkdpp", GoldenEntry("dkdpp", _ND_INPUTS, renames=_ND_RENAMES, outputs={"nd": "nd_loss"},
                                      hparam_options={**_ND_HPARAMS, "dkd_alpha": "dkd_alpha", "dkd_beta": "dkd_beta"}))

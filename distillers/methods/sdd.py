@@ -26,6 +26,15 @@ SCALES_PER_PAIR = {
     "nkd": {("resnet32x4", "resnet8x4"): (1, 2), ("vgg13", "vgg8"): (1, 2), ("ResNet50", "vgg8"): (1, 2),
             ("wrn_40_2", "vgg8"): (1, 2)},
 }
+#: Pairs of the reference's run scripts (teacher_*.sh, commented-out commands with their results) per base loss.
+SCRIPT_PAIRS = {
+    "kd": (("resnet32x4", "resnet8x4"), ("resnet32x4", "ShuffleV1"), ("resnet32x4", "ShuffleV2"),
+           ("resnet32x4", "MobileNetV2"), ("ResNet50", "ShuffleV1"), ("ResNet50", "vgg8"), ("ResNet50", "MobileNetV2"),
+           ("vgg13", "vgg8"), ("vgg13", "MobileNetV2"), ("wrn_40_2", "ShuffleV1"), ("wrn_40_2", "vgg8"),
+           ("wrn_40_2", "MobileNetV2")),
+}
+SCRIPT_PAIRS["nkd"] = SCRIPT_PAIRS["kd"]
+SCRIPT_PAIRS["dkd"] = tuple(p for p in SCRIPT_PAIRS["kd"] if p != ("resnet32x4", "resnet8x4"))
 #: README.md (its cifar100.png table) CIFAR-100 top-1 of SD-KD, SD-DKD, SD-NKD.
 README_TOP1 = {
     ("resnet32x4", "ShuffleV1"): (76.30, 77.30, 76.34), ("wrn_40_2", "ShuffleV1"): (76.65, 77.21, 76.81),
@@ -67,7 +76,6 @@ class _SDD(Distiller):
     student_taps = ("logits", "last_map", "classifier")
     teacher_taps = ("logits", "last_map", "classifier")  # logits: the loss of --M [1]; regions: map + classifier
     batch_keys = ("labels",)
-    base = ""
     options = {
         "M": Option((1, 2, 4), "the scales of the region pyramid (the reference's --M): each image is split into "
                                "s x s regions for each s, every region classified by the model's own classifier; "
@@ -141,7 +149,6 @@ class SDDKD(_SDD):
     """
 
     display_name = "SD-KD"
-    base = "kd"
     default_weights = {"gamma": 0.1, "alpha": 0.0, "beta": 0.9}
     options = {"kd_T": Option(4.0, "softmax temperature of the KD term on each region", above=0)}
 
@@ -160,7 +167,6 @@ class SDDDKD(_SDD):
     """
 
     display_name = "SD-DKD"
-    base = "dkd"
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
     options = {
         "dkd_alpha": Option(1.0, "weight of the target-class term (TCKD) on each region", min=0),
@@ -194,7 +200,6 @@ class SDDNKD(_SDD):
     """
 
     display_name = "SD-NKD"
-    base = "nkd"
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
     options = {
         "nkd_T": Option(4.0, "softmax temperature of the non-target term (the reference reads DKD.T)", above=0),
@@ -238,16 +243,27 @@ def _scales_and_beta(base, option):
     return options
 
 
-# The published CIFAR-100 rows these methods run (scripts/make_configs.py writes their configs).
+# The published CIFAR-100 rows these methods run (scripts/make_configs.py writes their configs), and the other
+# pairs of the reference's run scripts (their settings, no published number).
 _SCRIPTS = "--M of its teacher_*.sh run for the pair ([1,2,4] unless that says [1,2])"
+_UNPUBLISHED = "no number in SDD's README for this pair: the settings of its teacher_*.sh run"
+
+
+def _unpublished(base):
+    return tuple(pair for pair in SCRIPT_PAIRS[base] if pair not in README_TOP1)
+
+
 register_row(PublishedRow("SD-KD", "sdd_kd", "sdd_kd",
     f"{REPO} configs/cifar100/sdd_kd/<pair>.yaml (mdistiller KD: CE 0.1, KD 0.9, T 4), {_SCRIPTS}",
-    per_pair=_scales("kd"), published={pair: (top1[0], README) for pair, top1 in README_TOP1.items()}))
+    per_pair=_scales("kd"), published={pair: (top1[0], README) for pair, top1 in README_TOP1.items()},
+    note=_UNPUBLISHED, extra_pairs=_unpublished("kd")))
 register_row(PublishedRow("SD-DKD", "sdd_dkd", "sdd_dkd",
     f"{REPO} configs/cifar100/sdd_dkd/<pair>.yaml (DKD ALPHA 1, BETA per pair, T 4, warm-up 20), "
     f"{_SCRIPTS}", per_pair=_scales_and_beta("dkd", "dkd_beta"),
-    published={pair: (top1[1], README) for pair, top1 in README_TOP1.items()}))
+    published={pair: (top1[1], README) for pair, top1 in README_TOP1.items()},
+    note=_UNPUBLISHED, extra_pairs=_unpublished("dkd")))
 register_row(PublishedRow("SD-NKD", "sdd_nkd", "sdd_nkd",
     f"{REPO} configs/cifar100/sdd_nkd/<pair>.yaml (NKD at DKD.T 4, gamma DKD.BETA per pair, warm-up "
     f"20), {_SCRIPTS}", per_pair=_scales_and_beta("nkd", "nkd_gamma"),
-    published={pair: (top1[2], README) for pair, top1 in README_TOP1.items()}))
+    published={pair: (top1[2], README) for pair, top1 in README_TOP1.items()},
+    note=_UNPUBLISHED, extra_pairs=_unpublished("nkd")))

@@ -29,7 +29,6 @@ import hashlib
 import importlib
 import importlib.util
 import io
-import os
 import sys
 import types
 import warnings
@@ -37,7 +36,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 SEED, BATCH, CLASSES, TOLERANCE = 0, 7, 11, 1e-8
@@ -241,7 +239,8 @@ def make_sdd(root: Path):
         loss.backward()
         fc = student.net.fc
         grads = ({"logit_s": student.logits.grad.clone()} if M == "[1]" else
-                 {"feat_s": s_map.grad.clone(), "fc_s_weight": fc.weight.grad.clone(), "fc_s_bias": fc.bias.grad.clone()})
+                 {"feat_s": s_map.grad.clone(), "fc_s_weight": fc.weight.grad.clone(),
+                  "fc_s_bias": fc.bias.grad.clone()})
         with torch.no_grad():
             _, patches_t = teacher.net(feat_t)
         scales = [int(v) for v in M.strip("[]").split(",")]
