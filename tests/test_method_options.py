@@ -60,6 +60,8 @@ def _bad_values(option: Option):
     if option.choices is not None:
         if all(isinstance(c, str) for c in option.choices):
             return ["no_such_choice"]
+        if all(isinstance(c, tuple) for c in option.choices):  # lists (SDD's scales): a longer one
+            return [max(option.choices, key=len) + (1 + max(max(c) for c in option.choices),)]
         return [max(option.choices) + 1, min(option.choices) - 1]
     if kind is tuple:
         return [v for bad in _bad_numbers(option, float) for v in ((bad,), tuple(option.default) + (bad,))]

@@ -23,6 +23,20 @@ def _kl(log_p_s, log_p_t, T: float):
     return F.kl_div(log_p_s, log_p_t, reduction="sum", log_target=True) * T * T / log_p_s.shape[0]
 
 
+def dkd_per_sample(z_s, z_t, labels, T: float):
+    """(TCKD, NCKD) of each sample, T^2 KL(teacher || student) each: DKD's terms are their batch means
+    (SDD weights them per region). The target logit is lowered by 1000 for NCKD, as mdistiller's mask."""
+    target = F.one_hot(labels.reshape(-1).long(), z_s.shape[1]).to(torch.bool)
+    log_s, log_t = F.log_softmax(z_s / T, dim=1), F.log_softmax(z_t / T, dim=1)
+
+    def rows(log_p_s, log_p_t):
+        return F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(1) * T * T
+
+    mask = 1000.0 * target.to(z_s.dtype)
+    return (rows(DKD._binary(log_s, target), DKD._binary(log_t, target)),
+            rows(F.log_softmax(z_s / T - mask, dim=1), F.log_softmax(z_t / T - mask, dim=1)))
+
+
 @register_distiller("dkd")
 class DKD(Distiller):
     """Target-class (TCKD) and non-target-class (NCKD) KD, returned as two terms.
@@ -67,14 +81,9 @@ class DKD(Distiller):
 
     def forward(self, s, t, batch=None):
         z_s, z_t = logit_pair(s["logits"], t["logits"], self.logit_std)
-        T = self.kd_T
-        target = F.one_hot(batch["labels"].reshape(-1).long(), z_s.shape[1]).to(torch.bool)
-        log_s, log_t = F.log_softmax(z_s / T, dim=1), F.log_softmax(z_t / T, dim=1)
-        tckd = _kl(self._binary(log_s, target), self._binary(log_t, target), T)
-        mask = 1000.0 * target.to(z_s.dtype)
-        nckd = _kl(F.log_softmax(z_s / T - mask, dim=1), F.log_softmax(z_t / T - mask, dim=1), T)
+        tckd, nckd = dkd_per_sample(z_s, z_t, batch["labels"], self.kd_T)
         w = self.warmup_factor(batch)
-        return {"tckd": w * self.dkd_alpha * tckd, "nckd": w * self.dkd_beta * nckd}
+        return {"tckd": w * self.dkd_alpha * tckd.mean(), "nckd": w * self.dkd_beta * nckd.mean()}
 
     @staticmethod
     def _binary(log_p, target):

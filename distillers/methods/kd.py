@@ -7,11 +7,16 @@ from distillers.reference import (GoldenEntry, register_golden, LOGITS, Publishe
                                   REPDISTILLER_WEIGHTS, register_row)
 
 
-def kd_loss(logit_s, logit_t, T: float):
-    """T^2 / B * sum_i KL(softmax(z_t,i / T) || softmax(z_s,i / T)): batch mean, not element mean."""
+def kd_per_sample(logit_s, logit_t, T: float):
+    """T^2 KL(softmax(z_t,i / T) || softmax(z_s,i / T)) of each sample i (SDD weights them per region)."""
     log_p_s = F.log_softmax(logit_s / T, dim=1)
     log_p_t = F.log_softmax(logit_t / T, dim=1)
-    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * T * T
+    return F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(1) * T * T
+
+
+def kd_loss(logit_s, logit_t, T: float):
+    """T^2 / B * sum_i KL(softmax(z_t,i / T) || softmax(z_s,i / T)): batch mean, not element mean."""
+    return kd_per_sample(logit_s, logit_t, T).mean()
 
 
 @register_distiller("kd", default_for="classification")

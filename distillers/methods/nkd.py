@@ -8,6 +8,20 @@ from distillers.methods._logits import LOGIT_STD, check_same_classes, logit_pair
 from distillers.reference import GoldenEntry, register_golden, LOGITS
 
 
+def nkd_per_sample(z_s, z_t, labels, T: float, keep_target: bool = False):
+    """(target term, non-target term without gamma) of each sample: -p_t[y] log p_s[y] at temperature 1,
+    and -T^2 sum_j q_t,j log q_s,j over the non-target logits at temperature T. ``keep_target`` keeps the
+    target logit in that softmax, as the copy of NKD in SDD's code does (its mask selects every class)."""
+    n, c = z_s.shape
+    target = F.one_hot(labels.reshape(-1).long(), c).to(torch.bool)
+    log_p_s = F.log_softmax(z_s, dim=1)[target]
+    p_t = F.softmax(z_t, dim=1)[target].detach()
+    if not keep_target:
+        z_s, z_t = z_s[~target].reshape(n, c - 1), z_t[~target].reshape(n, c - 1)
+    cross = (F.softmax(z_t / T, dim=1) * F.log_softmax(z_s / T, dim=1)).sum(1)
+    return -p_t * log_p_s, -T * T * cross
+
+
 @register_distiller("nkd")
 class NKD(Distiller):
     """Normalised KD: the target class and the renormalised non-target classes as two terms.
@@ -40,15 +54,8 @@ class NKD(Distiller):
 
     def forward(self, s, t, batch=None):
         z_s, z_t = logit_pair(s["logits"], t["logits"], self.logit_std)
-        n, c = z_s.shape
-        target = F.one_hot(batch["labels"].reshape(-1).long(), c).to(torch.bool)
-        log_p_s = F.log_softmax(z_s, dim=1)[target]
-        p_t = F.softmax(z_t, dim=1)[target].detach()
-        target_term = -(p_t * log_p_s).mean()
-        T = self.nkd_T
-        others_s, others_t = z_s[~target].reshape(n, c - 1), z_t[~target].reshape(n, c - 1)
-        cross = (F.softmax(others_t / T, dim=1) * F.log_softmax(others_s / T, dim=1)).sum(1).mean()
-        return {"nkd_target": target_term, "nkd_non_target": -self.nkd_gamma * T * T * cross}
+        target_term, non_target = nkd_per_sample(z_s, z_t, batch["labels"], self.nkd_T)
+        return {"nkd_target": target_term.mean(), "nkd_non_target": self.nkd_gamma * non_target.mean()}
 
 
 # The reference numbers this method reproduces (python -m distillers.golden; shared/golden, tests/golden).
