@@ -41,7 +41,6 @@ class _NormDirection(Distiller):
 
     student_taps = ("logits", "pooled")
     teacher_taps = ("logits", "pooled")
-    batch_keys = ("labels",)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
     options = {
         "nd_loss_factor": Option(None, "weight of the ND loss (the reference's --nd_loss_factor); unset: "

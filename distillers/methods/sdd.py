@@ -75,7 +75,6 @@ class _SDD(Distiller):
 
     student_taps = ("logits", "last_map", "classifier")
     teacher_taps = ("logits", "last_map", "classifier")  # logits: the loss of --M [1]; regions: map + classifier
-    batch_keys = ("labels",)
     options = {
         "M": Option((1, 2, 4), "the scales of the region pyramid (the reference's --M): each image is split into "
                                "s x s regions for each s, every region classified by the model's own classifier; "
