@@ -12,6 +12,11 @@ input *shapes* through the registry, exactly as training builds it from a dry ru
 its parameters are loaded, one step is run in float64 and ``loss``, ``grads``,
 ``state_after`` and ``extra.step2`` are compared at the file's tolerance. One
 ``PASS``/``FAIL`` line per file; the exit status is non-zero if any file fails.
+
+A method that draws random numbers (MGD's masks, FCFD's paths) draws them from torch's global
+generator; a file then records ``rng_state`` (``torch.get_rng_state()`` taken right before the
+reference's loss call, which drew the same numbers in the same order), set again right before
+the method's forward, so the comparison is exact. The run leaves the caller's generator as it was.
 """
 from __future__ import annotations
 
@@ -121,10 +126,16 @@ def _module_attr(tap: str) -> Tuple[str, str]:
 
 def _module_of(tensors: Mapping[str, torch.Tensor], trainable: bool) -> nn.Module:
     """A tapped module rebuilt from its weight (and bias): an ``nn.Linear`` for a 2-D weight
-    (classifiers are called), otherwise a module that only carries the tensors (read, not called)."""
+    (classifiers are called), an ``nn.Conv2d`` with stride 1 and 'same' padding for a 4-D one (a
+    stage stand-in that FCFD calls), otherwise a module that only carries the tensors (read, not called)."""
     weight = tensors["weight"]
-    if weight.dim() == 2:
-        module = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in tensors).to(weight.dtype)
+    if weight.dim() in (2, 4):
+        if weight.dim() == 2:
+            module = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in tensors)
+        else:
+            module = nn.Conv2d(weight.shape[1], weight.shape[0], tuple(weight.shape[2:]),
+                               padding=tuple(k // 2 for k in weight.shape[2:]), bias="bias" in tensors)
+        module = module.to(weight.dtype)
         with torch.no_grad():
             for name, value in tensors.items():
                 getattr(module, name).copy_(value)
@@ -239,6 +250,8 @@ class GoldenCase:
     def step(self, distiller, inputs, ref: Mapping[str, Any], cmp: _Comparer, label: str) -> None:
         s, t, batch = self.features(inputs)
         distiller.zero_grad(set_to_none=True)
+        if ref.get("rng_state") is not None:  # the generator as the reference's loss call found it
+            torch.set_rng_state(ref["rng_state"])
         out = getattr(distiller, self.entry.call)(s, t, batch)
         loss = distiller.total(out)
         cmp.check(f"{label}loss", loss, ref["loss"])
@@ -318,11 +331,12 @@ class GoldenCase:
         grads = dict(ref.get("grads", {}))
         grads.update({k[len("grad_"):]: v for k, v in ref.items() if k.startswith("grad_")})
         distiller = self.build(variant.get("options"))
-        self.step(distiller, inputs, {"loss": ref["loss"], "grads": grads}, cmp, label)
+        self.step(distiller, inputs, {"loss": ref["loss"], "grads": grads, "rng_state": ref.get("rng_state")},
+                  cmp, label)
 
     def run(self) -> Outcome:
         cmp = _Comparer(self.tol)
-        with torch.autograd.set_grad_enabled(True):
+        with torch.autograd.set_grad_enabled(True), torch.random.fork_rng(devices=[]):
             if self.entry.function:
                 self.function_step(cmp)
             else:
