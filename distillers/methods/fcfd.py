@@ -264,6 +264,7 @@ SERVED_PAIRS = (("resnet32x4", "resnet8x4"), ("resnet56", "resnet20"), ("resnet3
 register_row(PublishedRow(
     "FCFD", "fcfd", "fcfd",
     "LiuDongyang6/FCFD classification/experiments/cifar/<student>-<teacher>.yaml (T for KD and the mixed "
-    "paths, weight_l2, the mixed paths' KL weight; CE 1, KD 1) and train_lr0.05/0.01.sh", per_pair=fcfd_options,
+    "paths, weight_l2, the mixed paths' KL weight; CE 1, KD 1) and train_lr0.05/0.01.sh (its Nesterov "
+    "momentum is not reproduced: the trainer's SGD)", per_pair=fcfd_options,
     note="no FCFD number in results.md or its README: the reference's settings, for runs of your own",
     extra_pairs=SERVED_PAIRS))
