@@ -45,17 +45,19 @@ def _bridge(c_in: int, c_out: int, hw_in, hw_out, leaky: bool, where: str) -> nn
 
 @contextmanager
 def _running_stats_kept(module: nn.Module):
-    """Run ``module`` without moving its BatchNorm running statistics (the reference's ghost BN trace)."""
-    saved = [(m, [b.clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked)])
-             for m in module.modules() if isinstance(m, _BatchNorm) and m.running_mean is not None]
+    """Run ``module`` without moving its BatchNorm running statistics (the reference's ghost BN trace):
+    the buffers are swapped for copies and put back, never written in place (autograd saved them)."""
+    saved = []
+    for m in module.modules():
+        if isinstance(m, _BatchNorm) and m.running_mean is not None:
+            saved.append((m, m.running_mean, m.running_var, m.num_batches_tracked))
+            m.running_mean, m.running_var = m.running_mean.clone(), m.running_var.clone()
+            m.num_batches_tracked = m.num_batches_tracked.clone()
     try:
         yield
     finally:
-        with torch.no_grad():
-            for m, (mean, var, count) in saved:
-                m.running_mean.copy_(mean)
-                m.running_var.copy_(var)
-                m.num_batches_tracked.copy_(count)
+        for m, mean, var, count in saved:
+            m.running_mean, m.running_var, m.num_batches_tracked = mean, var, count
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -130,13 +132,13 @@ class FCFD(Distiller):
         classes = {}
         for side, taps in (("student", spec.student), ("teacher", spec.teacher)):
             last, fc = stages[side][-1], tuple(taps.get("classifier", ()))
-            if len(fc) != 2 or fc[1] != last[0]:
-                raise ValueError(f"fcfd classifies the last stage with the {side}'s classifier: stage{n} has "
-                                 f"{last[0]} channels, the classifier weight is {fc or 'missing'}")
             if "last_map" in taps and tuple(taps["last_map"]) != last:
                 raise ValueError(f"fcfd classifies stage{n} through the {side}'s pool and classifier, but stage{n} "
                                  f"({'x'.join(map(str, last))}) is not the map they read (last_map, "
                                  f"{'x'.join(map(str, taps['last_map']))}): no stage module ends where the head starts")
+            if len(fc) != 2 or fc[1] != last[0]:
+                raise ValueError(f"fcfd classifies the last stage with the {side}'s classifier: stage{n} has "
+                                 f"{last[0]} channels, the classifier weight is {fc or 'missing'}")
             classes[side] = fc[0]
         if classes["student"] != classes["teacher"]:
             raise ValueError(f"fcfd compares outputs over one set of classes: student {classes['student']}, "
