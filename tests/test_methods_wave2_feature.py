@@ -108,7 +108,8 @@ def test_fcfd_student_stages_on_teacher_maps_keep_their_running_statistics():
     """Teacher-to-student paths run the student's stages 2-3 on bridged maps; its BatchNorm statistics
     stay those of its own forward (the reference's ghost BN traces), and the student's head learns."""
     s_model, _, distiller, out, before, after = _step("fcfd", extra_type="t2s", extra_paths=2, terms=("fcfd_func",))
-    assert out["fcfd_func"] > 0 and _nonzero(s_model.fc.weight.grad) and _nonzero(s_model.layer3[0].conv1.weight.grad)
+    assert out["fcfd_func"] > 0 and _nonzero(s_model.fc.weight.grad)
+    assert _nonzero(s_model.layer3[0].conv1.weight.grad)
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 

@@ -16,7 +16,8 @@ Cells where a method cannot apply are listed in ``INAPPLICABLE`` with the substr
 of the error that says why; building the trainer must raise exactly that. Cells that only
 the first step's tensors can rule out (FCFD: whether a stage tap's module is that stage,
 whether a head sits between the last stage and the pool) are in ``INAPPLICABLE_AT_STEP``:
-the trainer builds and its first step must raise that reason. Any other error fails. ``HEAVY`` cells (SemCKD with a ResNet50 teacher: 0.85 billion extra
+the trainer builds and its first step must raise that reason. Any other error fails.
+``HEAVY`` cells (SemCKD with a ResNet50 teacher: 0.85 billion extra
 parameters, ~11.5 GB for one step) run their step only with
 ``DISTILLERS_SMOKE_HEAVY=1``; their size is checked on the meta device always.
 

@@ -27,14 +27,15 @@ class ITRD(Distiller):
       (elementwise); G_s and G_st divided by their traces; term = ``lambda_mutual`` *
       sum(G_s^2 - G_st^2).
 
-    Where the code is followed over what one would expect from the paper's description: the
-    mutual-information term embeds the student only when its width differs from the teacher's
-    (equal widths compare the raw pooled vectors there, while the correlation term always embeds),
-    it is a plain difference of sums of squares (no logarithm), and the trace normalisation of the
-    correlation is commented out. Defaults are the README's CIFAR-100 commands (its revision
-    8a9738e listed one per pair: -r 1 -b 1, lambda_corr 2, lambda_mutual 1, alpha_it 1.01 for the
-    same-family pairs and 1.5 across families); ``train_student.py``'s own defaults differ
-    (lambda_mutual 0.05, alpha_it 1.5) and are not what the README ran.
+    The code is followed, including what a reader of the method would not expect (the paper's
+    equations were not at hand to compare line by line): the mutual-information term embeds the
+    student only when its width differs from the teacher's (equal widths compare the raw pooled
+    vectors there, while the correlation term always embeds); that term is a plain difference of
+    sums of squares, without the logarithm the correlation term takes; the correlation's trace
+    normalisation is commented out. Defaults are the README's CIFAR-100 commands (its revision
+    8a9738e listed one per pair: -r 1 -b 1, lambda_corr 2, lambda_mutual 1, alpha_it 1.01 within a
+    family, 1.5 across families); ``train_student.py``'s own defaults (lambda_mutual 0.05,
+    alpha_it 1.5) are not what the README ran.
     """
 
     display_name = "ITRD"  # its row in published tables

@@ -24,10 +24,11 @@ class SRD(Distiller):
     softmaxes at ``srd_T``, batch mean (torchdistill's ``KLDivLoss(reduction='batchmean')``, with no
     T^2 factor; the author's code multiplies by T^2, the same at its T = 1).
 
-    Where the code deviates from the paper (the code is followed): the code fixes the feature
-    weight 2 and the logit term at T = 1, and pools the last stage itself (here: the ``pooled`` tap,
-    the classifier's input). Defaults: exponent 4, T 1, CE 1, this loss 1 (the ImageNet config;
-    no CIFAR-100 setting is published).
+    The code is followed (the paper's equations were not at hand to compare line by line): both
+    references fix the feature weight 2 and add the logit KL term inside the loss; they pool the
+    last stage themselves (here: the ``pooled`` tap, the classifier's input); torchdistill's port
+    drops the author's T^2 factor. Defaults: exponent 4, T 1, CE 1, this loss 1 (the ImageNet
+    config; no CIFAR-100 setting is published).
     """
 
     display_name = "SRD"  # its row in published tables

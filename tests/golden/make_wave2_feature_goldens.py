@@ -17,11 +17,9 @@ the reference's loss call, which the adapter sets again before ours.
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import importlib
 import importlib.util
-import math
 import os
 import sys
 import types
@@ -29,7 +27,6 @@ from contextlib import contextmanager
 from types import SimpleNamespace
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 #: name -> (GitHub repository, commit the files were generated from)
