@@ -66,7 +66,8 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 @register_distiller("fcfd")
 class FCFD(Distiller):
-    """Bridge each network's stage features into the other and run them through its later stages.
+    """Function-Consistent Feature Distillation (Liu et al., ICLR 2023): bridge each network's stage
+    maps into the other and run them through its later stages.
 
     Follows LiuDongyang6/FCFD@2aefb7b ``classification/models/meta.py`` ``MetaModel`` (bridges,
     mixed paths) and ``classification/cifar/main.py`` ``Trainer.train_one_epoch`` (the losses). With
@@ -77,11 +78,11 @@ class FCFD(Distiller):
     candidate paths (``extra_type``) on the CPU from torch's global generator (the trainer seeds it
     and saves it in checkpoints, so a resumed run draws the same paths). Terms:
 
-    * ``fcfd_app`` = ``weight_l2`` * min(epoch / ``warmup``, 1) * sum over stages k of the MSE to the
+    * ``fcfd_app`` (L_app) = ``weight_l2`` * min(epoch / ``warmup``, 1) * sum over stages k of the MSE to the
       teacher's stage-k map of every student-born map in the teacher's space at k (the bridged
       student map, and the teacher stages' outputs on mixed student-to-teacher paths), plus at the
       last stage the MSE of their ReLU-pooled vectors;
-    * ``fcfd_func`` = ``weight_func`` * sum over the drawn paths of KL(teacher || path) at ``fcfd_T``
+    * ``fcfd_func`` (L_func) = ``weight_func`` * sum over the drawn paths of KL(teacher || path) at ``fcfd_T``
       (batch mean, times T^2).
 
     The student's own CE and KD terms are ``-r``/``-a`` (default 1 and 1, KD at ``--kd_T``; the
@@ -109,9 +110,10 @@ class FCFD(Distiller):
                                    "teacher-to-student only, none (the reference's --extra_type)", choices=EXTRA_TYPES),
         "fcfd_T": Option(4.0, "temperature of the mixed paths' KL to the teacher (the config's T; its KD uses "
                               "the same T: set --kd_T alike)", above=0),
-        "weight_l2": Option(5.0, "weight of the appearance (L2) losses (the config's weight_l2)", min=0),
-        "weight_func": Option(1.0, "weight of each mixed path's KL to the teacher (the config's loss_mixture "
-                                   "kl_student weight)", min=0),
+        "weight_l2": Option(5.0, "weight of the paper's appearance loss L_app, the L2 terms (the config's "
+                                 "weight_l2)", min=0),
+        "weight_func": Option(1.0, "weight of the paper's function loss L_func, each mixed path's KL to the "
+                                   "teacher (the config's loss_mixture kl_student weight)", min=0),
         "warmup": Option(20, "epochs over which the appearance weight rises linearly to 1 (0: none)", min=0),
         "stage_input": Option("afterrelu", "what the stage taps are: post-ReLU maps (bridges end in "
                                            "LeakyReLU 0.1) or not (the reference's stage_input)", choices=STAGE_INPUTS),

@@ -14,7 +14,8 @@ SAME_FAMILY = {"resnet", "wrn", "vgg"}
 
 @register_distiller("itrd")
 class ITRD(Distiller):
-    """A correlation loss and a mutual-information loss on the pooled features.
+    """Information Theoretic Representation Distillation (Miles et al., BMVC 2022): a correlation loss
+    and a mutual-information loss on the pooled features.
 
     Follows roymiles/ITRD@5d08c6b ``distiller_zoo/IT.py`` ``ITLoss`` (``forward_correlation_it``,
     ``forward_mutual_it``, its ``Embed``) as ``helper/loops.py`` ``train_distill`` weighs them.

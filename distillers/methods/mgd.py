@@ -13,7 +13,8 @@ MASKS = ("channel", "spatial")
 
 @register_distiller("mgd")
 class MGD(Distiller):
-    """Mask the student's last map at random, regenerate the teacher's map from what is left.
+    """Masked Generative Distillation (Yang et al., ECCV 2022): mask the student's last map at random and
+    regenerate the teacher's map from what is left.
 
     Follows yzd-v/MGD@2c9da0b ``cls/mmcls/distillation/losses/mgd.py`` ``MGDLoss`` (the same class
     as yzd-v/cls_KD@1e5d48f ``mmcls/models/dis_losses/mgd.py``), on the map the classifier pools

@@ -10,8 +10,9 @@ from distillers.reference import GoldenEntry, register_golden
 
 @register_distiller("srd")
 class SRD(Distiller):
-    """A linear projector and batch normalisation on the pooled features, a log-sum of powered
-    differences, plus a KL term on the logits.
+    """Understanding the Role of the Projector in Knowledge Distillation (SRD, Miles & Mikolajczyk,
+    AAAI 2024): a linear projector and batch normalisation on the pooled features, a log-sum of
+    powered differences, plus a KL term on the logits.
 
     Follows torchdistill's official config ``configs/official/ilsvrc2012/roymiles/aaai2024``
     (yoshitomo-matsubara/torchdistill@3e4373c ``torchdistill/models/wrapper.py`` ``SRDModelWrapper``,
