@@ -8,7 +8,9 @@ runs the model's plain ``forward`` and hands back a ``{name: tensor}`` dict. Mod
 therefore never grow ``is_feat``/``preact`` flags.
 
 Any module path can be tapped directly too: ``"layer3.1.conv2"`` (its output) or
-``"layer3.1.relu:input"``.
+``"layer3.1.relu:input"``. A standard name followed by ``:module`` is the module at that
+tap's path (``"stage2:module"``: the module whose output is ``stage2``), so a method can call a
+network's own stages by name (FCFD runs one network's later stages on the other's features).
 
 Inputs of a module are cloned when captured: an in-place ReLU would otherwise
 overwrite a pre-activation tensor after the hook ran (the classic pitfall).
@@ -94,7 +96,9 @@ def tap_points_of(model: nn.Module) -> Dict[str, TapPoint]:
 
 
 def resolve_tap(model: nn.Module, name: str, points: Optional[TapMap] = None) -> TapPoint:
-    """Standard name -> its TapPoint; otherwise ``path`` / ``path:input`` / ``path:output``."""
+    """Standard name -> its TapPoint; ``<standard name>:module`` -> the module at that name's path;
+    otherwise ``path`` / ``path:input`` / ``path:output`` / ``path:module`` (a standard name wins over a
+    module path spelt the same)."""
     if points is None:
         try:
             points = tap_points_of(model)
@@ -104,13 +108,16 @@ def resolve_tap(model: nn.Module, name: str, points: Optional[TapMap] = None) ->
         return points[name]
     path, _, io = name.partition(":")
     io = io or "output"
+    if io == "module" and path in points:
+        return TapPoint(points[path].module, "module")
     modules = dict(model.named_modules())
     if path in modules and io in IO_KINDS:
         return TapPoint(path, io)
     raise TapError(
         f"Unknown tap '{name}' for {type(model).__name__}. Standard taps: "
         f"{', '.join(sorted(points)) or '(none)'}; or a module path such as "
-        f"'{next((n for n in modules if n), 'layer1')}' (optionally ':input')."
+        f"'{next((n for n in modules if n), 'layer1')}' (optionally ':input'); '<standard tap>:module' is the "
+        f"module at that tap's path."
     )
 
 

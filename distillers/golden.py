@@ -18,6 +18,11 @@ produce, a part the method produces that the file lacks, a declared variant or o
 missing, a key the adapter does not compare (other than a declared diagnostic) and a
 recorded setting the method cannot take are each a failure naming it. One ``PASS``/``FAIL``
 line per file; the exit status is non-zero if any file fails.
+
+A method that draws random numbers (MGD's masks, FCFD's paths) draws them from torch's global
+generator; a file then records ``rng_state`` (``torch.get_rng_state()`` taken right before the
+reference's loss call, which drew the same numbers in the same order), set again right before
+the method's forward, so the comparison is exact. The run leaves the caller's generator as it was.
 """
 from __future__ import annotations
 
@@ -127,10 +132,16 @@ def _module_attr(tap: str) -> Tuple[str, str]:
 
 def _module_of(tensors: Mapping[str, torch.Tensor], trainable: bool) -> nn.Module:
     """A tapped module rebuilt from its weight (and bias): an ``nn.Linear`` for a 2-D weight
-    (classifiers are called), otherwise a module that only carries the tensors (read, not called)."""
+    (classifiers are called), an ``nn.Conv2d`` with stride 1 and 'same' padding for a 4-D one (a
+    stage stand-in that FCFD calls), otherwise a module that only carries the tensors (read, not called)."""
     weight = tensors["weight"]
-    if weight.dim() == 2:
-        module = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in tensors).to(weight.dtype)
+    if weight.dim() in (2, 4):
+        if weight.dim() == 2:
+            module = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in tensors)
+        else:
+            module = nn.Conv2d(weight.shape[1], weight.shape[0], tuple(weight.shape[2:]),
+                               padding=tuple(k // 2 for k in weight.shape[2:]), bias="bias" in tensors)
+        module = module.to(weight.dtype)
         with torch.no_grad():
             for name, value in tensors.items():
                 getattr(module, name).copy_(value)
@@ -178,8 +189,10 @@ def record_inputs(entry: "GoldenEntry", s: Mapping[str, Any], t: Mapping[str, An
 REQUIRED = ("method", "reference", "hparams", "inputs", "params", "trainable", "loss", "grads", "state_after",
             "extra", "tolerance")
 BOOKKEEPING = ("dtype", "split", "seed", "torch_version", "notes")
+#: What a file of a method that draws random numbers adds: the generator's state before the loss call.
+RANDOM_STATE = "rng_state"
 #: What ``extra.step2`` may hold (a second call continuing from ``state_after``).
-STEP2_KEYS = frozenset({"inputs", "loss", "grads", "state_after", "sgd"})
+STEP2_KEYS = frozenset({"inputs", "loss", "grads", "state_after", "sgd", "rng_state"})
 #: What an ``extra`` variant may hold besides the entry's outputs and diagnostics.
 VARIANT_KEYS = frozenset({"loss", "grads", "inputs", "hparams", "params", "state_after"})
 
@@ -317,7 +330,7 @@ class GoldenCase:
         """Every key of a complete file is one the adapter compares or a documented diagnostic."""
         entry, record = self.entry, self.record
         for key in record:
-            if key not in REQUIRED and key not in BOOKKEEPING:
+            if key not in REQUIRED and key not in BOOKKEEPING and key != RANDOM_STATE:
                 cmp.problems.append(f"{key}: not a key of the golden file format")
         self.check_inputs(record.get("inputs", {}), cmp)
         extra = record.get("extra", {})
@@ -350,6 +363,8 @@ class GoldenCase:
              require_state: bool = True) -> None:
         s, t, batch = self.features(inputs)
         distiller.zero_grad(set_to_none=True)
+        if ref.get("rng_state") is not None:  # the generator as the reference's loss call found it
+            torch.set_rng_state(ref["rng_state"])
         out = getattr(distiller, self.entry.call)(s, t, batch)
         loss = distiller.total(out)
         cmp.check(f"{label}loss", loss, ref["loss"])
@@ -492,7 +507,7 @@ class GoldenCase:
             if not hasattr(type(distiller), name):
                 raise AttributeError(f"variant '{key}': {type(distiller).__name__} has no attribute '{name}'")
             setattr(distiller, name, value)
-        step_ref = {"loss": ref["loss"], "grads": grads}
+        step_ref = {"loss": ref["loss"], "grads": grads, "rng_state": ref.get("rng_state")}
         if "state_after" in ref:
             step_ref["state_after"] = ref["state_after"]
         self.step(distiller, inputs, step_ref, cmp, label, outputs_from=ref, unchecked=variant.get("unchecked"),
@@ -502,7 +517,7 @@ class GoldenCase:
         cmp = _Comparer(self.tol)
         if self.complete:
             self.check_keys(cmp)
-        with torch.autograd.set_grad_enabled(True):
+        with torch.autograd.set_grad_enabled(True), torch.random.fork_rng(devices=[]):
             if self.entry.function:
                 self.function_step(cmp)
             else:

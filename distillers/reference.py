@@ -37,8 +37,9 @@ class GoldenEntry:
         a file. A module tap is given by
         its tensors, ``"<side>:<tap>.weight"`` / ``.bias`` (the teacher's classifier as
         ``t:classifier.weight``, OFD's BatchNorms as the list ``t:stages_bn.weight``): a 2-D
-        weight becomes an ``nn.Linear`` (it may be called), any other a module that carries the
-        tensors; a student module's tensors get gradients (CAT-KD's classifier).
+        weight becomes an ``nn.Linear`` (it may be called), a 4-D weight an ``nn.Conv2d`` with stride 1
+        and 'same' padding (a stage stand-in: FCFD's ``s:stage2:module.weight``), any other a module that
+        carries the tensors; a student module's tensors get gradients (CAT-KD's classifier).
         A list input that spans several taps joins them with ``+`` in order, a group
         taking the elements the single taps leave (``"s:stem+stages"``); ``_`` marks an
         element the method does not read (its reference gradient is zero).

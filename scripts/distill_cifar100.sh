@@ -11,7 +11,7 @@
 # A token is a method, or a results.md row: "crd+kd" -> configs/cifar100/crd_kd/, "kd+ls" -> kd_ls/,
 # "dkd+ls" -> dkd_ls/, "ctkd+ls" -> ctkd_ls/, "mlkd+ls" -> mlkd_ls/ (logit standardisation), "kd+dot" -> kd_dot/ (the DOT optimiser). Without a config for the pair, a plain method runs
 # with its registered reference values (e.g. CRD-queue, KDSVD, SRRL, SemCKD, SimKD, WSLD, NKD,
-# ICKD: no published cell in results.md §1-2), "+kd" adds the KD term with -a 1, and any
+# ICKD, MGD, SRD: no published cell in results.md §1-2), "+kd" adds the KD term with -a 1, and any
 # other "+row" is skipped with a note (no published recipe for that pair). Every checkpoint
 # records its weights and options; scripts/collect_results.py prints them per cell.
 # MLKD and MLKD+LS read a weak and a strong view of each image (the data path serves both; not
@@ -47,7 +47,7 @@ DATASET=${DATASET:-cifar100}
 TRIALS=${TRIALS:-3}
 PAIRS=${PAIRS:-"resnet32x4:resnet8x4"}
 CONFIG_ROOT=${CONFIG_ROOT:-configs/cifar100}
-METHODS=${METHODS:-"kd kd+ls kd+dot fitnet at sp cc vid rkd pkt ab ft fsp nst crd crd+kd crd_queue dcd dcd+kd rrd rrd+kd kdsvd ofd reviewkd dkd dkd+ls ctkd ctkd+ls dist mlkd mlkd+ls wsld nkd ickd catkd srrl semckd simkd ttm wttm sdd_kd sdd_dkd sdd_nkd kdpp dkdpp"}
+METHODS=${METHODS:-"kd kd+ls kd+dot fitnet at sp cc vid rkd pkt ab ft fsp nst crd crd+kd crd_queue dcd dcd+kd rrd rrd+kd kdsvd ofd reviewkd dkd dkd+ls ctkd ctkd+ls dist mlkd mlkd+ls wsld nkd ickd catkd mgd itrd srd fcfd srrl semckd simkd ttm wttm sdd_kd sdd_dkd sdd_nkd kdpp dkdpp"}
 
 common=(--dataset "$DATASET")
 [[ -n "${DATA_ROOT:-}" ]] && common+=(--data_root "$DATA_ROOT")

@@ -97,9 +97,10 @@ TABLE_1_2 = """
 | MLKD+LS | 72.33 | 74.32 | 78.28 | 76.95 | 75.56 | 75.22 | L |
 """
 #: results.md §1.2, the line under the table: "resnet110→resnet20, from R and L: ..." (KD and CRD are R's,
-#: as in §1.1; WCoRD 71.88 and ITRD 71.99 are left out: not implemented here).
+#: as in §1.1; ITRD's 71.99 is its README's, source I; WCoRD 71.88 is left out: not implemented here).
 LINE_R110_R20 = ("resnet110", "resnet20"), {"KD": (70.67, "R"), "CRD": (71.46, "R"), "DKD": (71.06, "L"),
-                                          "MLKD": (71.89, "L"), "KD+LS": (71.48, "L"), "MLKD+LS": (72.27, "L")}
+                                          "MLKD": (71.89, "L"), "KD+LS": (71.48, "L"), "MLKD+LS": (72.27, "L"),
+                                          "ITRD": (71.99, "I")}
 #: results.md §2 (different architecture families).
 TABLE_2 = """
 | method | vgg13→MobileNetV2 | ResNet50→MobileNetV2 | ResNet50→vgg8 | resnet32x4→ShuffleV1 | resnet32x4→ShuffleV2 | wrn-40-2→ShuffleV1 | src |
@@ -145,7 +146,7 @@ LINE_WRN_MV2 = ("wrn_40_2", "MobileNetV2"), {"KD": (68.36, "L"), "DKD": (69.28, 
 #: Rows of results.md that are not methods of this registry (no file for them).
 NOT_IMPLEMENTED = {"Teacher": "train_teacher.py run, not a distillation method",
                    "Student": "train_teacher.py run (vanilla student), not a distillation method",
-                   "WCoRD": "not implemented", "ITRD": "not implemented"}
+                   "WCoRD": "not implemented"}
 
 
 def _arch(name: str) -> str:

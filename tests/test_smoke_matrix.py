@@ -13,13 +13,17 @@ Batch: 2 (the smallest BatchNorm trains on), 8 for SemCKD (its MLPs are sized by
 batch and need B/4 >= 2); memory and queue sizes ``--nce_k`` are 2x the batch.
 
 Cells where a method cannot apply are listed in ``INAPPLICABLE`` with the substring
-of the error that says why; building the trainer must raise exactly that. Any other
-error fails. ``HEAVY`` cells (SemCKD with a ResNet50 teacher: 0.85 billion extra
+of the error that says why; building the trainer must raise exactly that. Cells that only
+the first step's tensors can rule out (FCFD: whether a stage tap's module is that stage,
+whether a head sits between the last stage and the pool) are in ``INAPPLICABLE_AT_STEP``:
+the trainer builds and its first step must raise that reason. Any other error fails.
+``HEAVY`` cells (SemCKD with a ResNet50 teacher: 0.85 billion extra
 parameters, ~11.5 GB for one step) run their step only with
 ``DISTILLERS_SMOKE_HEAVY=1``; their size is checked on the meta device always.
 
 Time: 264 cells (14 of them inapplicable), one torch thread (``SMOKE_THREADS`` to change):
-2 min 45 s on 2 cores shared with a load of ~5, teachers built once per architecture. Every
+2 min 45 s on 2 cores shared with a load of ~5, teachers built once per architecture; MGD, ITRD,
+SRD and FCFD add 48 cells (8 of them inapplicable; 47 s alone, teachers included). Every
 cell but the two HEAVY ones runs by default (CI included); none is marked slow except those.
 """
 import os
@@ -83,6 +87,24 @@ INAPPLICABLE = {
     ("kdsvd", "resnet32x4", "ShuffleV1"): _SVD + "stage1 has 240 (student) vs 64 (teacher) channels",
     ("kdsvd", "resnet32x4", "ShuffleV2"): _SVD + "stage1 has 116 (student) vs 64 (teacher) channels",
     ("kdsvd", "wrn_40_2", "ShuffleV1"): _SVD + "stage1 has 240 (student) vs 32 (teacher) channels",
+}
+_FCFD_HEAD = ("fcfd classifies stage{n} through the {side}'s pool and classifier, but stage{n} ({got}) is not the "
+              "map they read (last_map, {pooled})")
+INAPPLICABLE.update({
+    ("fcfd", "vgg13", "MobileNetV2"): _FCFD_HEAD.format(n=4, side="student", got="160x2x2", pooled="1280x2x2"),
+    ("fcfd", "ResNet50", "MobileNetV2"): _FCFD_HEAD.format(n=4, side="student", got="160x2x2", pooled="1280x2x2"),
+    ("fcfd", "resnet32x4", "ShuffleV2"): _FCFD_HEAD.format(n=3, side="student", got="464x4x4", pooled="1024x4x4"),
+})
+_FCFD_CHAIN = ("fcfd calls the student's module at stage2's path (ReLU) as its stage 2, but it does not turn stage1 "
+               "into stage2")
+_FCFD_POOL = "fcfd classifies stage3 through the {side}'s pool and classifier, but the {side}'s pooled vector is not"
+#: (method, teacher, student) -> substring of the error its first step raises (the trainer builds).
+INAPPLICABLE_AT_STEP = {
+    ("fcfd", "wrn_40_2", "wrn_16_2"): _FCFD_POOL.format(side="student"),
+    ("fcfd", "wrn_40_2", "wrn_40_1"): _FCFD_POOL.format(side="student"),
+    ("fcfd", "wrn_40_2", "ShuffleV1"): _FCFD_POOL.format(side="teacher"),
+    ("fcfd", "vgg13", "vgg8"): _FCFD_CHAIN,
+    ("fcfd", "ResNet50", "vgg8"): _FCFD_CHAIN,
 }
 #: Cells too large for a CI runner: (method, teacher, student) -> extra trainable parameters
 #: (SemCKD regresses every student stage onto every teacher stage through 2*C_t-wide 3x3 convs;
@@ -191,10 +213,10 @@ def test_matrix_covers_registry_and_lists_are_consistent():
     built_in = {n for n in list_distillers() if DISTILLERS.get(n).__module__.startswith("distillers.")}
     assert set(METHODS) | METRIC_LEARNING >= built_in  # (plugins registered by other tests are not the zoo's)
     assert len(METHODS) >= 22, METHODS  # the 22 classification methods of methods.md §1-5
-    for table in (INAPPLICABLE, HEAVY):
+    for table in (INAPPLICABLE, INAPPLICABLE_AT_STEP, HEAVY):
         for method, t, s in table:
             assert method in METHODS and (t, s) in PAIRS, (method, t, s)
-    assert not set(INAPPLICABLE) & set(HEAVY)
+    assert not set(INAPPLICABLE) & set(HEAVY) and not set(INAPPLICABLE_AT_STEP) & (set(INAPPLICABLE) | set(HEAVY))
 
 
 @pytest.mark.parametrize("cell", [pytest.param(c, id=_cell_id(c), marks=_marks(c)) for c in CELLS])
@@ -219,6 +241,10 @@ def test_one_step(cell, teachers, tmp_path):
             assert _changed(params, before), f"the {method} init-stage step changed nothing"
         optimizer = trainer.enter_stage(None)
         before = _snapshot(student)
+        if cell in INAPPLICABLE_AT_STEP:
+            with pytest.raises(ValueError, match=re.escape(INAPPLICABLE_AT_STEP[cell])):
+                _step(trainer, optimizer)
+            return
         _step(trainer, optimizer)
         assert _changed(student, before), f"the {method} step did not change the student"
     finally:

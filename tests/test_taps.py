@@ -89,6 +89,21 @@ def test_module_path_taps_and_unknown_tap():
         FeatureTaps(model, ["stage9"])
 
 
+def test_standard_tap_module_is_the_module_at_its_path():
+    """``stage2:module`` is the module whose output is ``stage2``: calling it on ``stage1`` gives ``stage2``."""
+    model = create_model("resnet8", num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with FeatureTaps(model, ["stage1", "stage2", "stage2:module", "last_map:module"]) as taps:
+        feats = taps(x)
+        assert taps.shapes(x)["stage2:module"] == ()  # a module without a weight of its own
+    assert feats["stage2:module"] is model.layer2 and feats["last_map:module"] is model.avgpool
+    with torch.no_grad():
+        assert torch.equal(feats["stage2:module"](feats["stage1"]), feats["stage2"])
+    assert FeatureTaps(Tiny(), ["classifier:module"]).points["classifier:module"] == TapPoint("fc", "module")
+    with pytest.raises(TapError, match="Unknown tap 'stage7:module'.*'<standard tap>:module'"):
+        FeatureTaps(model, ["stage7:module"])
+
+
 def test_early_stop_skips_the_head_of_a_feature_teacher():
     model = Tiny().eval()
     with FeatureTaps(model, ["stage1"], stop_early=True) as taps:
