@@ -11,11 +11,10 @@ from distillers import build_distiller, golden
 from distillers.base import ShapeSpec
 from distillers.golden import GoldenCase
 from engine import cli, config
-from engine.build import shape_spec
+from engine.assembly import shape_spec
 from engine.checkpoint import save_atomic
 from engine.distributed import DistInfo
-from engine.tasks import unpack
-from engine.trainer import Trainer
+from engine.loop import Trainer
 from models import create_model, register_model
 from conftest import OWN_GOLDEN
 
@@ -258,7 +257,7 @@ def test_fcfd_training_step_matches_the_golden_adapter(tmp_path):
             "test_fcfd_convs_s", "--path_t", str(path), "--distill", "fcfd", "--save_dir", str(tmp_path / "run"),
             "--extra_paths", "3"]
     trainer = Trainer(config.parse(config.student_parser(), argv), DistInfo(), "student")
-    method, entry = trainer.method, golden.TABLE["fcfd"]
+    method, entry = trainer.run.method, golden.TABLE["fcfd"]
     captured = {}
     forward = method.forward
 
@@ -270,10 +269,8 @@ def test_fcfd_training_step_matches_the_golden_adapter(tmp_path):
 
     method.forward = spy
     params = {k: v.double() if v.is_floating_point() else v for k, v in copy.deepcopy(method.state_dict()).items()}
-    x, y, extras = unpack(next(iter(trainer.train_loader)), trainer.device)
-    trainer.losses(x, y, extras)
-    for taps in (trainer.s_taps, trainer.t_taps):
-        taps.close()
+    trainer.stepper.forward(next(iter(trainer.run.train_loader)).to(trainer.info.device))
+    trainer.stepper.close()
     inverse = {ours: ref for ref, ours in entry.renames}
     params = {next(inverse[p] + k[len(p):] for p in inverse if k.startswith(p)): v for k, v in params.items()}
     record = {"method": "fcfd", "hparams": {key: getattr(method, opt) for opt, key in entry.hparam_options.items()},
