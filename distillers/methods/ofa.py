@@ -251,7 +251,7 @@ class OFA(Distiller):
 
 # The reference numbers this method reproduces (python -m distillers.golden; tests/golden/, made by
 # tests/golden/make_ofa_deit_goldens.py). The reference nests each separable block's layers under ``.op``
-# and keys its heads by stage number; its CNN golden students are given to it as its stages 2..4.
+# and keys its heads by stage number; the three-stage CNN student of ofa.pt is given to it as its stages 2..4.
 _SEPCONV_RENAMES = tuple((f"projector.{k}.{i}.op.", f"heads.{k - 1}.{i}.") for k in range(2, 6) for i in range(4))
 _OFA_INPUTS = {"feats_s": "s:stages", "pooled_s": "s:pooled", "logit_s": "s:logits", "logit_t": "t:logits",
                "pooled_t": "t:pooled", "labels": "batch:labels"}
