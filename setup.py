@@ -10,6 +10,11 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["core*", "distillers*", "models*", "data*", "engine*"]),
     py_modules=["train_teacher", "train_student"],
+    entry_points={"console_scripts": [
+        "distillers-train-teacher = engine.cli:teacher_main",
+        "distillers-train-student = engine.cli:student_main",
+        "distillers-collect = engine.results.cli:main",
+    ]},
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",
@@ -23,7 +28,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "matplotlib>=3.7"],
-        "plot": ["matplotlib>=3.7"],  # scripts/collect_results.py --plot
+        "plot": ["matplotlib>=3.7"],  # distillers-collect --plot
         "dali": ["nvidia-dali-cuda120"],
     },
 )

@@ -23,6 +23,13 @@ class Option:
     the command line and for Python callers alike; ``flags`` are extra spellings
     (``-f``, the seeds' ``--sample``). The bounds ``min``/``above``/``max``/``below`` apply to a
     number, and to every element of a tuple option (MLKD's temperatures).
+
+    How the option shows in a published table's row label (the collector reads these, so the
+    knowledge stays with the method): ``row_suffix`` is appended to the row name when the option
+    is true (logit standardisation: ``+LS``); ``names_row`` marks an option whose value picks the
+    row (CTKD's base loss, read by :meth:`Distiller.row_name`); ``short`` is its name among a
+    label's extra settings (SimKD's ``f``, as results.md writes it). ``stage_epochs`` marks the
+    option that sets the initialisation stage's length in epochs (its cost is spread over a run).
     """
 
     default: Any
@@ -34,6 +41,10 @@ class Option:
     max: Optional[float] = None
     flags: Sequence[str] = ()
     below: Optional[float] = None  # exclusive upper bound (a momentum: min=0, below=1)
+    row_suffix: str = ""
+    names_row: bool = False
+    short: str = ""
+    stage_epochs: bool = False
 
     @property
     def kind(self) -> Optional[type]:

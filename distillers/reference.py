@@ -144,7 +144,8 @@ def register_golden(method: str, entry: GoldenEntry) -> GoldenEntry:
 
 #: The RepDistiller CIFAR-100 recipe's loss weights, which the registry's defaults are.
 REPDISTILLER_WEIGHTS = "HobbitLong/RepDistiller scripts/run_cifar_distill.sh weights (the registry's defaults)"
-#: The KD term's reference temperature, for rows that add it with -a.
+#: The KD term's reference temperature, for rows that add it with -a (and what a row that adds it
+#: without setting it runs: engine.results.published.settings).
 KD_T4 = {"kd_T": 4.0}
 
 

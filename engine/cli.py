@@ -95,3 +95,13 @@ def teacher(argv: Optional[Sequence[str]] = None) -> int:
 
 def student(argv: Optional[Sequence[str]] = None) -> int:
     return _run(config.student_parser(), _student_main, argv)
+
+
+def teacher_main() -> None:
+    """Console entry point ``distillers-train-teacher``."""
+    sys.exit(teacher(sys.argv[1:]))
+
+
+def student_main() -> None:
+    """Console entry point ``distillers-train-student``."""
+    sys.exit(student(sys.argv[1:]))

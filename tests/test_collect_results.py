@@ -1,23 +1,25 @@
-"""scripts/collect_results.py on fabricated run folders, and the launchers in DRY_RUN mode.
+"""The collector (engine/results/) on fabricated run folders, and the launchers in DRY_RUN mode.
 
 The fabricated checkpoints carry the keys the trainer writes (format, arch, dataset, epoch,
 phase, acc, best_acc, config, weights, distiller_name, shape_spec); the tables' numbers are
 checked against means and sample standard deviations computed by hand.
 """
 import csv
+import json
 import os
 import struct
 import subprocess
-import sys
 
 import pytest
 import torch
 
 from conftest import REPO
 from engine.checkpoint import FORMAT
-
-sys.path.insert(0, str(REPO / "scripts"))
-import collect_results  # noqa: E402
+from engine.results.cells import collect
+from engine.results.cli import main
+from engine.results.labels import canonical_options, published, reference_settings, variant_name
+from engine.results.plot import plot_accuracy_vs_cost, read_cost_table, run_cost
+from engine.results.tables import Tables
 
 METHOD_KEYS = ("nce_k", "factor", "init_epochs")  # a few method__* config keys, unset unless given
 
@@ -88,8 +90,8 @@ def table(text, title_start):
 
 
 def test_table_numbers(runs):
-    cells, skipped = collect_results.collect([str(runs / "students" / "*"), str(runs / "teachers" / "*")])
-    text = collect_results.Tables(cells).markdown()
+    cells, skipped = collect([str(runs / "students" / "*"), str(runs / "teachers" / "*")])
+    text = Tables(cells).markdown()
     header, last = table(text, "cifar100, same architecture family: top-1 (%), last epoch")
     assert header == ["method", "resnet32x4→resnet8x4", "src"]
     assert last["Teacher"] == ["79.00", "ours"]
@@ -112,8 +114,8 @@ def test_table_numbers(runs):
 
 
 def test_protocol_records_weights_trials_and_teacher(runs):
-    cells, _ = collect_results.collect([str(runs / "students" / "*")])
-    lines = [line for line in collect_results.Tables(cells).protocol() if line.startswith("| cifar100 |")]
+    cells, _ = collect([str(runs / "students" / "*")])
+    lines = [line for line in Tables(cells).protocol() if line.startswith("| cifar100 |")]
     crd_kd = next(line for line in lines if "| CRD+KD |" in line)
     assert "1·CE + 1·KD + 0.8·crd" in crd_kd and "| 2 (0,1) |" in crd_kd
     assert "/ckpt/resnet32x4_vanilla/ckpt_epoch_240.pth" in crd_kd
@@ -132,8 +134,8 @@ def test_cli_csv_and_side_by_side(runs, tmp_path):
                          "| DKD | – | 76.32 (76.0 in X) | M |\n\n## 2\n\n| method | ResNet50→vgg8 | src |\n"
                          "|---|---|---|\n| DKD | 71.00±0.10 | M |\n", encoding="utf-8")
     out, csv_path = tmp_path / "table.md", tmp_path / "table.csv"
-    code = collect_results.main([str(runs / "students" / "*"), str(runs / "teachers" / "*"), "-o", str(out),
-                                 "--csv", str(csv_path), "--compare", str(reference)])
+    code = main([str(runs / "students" / "*"), str(runs / "teachers" / "*"), "-o", str(out),
+                 "--csv", str(csv_path), "--compare", str(reference)])
     assert code == 0
     text = out.read_text(encoding="utf-8")
     _, side = table(text, "cifar100, same architecture family: last epoch (ours) next to results.md")
@@ -162,15 +164,15 @@ def test_teacher_arch_without_shape_spec(tmp_path):
              path_t=str(teacher), last=74.0, best=74.5)
     fake_run(tmp_path / "s", "S_wrn_40_1_T_wrn_40_2_cifar100_kd_r_0.1_a_0.9_b_0.0_trial_0", arch="wrn_40_1",
              method="kd", weights=(0.1, 0.9, 0.0), spec=False, path_t="/missing.pth", last=73.0, best=73.5)
-    cells, _ = collect_results.collect([str(tmp_path / "s" / "*")])
+    cells, _ = collect([str(tmp_path / "s" / "*")])
     assert sorted(c.pair for c in cells) == [("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1")]
-    header, rows = table(collect_results.Tables(cells).markdown(), "cifar100, same architecture family: top-1 (%), last")
+    header, rows = table(Tables(cells).markdown(), "cifar100, same architecture family: top-1 (%), last")
     assert header == ["method", "wrn-40-2→wrn-16-2", "wrn-40-2→wrn-40-1", "src"]  # results.md spelling and order
     assert rows["KD"] == ["74.00", "73.00", "ours"]
 
 
 def test_no_runs_is_an_error(tmp_path, capsys):
-    assert collect_results.main([str(tmp_path / "*")]) == 1
+    assert main([str(tmp_path / "*")]) == 1
     assert "no finished run" in capsys.readouterr().err
 
 
@@ -217,23 +219,23 @@ COST = {"hand-written vanilla": 1.01, "vanilla": 1.0, "kd": 2.5, "crd": 4.75, "d
 
 
 def test_logit_standardised_runs_take_the_results_md_row_names():
-    name = collect_results.variant_name
+    name = variant_name
     assert name("kd", (0.1, 9.0, 0.0), (("logit_std", True),)) == "KD+LS"
     assert name("ctkd", (0.1, 0.0, 9.0), (("logit_std", True),)) == "CTKD+LS"
     assert name("ctkd", (1.0, 0.0, 1.0), (("ctkd_base", "dkd"), ("logit_std", True))) == "DKD+CTKD+LS"
     assert name("mlkd", (0.1, 0.0, 9.0), (("logit_std", True),)) == "MLKD+LS"
-    assert collect_results.published("CTKD+LS", ("resnet32x4", "resnet8x4")) == (76.67, "L")
+    assert published("CTKD+LS", ("resnet32x4", "resnet8x4")) == (76.67, "L")
     # a run with the CTKD+LS config's values has no extra options: it is that cell
-    settings = collect_results.reference_settings("CTKD+LS", ("resnet32x4", "resnet8x4"))
+    settings = reference_settings("CTKD+LS", ("resnet32x4", "resnet8x4"))
     options = {k: v for k, v in settings.items() if k not in ("distill", "model_s", "model_t", "dataset",
                                                               "gamma", "alpha", "beta")}
-    kept = collect_results.canonical_options("ctkd", ("resnet32x4", "resnet8x4"), (0.1, 0.0, 9.0), options)
+    kept = canonical_options("ctkd", ("resnet32x4", "resnet8x4"), (0.1, 0.0, 9.0), options)
     assert [k for k, _ in kept] == ["logit_std"]  # the row-defining option only
 
 
 def test_labels_of_the_new_methods_and_their_reference_settings(runs):
     new_method_runs(runs)
-    cells, _ = collect_results.collect([str(runs / "students" / "*")])
+    cells, _ = collect([str(runs / "students" / "*")])
     pair = ("resnet32x4", "resnet8x4")
     labels = {c.label(): c for c in cells if c.pair == pair}
     # options at the registry default or at the row's reference value are not part of the label
@@ -242,20 +244,20 @@ def test_labels_of_the_new_methods_and_their_reference_settings(runs):
     assert labels["DIST"].options == () and labels["OFD"].options == ()
     assert sorted(r.folder.name if hasattr(r.folder, "name") else os.path.basename(r.folder)
                   for r in labels["DKD"].runs) == ["dkd_cfg", "dkd_cli"]  # config and command line: one cell
-    assert collect_results.published("KD+LS", pair) == (76.62, "L")
-    assert collect_results.published("DIST", pair) == (76.31, "D")
-    assert collect_results.published("KD+CTKD", pair) == (73.39, "C, L")
-    assert collect_results.published("OFD", pair) == (74.95, "N")
-    assert collect_results.published("CAT-KD", pair) is None  # no CAT-KD number in results.md
+    assert published("KD+LS", pair) == (76.62, "L")
+    assert published("DIST", pair) == (76.31, "D")
+    assert published("KD+CTKD", pair) == (73.39, "C, L")
+    assert published("OFD", pair) == (74.95, "N")
+    assert published("CAT-KD", pair) is None  # no CAT-KD number in results.md
 
 
 def test_plot_accuracy_against_cost(runs, tmp_path):
     pytest.importorskip("matplotlib")
     new_method_runs(runs)
-    cells, _ = collect_results.collect([str(runs / "students" / "*"), str(runs / "teachers" / "*")])
-    cost = collect_results.read_cost_table(str(write_cost_csv(tmp_path / "cost.csv", COST)))
+    cells, _ = collect([str(runs / "students" / "*"), str(runs / "teachers" / "*")])
+    cost = read_cost_table(str(write_cost_csv(tmp_path / "cost.csv", COST)))
     png = tmp_path / "acc_vs_cost.png"
-    drawn = collect_results.plot_accuracy_vs_cost(cells, cost, ("resnet32x4", "resnet8x4"), str(png))
+    drawn = plot_accuracy_vs_cost(cells, cost, ("resnet32x4", "resnet8x4"), str(png))
 
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
@@ -283,24 +285,22 @@ def test_plot_accuracy_against_cost(runs, tmp_path):
     assert drawn["student"]["cost"] == 1.0 and drawn["student"]["top1"] == pytest.approx(72.5)
     assert drawn["teacher"]["top1"] == pytest.approx(79.0)
 
-    best = collect_results.plot_accuracy_vs_cost(cells, cost, ("resnet32x4", "resnet8x4"), str(tmp_path / "b.png"),
-                                                 which="best")
+    best = plot_accuracy_vs_cost(cells, cost, ("resnet32x4", "resnet8x4"), str(tmp_path / "b.png"), which="best")
     assert {p["label"]: p["top1"] for p in best["points"]}["KD+LS"] == pytest.approx(77.0)
 
 
 def test_init_stage_cost_is_spread_over_the_run():
     cost = {"fsp": {"x_vanilla": 1.0}, "fsp (init stage)": {"x_vanilla": 2.75}, "kd": {"x_vanilla": 2.5}}
-    assert collect_results.run_cost("fsp", cost, 240) == pytest.approx(1.0 + 2.75 * 30 / 240)
-    assert collect_results.run_cost("kd", cost, 240) == 2.5 and collect_results.run_cost("crd", cost) is None
+    assert run_cost("fsp", cost, 240) == pytest.approx(1.0 + 2.75 * 30 / 240)
+    assert run_cost("kd", cost, 240) == 2.5 and run_cost("crd", cost) is None
 
 
 def test_cli_plot_and_builtin_compare(runs, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     new_method_runs(runs)
     csv_path, png, out = write_cost_csv(tmp_path / "cost.csv", COST), tmp_path / "p.png", tmp_path / "t.md"
-    code = collect_results.main([str(runs / "students" / "*"), str(runs / "teachers" / "*"), "--compare", "-o",
-                                 str(out), "--plot", str(png), "--cost-table", str(csv_path), "--csv",
-                                 str(tmp_path / "t.csv")])
+    code = main([str(runs / "students" / "*"), str(runs / "teachers" / "*"), "--compare", "-o", str(out), "--plot",
+                 str(png), "--cost-table", str(csv_path), "--csv", str(tmp_path / "t.csv")])
     assert code == 0 and png.is_file()
     assert "drew 11 methods of resnet32x4→resnet8x4" in capsys.readouterr().err
     _, side = table(out.read_text(encoding="utf-8"), "cifar100, same architecture family: last epoch (ours) next to")
@@ -308,8 +308,52 @@ def test_cli_plot_and_builtin_compare(runs, tmp_path, capsys):
     with open(tmp_path / "t.csv", newline="", encoding="utf-8") as fh:
         rows = {r["label"]: r for r in csv.DictReader(fh) if r["student"] == "resnet8x4"}
     assert (rows["OFD"]["published_top1"], rows["OFD"]["published_source"]) == ("74.95", "N")
-    assert collect_results.main([str(runs / "students" / "*"), "--plot", str(png), "--plot-pair", "vgg13:vgg8",
-                                 "--cost-table", str(csv_path)]) == 1  # no run of that pair
+    assert main([str(runs / "students" / "*"), "--plot", str(png), "--plot-pair", "vgg13:vgg8",
+                 "--cost-table", str(csv_path)]) == 1  # no run of that pair
+
+
+def test_json_lines_carry_what_reruns_each_cell(runs, tmp_path, capsys):
+    """--json: one JSON line per cell on stdout (the markdown then only to -o), with what reruns the cell."""
+    new_method_runs(runs)
+    out = tmp_path / "t.md"
+    assert main([str(runs / "students" / "*"), str(runs / "teachers" / "*"), "--json", "-o", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    records = [json.loads(line) for line in lines]  # nothing but JSON on stdout
+    cells, _ = collect([str(runs / "students" / "*"), str(runs / "teachers" / "*")])
+    assert len(records) == len(cells) == len({(r["teacher"], r["student"], r["label"], r["epochs"]) for r in records})
+    assert "## Protocol per cell" in out.read_text(encoding="utf-8")
+    by = {(r["label"], r["student"], r["epochs"]): r for r in records}
+
+    kd = by[("KD", "resnet8x4", 240)]
+    assert (kd["dataset"], kd["method"], kd["teacher"]) == ("cifar100", "kd", "resnet32x4")
+    assert kd["teacher_checkpoints"] == ["/ckpt/resnet32x4_vanilla/ckpt_epoch_240.pth"]
+    assert kd["weights"] == {"gamma": 0.1, "alpha": 0.9, "beta": 0.0} and kd["options"] == {}
+    assert (kd["seeds"], kd["trials"], kd["batch_size"], kd["learning_rate"]) == ([0, 1, 2], 3, 64, 0.05)
+    assert kd["code_versions"] == ["0.1.0+test"] and len(kd["runs"]) == 3
+    assert kd["last"]["mean"] == pytest.approx(73.5) and kd["last"]["std"] == pytest.approx(0.5)
+    assert kd["best"]["mean"] == pytest.approx(74.0) and kd["last"]["values"] == [73.0, 73.5, 74.0]
+    assert kd["published"] == {"top1": 73.33, "source": "R"}
+    assert kd["reference_settings"]["kd_T"] == 4.0 and kd["reference_settings"]["distill"] == "kd"
+
+    kdls = by[("KD+LS", "resnet8x4", 240)]  # launched from its config: the recipe is the reference's
+    assert kdls["options"] == {"logit_std": True} and kdls["recorded_options"] == {"kd_T": 2.0, "logit_std": True}
+    assert {k: kdls["reference_settings"][k] for k in ("alpha", "kd_T", "logit_std")} == \
+        {"alpha": 9.0, "kd_T": 2.0, "logit_std": True}
+    assert kdls["published"] == {"top1": 76.62, "source": "L"}
+    dkd = by[("DKD", "resnet8x4", 240)]  # one run from the config (values written out), one from the command line
+    assert dkd["options"] == {} and dkd["recorded_options"]["dkd_beta"] == 8.0 and dkd["trials"] == 2
+    assert by[("DKD (dkd_beta=4.0)", "resnet8x4", 240)]["options"] == {"dkd_beta": 4.0}
+    crd = by[("CRD", "resnet8x4", 240)]
+    assert crd["last"]["std"] is None and crd["trials"] == 1  # one trial: no std (JSON has no NaN)
+    short = by[("KD", "resnet8x4", 30)]  # another recipe: its own cell, as in the CSV
+    assert short["last"]["values"] == [60.0] and short["runs"][0].endswith("kd_short")
+    teacher = by[("vanilla", "resnet32x4", 240)]
+    assert teacher["teacher"] is None and teacher["method"] == "vanilla" and teacher["reference_settings"] is None
+
+    path = tmp_path / "cells.jsonl"  # to a file: the markdown stays on stdout
+    assert main([str(runs / "students" / "*"), "--json", str(path)]) == 0
+    assert "## Protocol per cell" in capsys.readouterr().out
+    assert [json.loads(line)["label"] for line in path.read_text(encoding="utf-8").splitlines()].count("KD+LS") == 1
 
 
 # ------------------------------------------------------------------------ launchers

@@ -16,6 +16,7 @@ import pytest
 from conftest import REPO, SHARED
 from distillers.base import DISTILLERS
 from engine import config
+from engine.results import published
 
 sys.path.insert(0, str(REPO / "scripts"))
 import make_configs  # noqa: E402
@@ -50,7 +51,7 @@ def test_every_config_loads_through_the_student_parser(path):
     assert args.distill == row.distill
     assert f"{args.model_t}_{args.model_s}" == name and args.path_t is None  # the teacher path is per user
     got = values(args)
-    for key, value in make_configs.settings(row.label, (args.model_t, args.model_s)).items():
+    for key, value in published.settings(row.label, (args.model_t, args.model_s)).items():
         assert got[key] == value, (key, got[key], value)
     # every key is a flag of this method (or a common flag): nothing is silently ignored
     options = set(DISTILLERS.get(row.distill).all_options()) | set(DISTILLERS.get("kd").all_options())
@@ -66,8 +67,8 @@ def test_the_command_line_wins_over_a_config():
 def test_every_published_cell_has_a_config_or_a_reason():
     flags = make_configs.student_flags()
     written, left_out = 0, []
-    for label, row in make_configs.PUBLISHED.items():
-        if label in make_configs.NOT_IMPLEMENTED:
+    for label, row in published.PUBLISHED.items():
+        if label in published.NOT_IMPLEMENTED:
             continue
         assert label in make_configs.ROWS, f"results.md row {label} is neither run nor listed as not implemented"
         spec = make_configs.ROWS[label]
@@ -79,9 +80,9 @@ def test_every_published_cell_has_a_config_or_a_reason():
             else:
                 assert os.path.isfile(path), f"published cell {label} {pair} has no config {path}"
                 written += 1
-    for label, pair in make_configs.EXTRA_CELLS:
+    for label, pair in published.EXTRA_CELLS:
         assert os.path.isfile(make_configs.config_path(label, pair))
-    assert written + len(make_configs.EXTRA_CELLS) == len(CONFIGS)
+    assert written + len(published.EXTRA_CELLS) == len(CONFIGS)
     # the published cells this project runs: §1.1 (20 rows x 7 pairs, FSP N/A on wrn-40-2->wrn-40-1)
     # minus Teacher/Student, §1.2's implemented rows, §2 and the two side lines
     assert written >= 250
@@ -89,7 +90,7 @@ def test_every_published_cell_has_a_config_or_a_reason():
     assert blocked <= {"KD+DOT"}
     # new methods with a published CIFAR-100 cell
     for label in ("OFD", "DIST", "KD+CTKD", "KD+LS", "DKD+LS", "CTKD+LS", "MLKD", "MLKD+LS"):
-        assert any(os.path.isfile(make_configs.config_path(label, p)) for p in make_configs.PUBLISHED[label])
+        assert any(os.path.isfile(make_configs.config_path(label, p)) for p in published.PUBLISHED[label])
 
 
 def test_committed_configs_are_what_the_generator_writes(capsys):
@@ -157,22 +158,20 @@ def test_reference_values(name, expected):
 
 
 def test_published_numbers_are_results_md():
-    """The generator's copy of results.md §1-2 (used by collect_results.py) equals the shared file."""
+    """The built-in copy of results.md §1-2 (engine/results/published.py) equals the shared file."""
     path = SHARED / "reference" / "results.md"
     if not path.is_file():
         pytest.skip(f"{path} not present")
-    import collect_results
-
-    reference = collect_results.read_reference(str(path))
+    reference = published.read_reference(str(path))
     checked = 0
-    for label, row in make_configs.PUBLISHED.items():
+    for label, row in published.PUBLISHED.items():
         for pair, (value, _source) in row.items():
             if pair in reference.get(label, {}):
                 assert reference[label][pair] == value, (label, pair)
                 checked += 1
     assert checked >= 300
     text = path.read_text(encoding="utf-8")
-    for pair, line in (make_configs.LINE_R110_R20, make_configs.LINE_WRN_MV2):
+    for pair, line in (published.LINE_R110_R20, published.LINE_WRN_MV2):
         for label, (value, _) in line.items():
             assert f"{label} {value:.2f}" in text, (label, pair, value)
 

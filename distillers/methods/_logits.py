@@ -25,7 +25,8 @@ import torch
 from distillers.base import Option
 
 #: The ``logit_std`` option of every logit method: off by default, so each keeps its own paper's behaviour.
-LOGIT_STD = Option(False, "z-score each sample's logits before the loss (logit standardisation)")
+LOGIT_STD = Option(False, "z-score each sample's logits before the loss (logit standardisation)",
+                   row_suffix="+LS")  # results.md's KD+LS, DKD+LS, MLKD+LS
 
 #: Added to the standard deviation, as in the reference (it guards constant logits).
 STD_EPS = 1e-7

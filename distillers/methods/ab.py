@@ -38,7 +38,8 @@ class AB(Distiller):
     teacher_taps = ()
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
     options = {
-        "init_epochs": Option(30, "epochs of the initialisation stage (connectors and student)", min=0),
+        "init_epochs": Option(30, "epochs of the initialisation stage (connectors and student)", min=0,
+                              stage_epochs=True),
         "margin": Option(1.0, "margin m of the activation-boundary loss", above=0),
     }
 

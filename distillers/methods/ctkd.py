@@ -105,7 +105,8 @@ class CTKD(Distiller):
     teacher_taps = ("logits",)
     default_weights = {"gamma": 0.1, "alpha": 0.0, "beta": 0.9}
     options = {
-        "ctkd_base": Option("kd", "the loss read at the learned temperature", choices=("kd", "dkd")),
+        "ctkd_base": Option("kd", "the loss read at the learned temperature", choices=("kd", "dkd"),
+                            names_row=True),  # KD+CTKD or DKD+CTKD
         "mlp_name": Option("global", "one learned temperature (global) or one per sample (instance)",
                            choices=("global", "instance")),
         "t_start": Option(1.0, "lowest temperature", above=0),

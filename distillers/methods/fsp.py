@@ -31,7 +31,8 @@ class FSP(Distiller):
     student_taps = ()
     teacher_taps = ()
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 50.0}
-    options = {"init_epochs": Option(30, "epochs of the initialisation stage (the student alone)", min=0)}
+    options = {"init_epochs": Option(30, "epochs of the initialisation stage (the student alone)", min=0,
+                                     stage_epochs=True)}
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)

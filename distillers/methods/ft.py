@@ -51,7 +51,8 @@ class FT(Distiller):
     student_taps = ("last_map",)
     teacher_taps = ("last_map",)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 200.0}
-    options = {"init_epochs": Option(30, "epochs of the initialisation stage (the paraphraser)", min=0)}
+    options = {"init_epochs": Option(30, "epochs of the initialisation stage (the paraphraser)", min=0,
+                                     stage_epochs=True)}
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)

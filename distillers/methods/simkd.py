@@ -60,7 +60,8 @@ class SimKD(Distiller):
     student_taps = ("last_map",)
     teacher_taps = ("last_map", "classifier")
     default_weights = {"gamma": 0.0, "alpha": 0.0, "beta": 1.0}
-    options = {"factor": Option(2, "projector bottleneck: teacher channels / factor", min=1, flags=("-f",))}
+    options = {"factor": Option(2, "projector bottleneck: teacher channels / factor", min=1, flags=("-f",),
+                                short="f")}  # SimKD (f=4) in published tables
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)

@@ -1,0 +1,52 @@
+"""The console entry points of setup.py: each target imports and is callable, and each passes the command
+line through and exits with the command's code (``pip install -e .`` makes them the installed commands)."""
+import ast
+import importlib
+import sys
+
+import pytest
+
+from conftest import REPO
+
+EXPECTED = {"distillers-train-teacher": "engine.cli:teacher_main",
+            "distillers-train-student": "engine.cli:student_main",
+            "distillers-collect": "engine.results.cli:main"}
+
+
+def console_scripts():
+    """{command: "module:function"} from setup.py's ``entry_points`` (read, not run)."""
+    tree = ast.parse((REPO / "setup.py").read_text(encoding="utf-8"))
+    call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
+    entry_points = ast.literal_eval(next(k.value for k in call.keywords if k.arg == "entry_points"))
+    return dict(tuple(part.strip() for part in line.split("=")) for line in entry_points["console_scripts"])
+
+
+def target(spec):
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def test_setup_declares_the_three_commands_and_their_targets_are_callables():
+    scripts = console_scripts()
+    assert scripts == EXPECTED
+    for spec in scripts.values():
+        assert callable(target(spec)), spec
+
+
+@pytest.mark.parametrize("command,inner", [("distillers-train-teacher", "teacher"),
+                                           ("distillers-train-student", "student")])
+def test_train_commands_pass_argv_and_exit_with_its_code(monkeypatch, command, inner):
+    import engine.cli
+
+    seen = []
+    monkeypatch.setattr(engine.cli, inner, lambda argv: seen.append(list(argv)) or 7)
+    monkeypatch.setattr(sys, "argv", [command, "--model", "resnet8", "--epochs", "1"])
+    with pytest.raises(SystemExit) as stop:
+        target(EXPECTED[command])()
+    assert stop.value.code == 7 and seen == [["--model", "resnet8", "--epochs", "1"]]
+
+
+def test_collect_command_reads_the_command_line(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(sys, "argv", ["distillers-collect", str(tmp_path / "*")])
+    assert target(EXPECTED["distillers-collect"])() == 1  # the console wrapper exits with it
+    assert f"no finished run under {tmp_path / '*'}" in capsys.readouterr().err
