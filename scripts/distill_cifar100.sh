@@ -47,7 +47,7 @@ DATASET=${DATASET:-cifar100}
 TRIALS=${TRIALS:-3}
 PAIRS=${PAIRS:-"resnet32x4:resnet8x4"}
 CONFIG_ROOT=${CONFIG_ROOT:-configs/cifar100}
-METHODS=${METHODS:-"kd kd+ls kd+dot fitnet at sp cc vid rkd pkt ab ft fsp nst crd crd+kd crd_queue dcd dcd+kd rrd rrd+kd kdsvd ofd reviewkd dkd dkd+ls ctkd ctkd+ls dist mlkd mlkd+ls wsld nkd ickd catkd mgd itrd srd fcfd srrl semckd simkd ttm wttm sdd_kd sdd_dkd sdd_nkd kdpp dkdpp"}
+METHODS=${METHODS:-"kd kd+ls kd+dot fitnet at sp cc vid rkd pkt ab ft fsp nst crd crd+kd crd_queue dcd dcd+kd rrd rrd+kd kdsvd ofd reviewkd dkd dkd+ls ctkd ctkd+ls dist mlkd mlkd+ls wsld nkd ickd catkd mgd itrd srd fcfd ofa srrl semckd simkd ttm wttm sdd_kd sdd_dkd sdd_nkd kdpp dkdpp"}
 
 common=(--dataset "$DATASET")
 [[ -n "${DATA_ROOT:-}" ]] && common+=(--data_root "$DATA_ROOT")

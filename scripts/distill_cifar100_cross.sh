@@ -23,5 +23,5 @@ export PAIRS=${PAIRS:-"vgg13:MobileNetV2 ResNet50:MobileNetV2 ResNet50:vgg8 resn
 # KD+LS, DKD+LS and MLKD+LS are published on three of these pairs (vgg13->MobileNetV2, ResNet50->MobileNetV2,
 # resnet32x4->ShuffleV2); on the others they are skipped with a note. wrn_40_2:MobileNetV2 (KD, DKD
 # published by L) has configs too: add it to PAIRS.
-export METHODS=${METHODS:-"kd kd+ls kd+dot fitnet at sp cc vid rkd pkt ab ft nst crd crd+kd crd_queue dcd dcd+kd rrd rrd+kd ofd reviewkd dkd dkd+ls ctkd dist mlkd mlkd+ls wsld nkd ickd catkd mgd itrd srd srrl semckd simkd ttm wttm sdd_kd sdd_dkd sdd_nkd kdpp dkdpp"}
+export METHODS=${METHODS:-"kd kd+ls kd+dot fitnet at sp cc vid rkd pkt ab ft nst crd crd+kd crd_queue dcd dcd+kd rrd rrd+kd ofd reviewkd dkd dkd+ls ctkd dist mlkd mlkd+ls wsld nkd ickd catkd mgd itrd srd ofa srrl semckd simkd ttm wttm sdd_kd sdd_dkd sdd_nkd kdpp dkdpp"}
 exec bash "$(dirname "$0")/distill_cifar100.sh" "$@"

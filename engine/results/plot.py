@@ -46,8 +46,8 @@ def run_cost(method: str, cost: Dict[str, Dict[str, float]], epochs: Optional[in
     init = cost.get(method + INIT_SUFFIX)
     if init is not None:
         stage = {k: spec.default for k, spec in option_specs(method).items() if spec.stage_epochs}
-        init_epochs = next((dict(options).get(k, default) for k, default in stage.items()), 0)
-        x += init["x_vanilla"] * float(init_epochs or 0) / float(epochs or 240)
+        stage_epochs = next((dict(options).get(k, default) for k, default in stage.items()), 0)
+        x += init["x_vanilla"] * float(stage_epochs or 0) / float(epochs or 240)
     return x
 
 
