@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 from torch import nn
 
@@ -55,24 +55,32 @@ def _model_class(build: Callable[..., nn.Module], fixed: Dict[str, Any]):
         return None
 
 
+def option_error(name: str, err: TypeError, build: Callable[..., nn.Module],
+                 fixed: Dict[str, Any]) -> Optional[ModelOptionError]:
+    """A keyword the model does not take (or that its variant fixes), said in one line with the
+    options its class takes; None for any other TypeError."""
+    message = str(err)
+    unknown = re.search(r"unexpected keyword argument '(\w+)'", message)
+    fixed_by_variant = re.search(r"multiple values for keyword argument '(\w+)'", message)
+    if not (unknown or fixed_by_variant):
+        return None
+    cls = _model_class(build, fixed)
+    takes = ", ".join(accepted_options(cls)) if cls is not None else "(could not be listed)"
+    if unknown:
+        what = f"{name} takes no model option '{unknown.group(1)}'"
+    else:
+        what = f"{name} fixes '{fixed_by_variant.group(1)}' itself (choose another variant of it)"
+    return ModelOptionError(f"{what}; {getattr(cls, '__name__', 'it')} takes: {takes}")
+
+
 def build_with_options(name: str, build: Callable[..., nn.Module], options: Dict[str, Any],
                        **fixed: Any) -> nn.Module:
-    """``build(**fixed, **options)`` with its errors said in one line; sets ``model.options``."""
+    """``build(**fixed, **options)`` of a library model, its errors said in one line; sets ``model.options``."""
     try:
         model = build(**fixed, **options)
     except TypeError as err:
-        message = str(err)
-        unknown = re.search(r"unexpected keyword argument '(\w+)'", message)
-        fixed_by_variant = re.search(r"multiple values for keyword argument '(\w+)'", message)
-        if not (unknown or fixed_by_variant):
-            raise ModelOptionError(f"{name} cannot be built with options {options}: {message}") from None
-        cls = _model_class(build, fixed)
-        takes = ", ".join(accepted_options(cls)) if cls is not None else "(could not be listed)"
-        if unknown:
-            what = f"{name} takes no model option '{unknown.group(1)}'"
-        else:
-            what = f"{name} fixes '{fixed_by_variant.group(1)}' itself (choose another variant of it)"
-        raise ModelOptionError(f"{what}; {getattr(cls, '__name__', 'it')} takes: {takes}") from None
+        raise (option_error(name, err, build, fixed)
+               or ModelOptionError(f"{name} cannot be built with options {options}: {err}")) from None
     except (AssertionError, ValueError) as err:
         raise ModelOptionError(f"{name} cannot be built with options {options}: {err}") from None
     except (OSError, RuntimeError) as err:  # urllib errors are OSErrors
