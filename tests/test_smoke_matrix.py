@@ -36,8 +36,12 @@ from engine import cli, config
 from engine.config import ConfigError
 from engine.checkpoint import save_atomic
 from engine.distributed import DistInfo
+from engine.plugins import load_plugins
 from engine.trainer import Trainer, shape_spec
 from models import create_model
+from conftest import REPO
+
+load_plugins([str(REPO / "tests" / "plugins" / "tiny_timm.py")])  # test_vit_t4, test_deit_s8, test_mixer
 
 
 #: (teacher, student): results.md §1.1/1.2 (same family) and §2 (cross family).
@@ -47,6 +51,11 @@ PAIRS = [
     ("vgg13", "MobileNetV2"), ("ResNet50", "MobileNetV2"), ("ResNet50", "vgg8"),
     ("resnet32x4", "ShuffleV1"), ("resnet32x4", "ShuffleV2"), ("wrn_40_2", "ShuffleV1"),
 ]
+#: Cross-architecture pairs on unmodified timm models (tests/plugins/tiny_timm.py): CNN -> ViT,
+#: ViT -> CNN, ViT -> ViT (a distilled DeiT-S with a 4x4 grid and two prefix tokens -> a ViT-T with an
+#: 8x8 grid and one), CNN -> MLP-Mixer.
+CROSS_PAIRS = [("resnet56", "test_vit_t4"), ("test_vit_t4", "resnet20"), ("test_deit_s8", "test_vit_t4"),
+               ("resnet56", "test_mixer")]
 #: The metric-learning losses (methods.md §6) train embedding models on metric datasets, not
 #: classifiers; a registry entry with ``task="metric"`` metadata is excluded the same way.
 METRIC_LEARNING = {"aomd", "contrastive", "darkrank", "metric", "metric_at", "metric_fitnet", "metric_rkd",
@@ -82,6 +91,22 @@ INAPPLICABLE = {
     ("kdsvd", "resnet32x4", "ShuffleV1"): _SVD + "stage1 has 240 (student) vs 64 (teacher) channels",
     ("kdsvd", "resnet32x4", "ShuffleV2"): _SVD + "stage1 has 116 (student) vs 64 (teacher) channels",
     ("kdsvd", "wrn_40_2", "ShuffleV1"): _SVD + "stage1 has 240 (student) vs 32 (teacher) channels",
+    # cross-architecture: FSP and KDSVD compare per-level matrices (channel x channel or position x position)
+    # of equal sizes; OFD's margins come from the BatchNorm before a teacher stage's final ReLU, which
+    # a ViT does not have
+    ("fsp", "resnet56", "test_vit_t4"): "FSP pairs levels one to one: the student has 4 stages, the teacher 3",
+    ("fsp", "test_vit_t4", "resnet20"): "FSP pairs levels one to one: the student has 3 stages, the teacher 4",
+    ("fsp", "test_deit_s8", "test_vit_t4"): _FSP + "stem has 192 (student) vs 384 (teacher) channels",
+    ("fsp", "resnet56", "test_mixer"): "FSP pairs levels one to one: the student has 4 stages, the teacher 3",
+    ("kdsvd", "resnet56", "test_vit_t4"): "KDSVD pairs stages one to one: the student has 4 stages, the teacher 3",
+    ("kdsvd", "test_vit_t4", "resnet20"): "KDSVD pairs stages one to one: the student has 3 stages, the teacher 4",
+    ("kdsvd", "test_deit_s8", "test_vit_t4"): _SVD + "stage1 has 192 (student) vs 384 (teacher) channels",
+    ("kdsvd", "resnet56", "test_mixer"): "KDSVD pairs stages one to one: the student has 4 stages, the teacher 3",
+    ("ofd", "test_vit_t4", "resnet20"): "OFD computes its margins from the teacher's BatchNorm before each stage's "
+                                        "final ReLU (tap group 'stages_bn'), which the teacher does not provide",
+    ("ofd", "test_deit_s8", "test_vit_t4"): "OFD computes its margins from the teacher's BatchNorm before each "
+                                            "stage's final ReLU (tap group 'stages_bn'), which the teacher does not "
+                                            "provide",
 }
 #: Cells too large for a CI runner: (method, teacher, student) -> extra trainable parameters
 #: (SemCKD regresses every student stage onto every teacher stage through 2*C_t-wide 3x3 convs;
@@ -92,7 +117,7 @@ HEAVY = {
 }
 RUN_HEAVY = os.environ.get("DISTILLERS_SMOKE_HEAVY", "") not in ("", "0")
 
-CELLS = [(m, t, s) for t, s in PAIRS for m in METHODS]
+CELLS = [(m, t, s) for t, s in PAIRS + CROSS_PAIRS for m in METHODS]
 
 
 def _cell_id(cell):
@@ -153,11 +178,21 @@ def teachers(tmp_path_factory):
     return get
 
 
-def build_trainer(method, teacher_path, student, tmp_path):
+def cell_options(cell):
+    """Extra flags of a cell: cross-architecture pairs take the generic adapters where a method's
+    reference connector has no case for the two shapes (``--adapter auto``)."""
+    method, t_arch, s_arch = cell
+    if (t_arch, s_arch) in CROSS_PAIRS and "adapter" in DISTILLERS.get(method).option_names():
+        return ["--adapter", "auto"]
+    return []
+
+
+def build_trainer(method, teacher_path, student, tmp_path, extra=()):
     batch = MIN_BATCH.get(method, BATCH)
     argv = ["--dataset", "synthetic", "--data_opt", f"train_size={batch}", "--data_opt", "test_size=2",
             "--batch_size", str(batch), "--num_workers", "0", "--no_tensorboard", "--epochs", "1",
-            "--model_s", student, "--path_t", teacher_path, "--distill", method, "--save_dir", str(tmp_path)]
+            "--model_s", student, "--path_t", teacher_path, "--distill", method, "--save_dir", str(tmp_path),
+            *extra]
     if "nce_k" in DISTILLERS.get(method).option_names():
         argv += ["--nce_k", str(2 * batch)]  # memory/queue: a multiple of the batch, smaller than 16384
     with warnings.catch_warnings():
@@ -192,7 +227,7 @@ def test_matrix_covers_registry_and_lists_are_consistent():
     assert len(METHODS) >= 22, METHODS  # the 22 classification methods of methods.md §1-5
     for table in (INAPPLICABLE, HEAVY):
         for method, t, s in table:
-            assert method in METHODS and (t, s) in PAIRS, (method, t, s)
+            assert method in METHODS and (t, s) in PAIRS + CROSS_PAIRS, (method, t, s)
     assert not set(INAPPLICABLE) & set(HEAVY)
 
 
@@ -203,10 +238,10 @@ def test_one_step(cell, teachers, tmp_path):
     if cell in INAPPLICABLE:
         # a ConfigError: train_student.py prints it as one line, naming the method and the pair
         with pytest.raises(ConfigError, match=re.escape(INAPPLICABLE[cell])) as err:
-            build_trainer(method, path, s_arch, tmp_path)
+            build_trainer(method, path, s_arch, tmp_path, cell_options(cell))
         assert f"--distill {method} with teacher {t_arch} and student {s_arch}" in str(err.value)
         return
-    trainer = build_trainer(method, path, s_arch, tmp_path)
+    trainer = build_trainer(method, path, s_arch, tmp_path, cell_options(cell))
     try:
         student = list(trainer.model.parameters())
         stage = trainer.method.init_stage() if trainer.phase == "init" else None
