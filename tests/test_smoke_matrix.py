@@ -1,6 +1,9 @@
 """Smoke matrix: one real training step of every registered classification method on every family pair.
 
-The pairs are the CIFAR-100 pairs of the literature (results.md §1-2). For each
+The pairs are the CIFAR-100 pairs of the literature (results.md §1-2), plus four
+cross-architecture pairs on small unmodified timm models (``CROSS_PAIRS``: CNN -> ViT,
+ViT -> CNN, ViT -> ViT, CNN -> MLP-Mixer; methods with an ``adapter`` option take
+``--adapter auto`` there, and a few cells also run under ``--amp bf16``). For each
 (method, pair) cell a :class:`Trainer` is built from command-line flags on
 ``--dataset synthetic`` (10 classes, one batch of training data) with a teacher of
 random weights saved as a checkpoint, and one step goes through ``Trainer.train_step``
@@ -18,8 +21,9 @@ error fails. ``HEAVY`` cells (SemCKD with a ResNet50 teacher: 0.85 billion extra
 parameters, ~11.5 GB for one step) run their step only with
 ``DISTILLERS_SMOKE_HEAVY=1``; their size is checked on the meta device always.
 
-Time: 264 cells (14 of them inapplicable), one torch thread (``SMOKE_THREADS`` to change):
-2 min 45 s on 2 cores shared with a load of ~5, teachers built once per architecture. Every
+Time: 480 cells (24 of them inapplicable; 120 cross-architecture), one torch thread
+(``SMOKE_THREADS`` to change): 4 min 25 s for the file on 2 cores shared with a load of ~5.5
+(the cross-architecture cells about 45 s of it), teachers built once per architecture. Every
 cell but the two HEAVY ones runs by default (CI included); none is marked slow except those.
 """
 import os
@@ -269,6 +273,37 @@ def test_inapplicable_cell_is_one_line_on_the_command_line(teachers, tmp_path, c
     assert cli.student(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("train_student.py: error: ") and INAPPLICABLE[cell] in err and "Traceback" not in err
+
+
+def test_cross_architecture_cells_need_the_adapter_only_where_the_reference_has_no_case(teachers, tmp_path):
+    """Without ``--adapter auto`` AB and ReviewKD keep their references' one-to-one stage pairing."""
+    for method in ("ab", "reviewkd"):
+        with pytest.raises(ConfigError, match=re.escape("the student has 4 stages, the teacher 3 (--adapter auto "
+                                                        "pairs the deepest 3)")):
+            build_trainer(method, teachers("resnet56"), "test_vit_t4", tmp_path / method)
+
+
+#: Methods whose connectors or maps meet a ViT: FitNet's and AB's connectors (AB's patch expanding from
+#: 8x8 to the teacher's 32x32), ReviewKD's fusion, SimKD's projector, the attention, Gram and CAM maps.
+BF16_METHODS = ("fitnet", "ab", "at", "reviewkd", "simkd", "ickd", "catkd", "vid", "crd")
+
+
+@pytest.mark.parametrize("method", BF16_METHODS)
+def test_cross_architecture_step_under_bf16_autocast(method, teachers, tmp_path):
+    """One step of a CNN -> ViT cell with ``--amp bf16``: the adapters and methods are dtype-safe."""
+    cell = (method, "resnet56", "test_vit_t4")
+    trainer = build_trainer(method, teachers("resnet56"), "test_vit_t4", tmp_path, cell_options(cell) + ["--amp", "bf16"])
+    try:
+        stage = trainer.method.init_stage() if trainer.phase == "init" else None
+        optimizer = trainer.enter_stage(stage)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        before = _snapshot(params)
+        _step(trainer, optimizer, stage)
+        assert _changed(params, before), f"the bf16 {method} step changed nothing"
+    finally:
+        for taps in (trainer.s_taps, trainer.t_taps):
+            if taps is not None:
+                taps.close()
 
 
 @pytest.mark.parametrize("cell", sorted(HEAVY), ids=_cell_id)
