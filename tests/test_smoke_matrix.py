@@ -292,7 +292,8 @@ BF16_METHODS = ("fitnet", "ab", "at", "reviewkd", "simkd", "ickd", "catkd", "vid
 def test_cross_architecture_step_under_bf16_autocast(method, teachers, tmp_path):
     """One step of a CNN -> ViT cell with ``--amp bf16``: the adapters and methods are dtype-safe."""
     cell = (method, "resnet56", "test_vit_t4")
-    trainer = build_trainer(method, teachers("resnet56"), "test_vit_t4", tmp_path, cell_options(cell) + ["--amp", "bf16"])
+    trainer = build_trainer(method, teachers("resnet56"), "test_vit_t4", tmp_path,
+                            cell_options(cell) + ["--amp", "bf16"])
     try:
         stage = trainer.method.init_stage() if trainer.phase == "init" else None
         optimizer = trainer.enter_stage(stage)

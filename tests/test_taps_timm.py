@@ -185,8 +185,10 @@ def test_model_options_are_recorded_and_rebuild_the_model():
 
 
 @pytest.mark.parametrize("name,options,message", [
-    ("timm:resnet18", {"img_size": 32}, "timm:resnet18 takes no model option 'img_size'; ResNet takes: .*drop_path_rate"),
-    ("timm:mixer_s16_224", {"num_blocks": 2}, "timm:mixer_s16_224 fixes 'num_blocks' itself .*MlpMixer takes: .*img_size"),
+    ("timm:resnet18", {"img_size": 32},
+     "timm:resnet18 takes no model option 'img_size'; ResNet takes: .*drop_path_rate"),
+    ("timm:mixer_s16_224", {"num_blocks": 2},
+     "timm:mixer_s16_224 fixes 'num_blocks' itself .*MlpMixer takes: .*img_size"),
     ("torchvision:resnet18", {"patch_size": 4}, "torchvision:resnet18 takes no model option 'patch_size'"),
     ("resnet8", {"img_size": 32}, "resnet8 takes no model option 'img_size'; ResNet takes: "),
 ])
