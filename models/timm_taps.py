@@ -155,13 +155,15 @@ class _Layout:
         self.size = run.size
         self.channels_last = getattr(model, "output_fmt", "NCHW") == "NHWC"
 
-    def grid(self, reduction: Optional[int]) -> Optional[Tuple[int, int]]:
+    def grids(self, reduction: Optional[int]) -> List[Tuple[int, int]]:
+        """Candidate patch grids: the input size over the reduction, then the patch embedding's own."""
+        out = []
+        if reduction:
+            out.append((-(-self.size[0] // reduction), -(-self.size[1] // reduction)))
         embed = getattr(self.model, "patch_embed", None)
         if embed is not None and getattr(embed, "grid_size", None):
-            return tuple(embed.grid_size)
-        if reduction:
-            return (-(-self.size[0] // reduction), -(-self.size[1] // reduction))
-        return None
+            out.append(tuple(embed.grid_size))
+        return out
 
     def to_map(self, value, channels: Optional[int], reduction: Optional[int], what: str):
         """(transform or None, reason): how ``value`` becomes a (B, C, H, W) map."""
@@ -169,20 +171,23 @@ class _Layout:
             return None, f"{what} is a {type(value).__name__}, not a tensor"
         shape = tuple(value.shape)
         if value.dim() == 4:
-            first, last = channels in (None, shape[1]), channels == shape[-1]
+            if channels is None:
+                return (ChannelsLastToMap(), "") if self.channels_last else (None, "")
+            first, last = shape[1] == channels, shape[-1] == channels
             if last and (self.channels_last or not first):
                 return ChannelsLastToMap(), ""
             if first:
                 return None, ""
         elif value.dim() == 3 and channels in (None, shape[-1]):
-            grid = self.grid(reduction)
             n = shape[1]
-            if grid and grid[0] * grid[1] <= n:
-                return TokensToMap(n - grid[0] * grid[1], grid), ""
-            side = int(round(n ** 0.5))
-            prefix = int(getattr(self.model, "num_prefix_tokens", 0) or 0)
-            if prefix < n and round((n - prefix) ** 0.5) ** 2 == n - prefix:
-                side = int(round((n - prefix) ** 0.5))
+            declared = getattr(self.model, "num_prefix_tokens", None)
+            for h, w in self.grids(reduction):
+                prefix = n - h * w
+                if prefix >= 0 and (declared is None or prefix in (0, declared)):
+                    return TokensToMap(prefix, (h, w)), ""
+            prefix = int(declared or 0)
+            side = int(round(max(n - prefix, 0) ** 0.5))
+            if side and side * side == n - prefix:
                 return TokensToMap(prefix, (side, side)), ""
         return None, f"{what} has shape {shape[1:]}, neither a (C, H, W) map nor a token sequence"
 
