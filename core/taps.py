@@ -14,6 +14,11 @@ network's own stages by name (FCFD runs one network's later stages on the other'
 
 Inputs of a module are cloned when captured: an in-place ReLU would otherwise
 overwrite a pre-activation tensor after the hook ran (the classic pitfall).
+
+A tap may declare a ``transform`` applied when it is captured, so that a name means the
+same thing on every family: a ViT block's output (B, prefix + h*w, D) becomes the map
+(B, D, h, w) (:class:`TokensToMap`), a Swin stage's (B, H, W, C) becomes (B, C, H, W)
+(:class:`ChannelsLastToMap`). The raw tensor stays tappable under another name.
 """
 from __future__ import annotations
 
@@ -33,6 +38,56 @@ GROUPS = {"stages": re.compile(r"stage(\d+)$"), "stages_preact": re.compile(r"st
           "stages_bn": re.compile(r"stage(\d+)_bn$")}
 
 
+class TapError(ValueError):
+    """A tap name or module path that a model cannot provide."""
+
+
+@dataclass(frozen=True)
+class TokensToMap:
+    """Token sequence (B, prefix + h*w, D) -> map (B, D, h, w), the ``prefix`` tokens dropped.
+
+    Prefix tokens are the class, distillation and register tokens (timm's ``num_prefix_tokens``).
+    ``grid`` is the patch grid of the dry run; a sequence of another length (a model with dynamic
+    image size) is taken as a square grid, and anything else is a :class:`TapError`.
+    """
+
+    prefix: int
+    grid: Tuple[int, int]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3:
+            raise TapError(f"TokensToMap expects tokens (B, N, D), got {tuple(x.shape)}")
+        patches = x[:, self.prefix:]
+        n = patches.shape[1]
+        h, w = self.grid
+        if h * w != n:
+            side = int(round(n ** 0.5))
+            if side * side != n:
+                raise TapError(f"{n} patch tokens (after {self.prefix} prefix tokens) make no {h}x{w} "
+                               "grid and no square one")
+            h = w = side
+        return patches.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w)
+
+
+@dataclass(frozen=True)
+class ChannelsLastToMap:
+    """(B, H, W, C) -> (B, C, H, W): Swin-style NHWC stage outputs as maps."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 3, 1, 2)
+
+
+@dataclass(frozen=True)
+class PrefixMean:
+    """Tokens (B, N, D) -> (B, D): the mean of the first ``count`` tokens (DeiT's class and
+    distillation tokens, averaged by its own ``forward_head(pre_logits=True)``)."""
+
+    count: int
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :self.count].mean(1)
+
+
 @dataclass(frozen=True)
 class TapPoint:
     """Where a named tensor lives: a dotted module path ('' is the model itself).
@@ -40,15 +95,19 @@ class TapPoint:
     io: ``output`` (the module's return value), ``input`` (its first positional
     argument, cloned) or ``module`` (the module object itself, e.g. a classifier).
     When a module runs several times per forward (torchvision's shared ReLU), the
-    last call wins.
+    last call wins. ``transform``: a callable applied to the captured tensor (see
+    :class:`TokensToMap`); hashable, so tap maps stay comparable.
     """
 
     module: str
     io: str = "output"
+    transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
     def __post_init__(self):
         if self.io not in IO_KINDS:
             raise ValueError(f"TapPoint io must be one of {IO_KINDS}, got {self.io!r}")
+        if self.transform is not None and self.io == "module":
+            raise ValueError("a TapPoint of io='module' captures the module itself: it takes no transform")
 
 
 TapMap = Mapping[str, TapPoint]
@@ -75,10 +134,6 @@ def residual_stage_taps(stem_relu: str, layers: Iterable[nn.Sequential], bn: str
     return points
 
 
-class TapError(ValueError):
-    """A tap name or module path that a model cannot provide."""
-
-
 class _StopForward(Exception):
     """Raised from a hook to end a forward once every needed tensor is captured."""
 
@@ -93,6 +148,18 @@ def tap_points_of(model: nn.Module) -> Dict[str, TapPoint]:
             "directly, e.g. 'layer3' or 'layer3.1.relu:input'."
         )
     return dict(points() if callable(points) else points)
+
+
+def missing_tap_reason(model: nn.Module, name: str) -> str:
+    """Why ``model`` has no tap ``name``, when its tap map says so (``model.unavailable_taps``:
+    {tap or group name: one-line reason}, e.g. stage taps of a timm model of unknown layout); else ''."""
+    notes = getattr(model, "unavailable_taps", None) or {}
+    if name in notes:
+        return notes[name]
+    for group, pattern in GROUPS.items():
+        if pattern.match(name) and group in notes:
+            return notes[group]
+    return ""
 
 
 def resolve_tap(model: nn.Module, name: str, points: Optional[TapMap] = None) -> TapPoint:
@@ -113,6 +180,9 @@ def resolve_tap(model: nn.Module, name: str, points: Optional[TapMap] = None) ->
     modules = dict(model.named_modules())
     if path in modules and io in IO_KINDS:
         return TapPoint(path, io)
+    reason = missing_tap_reason(model, name)
+    if reason:
+        raise TapError(f"{getattr(model, 'arch', type(model).__name__)} has no tap '{name}': {reason}")
     raise TapError(
         f"Unknown tap '{name}' for {type(model).__name__}. Standard taps: "
         f"{', '.join(sorted(points)) or '(none)'}; or a module path such as "
@@ -141,7 +211,8 @@ class FeatureTaps:
         except TapError:
             default_points = {}
         self.requested: Tuple[str, ...] = tuple(dict.fromkeys(names))
-        self.groups = {g: expand_group(g, default_points) for g in self.requested if g in GROUPS}
+        self.groups = {g: expand_group(g, default_points, missing_tap_reason(model, g))
+                       for g in self.requested if g in GROUPS}
         flat = [m for n in self.requested for m in self.groups.get(n, [n])]
         self.names: Tuple[str, ...] = tuple(dict.fromkeys(flat))
         self.points = {n: resolve_tap(model, n, default_points) for n in self.names}
@@ -173,13 +244,21 @@ class FeatureTaps:
 
     def _make_hook(self, site: Tuple[str, str], names: List[str]) -> Callable:
         is_input = site[1] == "input"
+        transforms = {n: self.points[n].transform for n in names}
 
         def hook(module, args, output=None):
             tensor = args[0] if is_input else output
             if is_input and isinstance(tensor, torch.Tensor):
                 tensor = tensor.clone()
+            done = {}
             for n in names:
-                self._store[n] = tensor
+                transform = transforms[n]
+                if transform is None:
+                    self._store[n] = tensor
+                else:
+                    if transform not in done:
+                        done[transform] = transform(tensor)
+                    self._store[n] = done[transform]
             count = self._calls.get(site, 0) + 1
             self._calls[site] = count
             if self._stop_after is not None and self._stop_after == (site, count):
@@ -281,11 +360,15 @@ def _shape_of(value):
     return tuple(value.shape[1:])
 
 
-def expand_group(group: str, points: TapMap) -> List[str]:
-    """``stages`` -> ['stage1', 'stage2', ...] as far as the model defines them."""
+def expand_group(group: str, points: TapMap, reason: str = "") -> List[str]:
+    """``stages`` -> ['stage1', 'stage2', ...] as far as the model defines them.
+
+    ``reason``: why the model has none (its ``unavailable_taps``), said instead of the tap list."""
     pattern = GROUPS[group]
     found = sorted((int(m.group(1)), n) for n in points for m in [pattern.match(n)] if m)
     if not found:
+        if reason:
+            raise TapError(f"tap group '{group}' matches no tap: {reason}")
         raise TapError(f"tap group '{group}' matches no tap; available taps: {', '.join(sorted(points))}")
     return [n for _, n in found]
 

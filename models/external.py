@@ -2,9 +2,10 @@
 
 ``create_model("torchvision:resnet18")`` and ``create_model("timm:resnet18")`` return
 the libraries' own modules with a ``tap_points`` dict attached, so they are tapped
-exactly like the CIFAR zoo. timm maps come from ``feature_info``, the pooling module
-and ``get_classifier()``, so any timm model gets ``stage1..N``, ``last_map``,
-``pooled``, ``logits`` and ``classifier``.
+exactly like the CIFAR zoo. timm maps are derived by :mod:`models.timm_taps` (ViT, DeiT,
+Swin, ConvNeXt, MLP-Mixer and the CNNs alike). Keyword options (``img_size=32``,
+``patch_size=4``, ``drop_path_rate=0.1``) go to the library's constructor and are kept in
+``model.options`` (:func:`models.options.model_options_of`), so a checkpoint can rebuild the model.
 """
 from __future__ import annotations
 
@@ -14,16 +15,8 @@ from torch import nn
 
 from core.registry import UnknownNameError
 from core.taps import TapPoint
-
-OFFLINE_HINT = ("pretrained weights could not be downloaded ({err}). This machine may be offline: "
-                "pass a local checkpoint instead (e.g. --path_t) or build without pretrained weights.")
-
-
-def _module_path(model: nn.Module, target: nn.Module) -> str:
-    for name, module in model.named_modules():
-        if module is target:
-            return name
-    raise ValueError("module is not part of the model")
+from models.options import OFFLINE_HINT, build_with_options  # noqa: F401  (OFFLINE_HINT: models.imagenet's docs)
+from models.timm_taps import derive_timm_taps
 
 
 def _common(points: Dict[str, TapPoint], fc_path: str, pooled_from: str = "") -> Dict[str, TapPoint]:
@@ -66,28 +59,10 @@ def torchvision_tap_points(model: nn.Module) -> Dict[str, TapPoint]:
 
 
 def timm_tap_points(model: nn.Module) -> Dict[str, TapPoint]:
-    """Tap map of any timm model from its ``feature_info`` and head modules."""
-    info = list(getattr(model, "feature_info", []) or [])
-    points: Dict[str, TapPoint] = {}
-    stages = [f for f in info if f.get("reduction", 4) > 2]
-    stems = [f for f in info if f.get("reduction", 4) <= 2]
-    if stems:
-        points["stem"] = TapPoint(stems[-1]["module"])
-    for k, feat in enumerate(stages, start=1):
-        points[f"stage{k}"] = TapPoint(feat["module"])
-    modules = dict(model.named_modules())
-    pool = getattr(model, "global_pool", None)
-    if pool is None and hasattr(model, "head"):
-        pool = getattr(model.head, "global_pool", None)
-    if pool is not None and _module_path(model, pool) in modules:
-        points["last_map"] = TapPoint(_module_path(model, pool), "input")
-    elif stages:
-        points["last_map"] = TapPoint(stages[-1]["module"])
-    classifier = model.get_classifier()
-    if isinstance(classifier, nn.Module) and any(p.numel() for p in classifier.parameters()):
-        return _common(points, _module_path(model, classifier))
-    points["logits"] = TapPoint("", "output")
-    return points
+    """Tap map of any timm model (see :mod:`models.timm_taps`); its gaps go to ``model.unavailable_taps``."""
+    derived = derive_timm_taps(model)
+    model.unavailable_taps = derived.unavailable
+    return derived.points
 
 
 def create_external(name: str, num_classes: int = 1000, pretrained: bool = False, **kwargs) -> nn.Module:
@@ -102,11 +77,8 @@ def create_external(name: str, num_classes: int = 1000, pretrained: bool = False
             raise UnknownNameError(Registry("torchvision model").unknown_message(arch, known))
         if pretrained and num_classes != 1000:
             raise ValueError(f"pretrained torchvision weights have 1000 classes; got num_classes={num_classes}")
-        try:
-            model = torchvision.models.get_model(
-                arch, weights="DEFAULT" if pretrained else None, num_classes=num_classes, **kwargs)
-        except (OSError, RuntimeError) as err:  # urllib errors are OSErrors
-            raise RuntimeError(OFFLINE_HINT.format(err=err)) from None
+        model = build_with_options(name, lambda **kw: torchvision.models.get_model(arch, **kw), kwargs,
+                                   weights="DEFAULT" if pretrained else None, num_classes=num_classes)
         model.tap_points = torchvision_tap_points(model)
     elif library == "timm":
         import timm
@@ -114,10 +86,9 @@ def create_external(name: str, num_classes: int = 1000, pretrained: bool = False
         if not timm.is_model(arch):
             from core.registry import Registry
             raise UnknownNameError(Registry("timm model").unknown_message(arch, timm.list_models()))
-        try:
-            model = timm.create_model(arch, pretrained=pretrained, num_classes=num_classes, **kwargs)
-        except (OSError, RuntimeError) as err:
-            raise RuntimeError(OFFLINE_HINT.format(err=err)) from None
+        model = build_with_options(name, lambda **kw: timm.create_model(arch, **kw), kwargs,
+                                   pretrained=pretrained, num_classes=num_classes)
+        model.arch = name
         model.tap_points = timm_tap_points(model)
     else:
         raise UnknownNameError(f"Unknown model library '{library}' in '{name}'; use 'torchvision:<name>' "

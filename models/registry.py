@@ -56,11 +56,22 @@ def create_model(name: str, num_classes: int = 100, *, family: Optional[str] = N
     """Build a model by name.
 
     ``torchvision:<name>`` and ``timm:<name>`` build those libraries' models with a
-    tap map attached (see :mod:`models.external`).
+    tap map attached (see :mod:`models.external`); keyword options go to their constructors
+    (``img_size=32, patch_size=4``) and are kept for checkpoints (:func:`models.model_options_of`).
+    A keyword a model does not take is a :class:`models.options.ModelOptionError` naming those it takes.
     """
     if ":" in name:
         from models import external  # imported lazily: timm is optional for CIFAR runs
         return external.create_external(name, num_classes=num_classes, **kwargs)
-    model = MODELS.build(resolve_model(name, family), num_classes=num_classes, **kwargs)
+    key = resolve_model(name, family)
+    try:
+        model = MODELS.build(key, num_classes=num_classes, **kwargs)
+    except TypeError as err:
+        from models.options import option_error
+        error = option_error(name, err, MODELS.get(key), {"num_classes": num_classes})
+        if error is None:
+            raise
+        raise error from None
     model.arch = name
+    model.options = {}  # a registered name fixes its architecture; its keyword arguments are the task's
     return model

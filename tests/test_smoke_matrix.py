@@ -1,6 +1,9 @@
 """Smoke matrix: one real training step of every registered classification method on every family pair.
 
-The pairs are the CIFAR-100 pairs of the literature (results.md §1-2). For each
+The pairs are the CIFAR-100 pairs of the literature (results.md §1-2), plus four
+cross-architecture pairs on small unmodified timm models (``CROSS_PAIRS``: CNN -> ViT,
+ViT -> CNN, ViT -> ViT, CNN -> MLP-Mixer; methods with an ``adapter`` option take
+``--adapter auto`` there, and a few cells also run under ``--amp bf16``). For each
 (method, pair) cell a :class:`Trainer` is built from command-line flags on
 ``--dataset synthetic`` (10 classes, one batch of training data) with a teacher of
 random weights saved as a checkpoint, and one step goes through ``Trainer.train_step``
@@ -21,9 +24,8 @@ the trainer builds and its first step must raise that reason. Any other error fa
 parameters, ~11.5 GB for one step) run their step only with
 ``DISTILLERS_SMOKE_HEAVY=1``; their size is checked on the meta device always.
 
-Time: 264 cells (14 of them inapplicable), one torch thread (``SMOKE_THREADS`` to change):
-2 min 45 s on 2 cores shared with a load of ~5, teachers built once per architecture; MGD, ITRD,
-SRD and FCFD add 48 cells (8 of them inapplicable; 47 s alone, teachers included). Every
+Time: the 12 CIFAR pairs and 4 cross-architecture pairs, every method (some cells inapplicable),
+one torch thread (``SMOKE_THREADS`` to change); teachers built once per architecture. Every
 cell but the two HEAVY ones runs by default (CI included); none is marked slow except those.
 """
 import os
@@ -40,9 +42,13 @@ from engine import cli, config
 from engine.config import ConfigError
 from engine.checkpoint import save_atomic
 from engine.distributed import DistInfo
+from engine.plugins import load_plugins
 from engine.loop import Trainer
 from engine.assembly import shape_spec
 from models import create_model
+from conftest import REPO
+
+load_plugins([str(REPO / "tests" / "plugins" / "tiny_timm.py")])  # test_vit_t4, test_deit_s8, test_mixer
 
 
 #: (teacher, student): results.md §1.1/1.2 (same family) and §2 (cross family).
@@ -52,6 +58,11 @@ PAIRS = [
     ("vgg13", "MobileNetV2"), ("ResNet50", "MobileNetV2"), ("ResNet50", "vgg8"),
     ("resnet32x4", "ShuffleV1"), ("resnet32x4", "ShuffleV2"), ("wrn_40_2", "ShuffleV1"),
 ]
+#: Cross-architecture pairs on unmodified timm models (tests/plugins/tiny_timm.py): CNN -> ViT,
+#: ViT -> CNN, ViT -> ViT (a distilled DeiT-S with a 4x4 grid and two prefix tokens -> a ViT-T with an
+#: 8x8 grid and one), CNN -> MLP-Mixer.
+CROSS_PAIRS = [("resnet56", "test_vit_t4"), ("test_vit_t4", "resnet20"), ("test_deit_s8", "test_vit_t4"),
+               ("resnet56", "test_mixer")]
 #: The metric-learning losses (methods.md §6) train embedding models on metric datasets, not
 #: classifiers; a registry entry with ``task="metric"`` metadata is excluded the same way.
 METRIC_LEARNING = {"aomd", "contrastive", "darkrank", "metric", "metric_at", "metric_fitnet", "metric_rkd",
@@ -87,6 +98,22 @@ INAPPLICABLE = {
     ("kdsvd", "resnet32x4", "ShuffleV1"): _SVD + "stage1 has 240 (student) vs 64 (teacher) channels",
     ("kdsvd", "resnet32x4", "ShuffleV2"): _SVD + "stage1 has 116 (student) vs 64 (teacher) channels",
     ("kdsvd", "wrn_40_2", "ShuffleV1"): _SVD + "stage1 has 240 (student) vs 32 (teacher) channels",
+    # cross-architecture: FSP and KDSVD compare per-level matrices (channel x channel or position x position)
+    # of equal sizes; OFD's margins come from the BatchNorm before a teacher stage's final ReLU, which
+    # a ViT does not have
+    ("fsp", "resnet56", "test_vit_t4"): "FSP pairs levels one to one: the student has 4 stages, the teacher 3",
+    ("fsp", "test_vit_t4", "resnet20"): "FSP pairs levels one to one: the student has 3 stages, the teacher 4",
+    ("fsp", "test_deit_s8", "test_vit_t4"): _FSP + "stem has 192 (student) vs 384 (teacher) channels",
+    ("fsp", "resnet56", "test_mixer"): "FSP pairs levels one to one: the student has 4 stages, the teacher 3",
+    ("kdsvd", "resnet56", "test_vit_t4"): "KDSVD pairs stages one to one: the student has 4 stages, the teacher 3",
+    ("kdsvd", "test_vit_t4", "resnet20"): "KDSVD pairs stages one to one: the student has 3 stages, the teacher 4",
+    ("kdsvd", "test_deit_s8", "test_vit_t4"): _SVD + "stage1 has 192 (student) vs 384 (teacher) channels",
+    ("kdsvd", "resnet56", "test_mixer"): "KDSVD pairs stages one to one: the student has 4 stages, the teacher 3",
+    ("ofd", "test_vit_t4", "resnet20"): "OFD computes its margins from the teacher's BatchNorm before each stage's "
+                                        "final ReLU (tap group 'stages_bn'), which the teacher does not provide",
+    ("ofd", "test_deit_s8", "test_vit_t4"): "OFD computes its margins from the teacher's BatchNorm before each "
+                                            "stage's final ReLU (tap group 'stages_bn'), which the teacher does not "
+                                            "provide",
 }
 _FCFD_HEAD = ("fcfd classifies stage{n} through the {side}'s pool and classifier, but stage{n} ({got}) is not the "
               "map they read (last_map, {pooled})")
@@ -115,7 +142,7 @@ HEAVY = {
 }
 RUN_HEAVY = os.environ.get("DISTILLERS_SMOKE_HEAVY", "") not in ("", "0")
 
-CELLS = [(m, t, s) for t, s in PAIRS for m in METHODS]
+CELLS = [(m, t, s) for t, s in PAIRS + CROSS_PAIRS for m in METHODS]
 
 
 def _cell_id(cell):
@@ -176,11 +203,21 @@ def teachers(tmp_path_factory):
     return get
 
 
-def build_trainer(method, teacher_path, student, tmp_path):
+def cell_options(cell):
+    """Extra flags of a cell: cross-architecture pairs take the generic adapters where a method's
+    reference connector has no case for the two shapes (``--adapter auto``)."""
+    method, t_arch, s_arch = cell
+    if (t_arch, s_arch) in CROSS_PAIRS and "adapter" in DISTILLERS.get(method).option_names():
+        return ["--adapter", "auto"]
+    return []
+
+
+def build_trainer(method, teacher_path, student, tmp_path, extra=()):
     batch = MIN_BATCH.get(method, BATCH)
     argv = ["--dataset", "synthetic", "--data_opt", f"train_size={batch}", "--data_opt", "test_size=2",
             "--batch_size", str(batch), "--num_workers", "0", "--no_tensorboard", "--epochs", "1",
-            "--model_s", student, "--path_t", teacher_path, "--distill", method, "--save_dir", str(tmp_path)]
+            "--model_s", student, "--path_t", teacher_path, "--distill", method, "--save_dir", str(tmp_path),
+            *extra]
     if "nce_k" in DISTILLERS.get(method).option_names():
         argv += ["--nce_k", str(2 * batch)]  # memory/queue: a multiple of the batch, smaller than 16384
     with warnings.catch_warnings():
@@ -215,7 +252,7 @@ def test_matrix_covers_registry_and_lists_are_consistent():
     assert len(METHODS) >= 22, METHODS  # the 22 classification methods of methods.md §1-5
     for table in (INAPPLICABLE, INAPPLICABLE_AT_STEP, HEAVY):
         for method, t, s in table:
-            assert method in METHODS and (t, s) in PAIRS, (method, t, s)
+            assert method in METHODS and (t, s) in PAIRS + CROSS_PAIRS, (method, t, s)
     assert not set(INAPPLICABLE) & set(HEAVY) and not set(INAPPLICABLE_AT_STEP) & (set(INAPPLICABLE) | set(HEAVY))
 
 
@@ -226,10 +263,10 @@ def test_one_step(cell, teachers, tmp_path):
     if cell in INAPPLICABLE:
         # a ConfigError: train_student.py prints it as one line, naming the method and the pair
         with pytest.raises(ConfigError, match=re.escape(INAPPLICABLE[cell])) as err:
-            build_trainer(method, path, s_arch, tmp_path)
+            build_trainer(method, path, s_arch, tmp_path, cell_options(cell))
         assert f"--distill {method} with teacher {t_arch} and student {s_arch}" in str(err.value)
         return
-    trainer = build_trainer(method, path, s_arch, tmp_path)
+    trainer = build_trainer(method, path, s_arch, tmp_path, cell_options(cell))
     try:
         student = list(trainer.run.model.parameters())
         stage = trainer.run.method.init_stage() if trainer.state.phase == "init" else None
@@ -261,6 +298,36 @@ def test_inapplicable_cell_is_one_line_on_the_command_line(teachers, tmp_path, c
     assert cli.student(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("train_student.py: error: ") and INAPPLICABLE[cell] in err and "Traceback" not in err
+
+
+def test_cross_architecture_cells_need_the_adapter_only_where_the_reference_has_no_case(teachers, tmp_path):
+    """Without ``--adapter auto`` AB and ReviewKD keep their references' one-to-one stage pairing."""
+    for method in ("ab", "reviewkd"):
+        with pytest.raises(ConfigError, match=re.escape("the student has 4 stages, the teacher 3 (--adapter auto "
+                                                        "pairs the deepest 3)")):
+            build_trainer(method, teachers("resnet56"), "test_vit_t4", tmp_path / method)
+
+
+#: Methods whose connectors or maps meet a ViT: FitNet's and AB's connectors (AB's patch expanding from
+#: 8x8 to the teacher's 32x32), ReviewKD's fusion, SimKD's projector, the attention, Gram and CAM maps.
+BF16_METHODS = ("fitnet", "ab", "at", "reviewkd", "simkd", "ickd", "catkd", "vid", "crd")
+
+
+@pytest.mark.parametrize("method", BF16_METHODS)
+def test_cross_architecture_step_under_bf16_autocast(method, teachers, tmp_path):
+    """One step of a CNN -> ViT cell with ``--amp bf16``: the adapters and methods are dtype-safe."""
+    cell = (method, "resnet56", "test_vit_t4")
+    trainer = build_trainer(method, teachers("resnet56"), "test_vit_t4", tmp_path,
+                            cell_options(cell) + ["--amp", "bf16"])
+    try:
+        stage = trainer.run.method.init_stage() if trainer.state.phase == "init" else None
+        optimizer = trainer.enter_stage(stage)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        before = _snapshot(params)
+        _step(trainer, optimizer, stage)
+        assert _changed(params, before), f"the bf16 {method} step changed nothing"
+    finally:
+        trainer.stepper.close()
 
 
 @pytest.mark.parametrize("cell", sorted(HEAVY), ids=_cell_id)

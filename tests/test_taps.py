@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from core.taps import FeatureTaps, TapError, TapPoint, count_hooks, standard_taps
+from core.taps import (ChannelsLastToMap, FeatureTaps, PrefixMean, TapError, TapPoint, TokensToMap, count_hooks,
+                       standard_taps)
 from models import create_model
 
 
@@ -140,3 +141,41 @@ def test_hooks_removed_and_nothing_accumulates():
         del feats
         assert _live_tensors() <= baseline
     assert count_hooks(model) == before_hooks
+
+
+def test_a_transform_applies_per_name_on_a_shared_site():
+    """Two names on one module share one hook; each gets its own transform, computed at capture."""
+    model = Tiny().eval()
+    points = {**model.tap_points(), "stage1_nhwc": TapPoint("relu", "output", ChannelsLastToMap()),
+              "stage1_mean2": TapPoint("relu", "output", PrefixMean(2))}
+    x = torch.randn(2, 3, 8, 8)
+    with FeatureTaps(model, ["stage1", "stage1_nhwc", "stage1_mean2"], points=points, stop_early=True) as taps:
+        assert taps.num_hooks == 1
+        taps(x)
+        model.calls.clear()
+        feats = taps(x)  # the cut forward: the transforms still apply
+    assert model.calls == []
+    assert feats["stage1"].shape == (2, 4, 8, 8)
+    assert torch.equal(feats["stage1_nhwc"], feats["stage1"].permute(0, 3, 1, 2))
+    assert torch.equal(feats["stage1_mean2"], feats["stage1"][:, :2].mean(1))
+
+
+def test_tokens_to_map_drops_prefix_tokens_and_checks_the_grid():
+    tokens = torch.arange(2 * 6 * 3, dtype=torch.float32).reshape(2, 6, 3)  # 2 prefix tokens + a 2x2 grid
+    grid = TokensToMap(2, (2, 2))(tokens)
+    assert grid.shape == (2, 3, 2, 2)
+    assert torch.equal(grid[:, :, 1, 0], tokens[:, 2 + 2])
+    assert TokensToMap(2, (3, 3))(torch.zeros(1, 2 + 16, 3)).shape == (1, 3, 4, 4)  # another length: square
+    with pytest.raises(TapError, match="5 patch tokens .* make no 2x2 grid and no square one"):
+        TokensToMap(1, (2, 2))(torch.zeros(1, 6, 3))
+    with pytest.raises(ValueError, match="takes no transform"):
+        TapPoint("fc", "module", ChannelsLastToMap())
+
+
+def test_an_unavailable_tap_says_why():
+    model = Tiny()
+    model.unavailable_taps = {"stages_preact": "its blocks end in no activation module"}
+    with pytest.raises(TapError, match="has no tap 'stage2_preact': its blocks end in no activation module"):
+        FeatureTaps(model, ["stage2_preact"])
+    with pytest.raises(TapError, match="Unknown tap 'stage9'.*Standard taps"):  # no reason declared: the list
+        FeatureTaps(model, ["stage9"])

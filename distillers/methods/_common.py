@@ -7,13 +7,17 @@ from torch import nn
 
 
 def pool_to_smaller(a: torch.Tensor, b: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Adaptive-average-pool the spatially larger of two maps to the other's size."""
+    """Adaptive-average-pool the spatially larger of two maps to the other's size (both to the
+    smaller height and the smaller width when each is larger in one dimension)."""
     ha, hb = a.shape[-2:], b.shape[-2:]
     if ha == hb:
         return a, b
     if ha[0] >= hb[0] and ha[1] >= hb[1]:
         return F.adaptive_avg_pool2d(a, hb), b
-    return a, F.adaptive_avg_pool2d(b, ha)
+    if hb[0] >= ha[0] and hb[1] >= ha[1]:
+        return a, F.adaptive_avg_pool2d(b, ha)
+    size = (min(ha[0], hb[0]), min(ha[1], hb[1]))
+    return F.adaptive_avg_pool2d(a, size), F.adaptive_avg_pool2d(b, size)
 
 
 class LinearEmbed(nn.Module):

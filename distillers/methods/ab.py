@@ -2,19 +2,21 @@
 from torch import nn
 
 from distillers.base import Distiller, InitStage, Option, register_distiller
+from distillers.methods._adapters import ADAPTER_OPTION
+from distillers.methods.at import last_stage_pairs
 from distillers.methods.fitnet import ConvReg
 from distillers.reference import GoldenEntry, register_golden, PublishedRow, REPDISTILLER_WEIGHTS, register_row
 
 INIT_TAPS = ("stages_preact",)
 
 
-def _connector(stage: int, s_shape, t_shape) -> nn.Module:
+def _connector(stage: int, s_shape, t_shape, adapter: str = "reference") -> nn.Module:
     """The reference's Connector: FitNet's regressor conv and BN without ReLU, or the identity
     when channels and size already match."""
     if tuple(s_shape) == tuple(t_shape):
         return nn.Identity()
     try:
-        return ConvReg(s_shape, t_shape, use_relu=False)
+        return ConvReg(s_shape, t_shape, use_relu=False, adapter=adapter)
     except ValueError as exc:
         raise ValueError(f"AB cannot connect stage {stage}: {exc}") from None
 
@@ -31,6 +33,9 @@ class AB(Distiller):
 
     Per stage, with x = connector(student), t = teacher and margin m:
     sum (x+m)^2 [x > -m, t <= 0] + (x-m)^2 [x <= m, t > 0], weighted 2^(i-n+1), / B / 1000 * 3.
+    Stages pair one to one; ``adapter auto`` pairs the last min(n_s, n_t)
+    (:func:`distillers.methods.at.last_stage_pairs`) and connects sizes the reference's connector
+    cannot (cross-architecture pairs).
     """
 
     display_name = "AB"  # its row in published tables
@@ -41,17 +46,19 @@ class AB(Distiller):
         "init_epochs": Option(30, "epochs of the initialisation stage (connectors and student)", min=0,
                               stage_epochs=True),
         "margin": Option(1.0, "margin m of the activation-boundary loss", above=0),
+        "adapter": ADAPTER_OPTION,
     }
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)
-        s_shapes, t_shapes = spec.student["stages_preact"], spec.teacher["stages_preact"]
-        if len(s_shapes) != len(t_shapes):
+        s_shapes, t_shapes = list(spec.student["stages_preact"]), list(spec.teacher["stages_preact"])
+        if len(s_shapes) != len(t_shapes) and self.adapter != "auto":
             raise ValueError(f"AB pairs stages one to one: the student has {len(s_shapes)} stages, "
-                             f"the teacher {len(t_shapes)}")
-        self.connectors = nn.ModuleList(
-            _connector(i, s, t) for i, (s, t) in enumerate(zip(s_shapes, t_shapes), 1))
-        n = len(s_shapes)
+                             f"the teacher {len(t_shapes)} (--adapter auto pairs the deepest "
+                             f"{min(len(s_shapes), len(t_shapes))})")
+        pairs = last_stage_pairs(s_shapes, t_shapes)
+        self.connectors = nn.ModuleList(_connector(i, s, t, self.adapter) for i, s, t in pairs)
+        n = len(pairs)
         self.stage_weights = [2.0 ** (i - n + 1) for i in range(n)]
 
     def init_stage(self):
@@ -61,8 +68,8 @@ class AB(Distiller):
     def init_forward(self, s, t, batch=None):
         m = self.margin
         terms = {}
-        for i, (connector, f_s, f_t, w) in enumerate(
-                zip(self.connectors, s["stages_preact"], t["stages_preact"], self.stage_weights), 1):
+        pairs = last_stage_pairs(s["stages_preact"], t["stages_preact"])
+        for (i, f_s, f_t), connector, w in zip(pairs, self.connectors, self.stage_weights):
             x = connector(f_s)
             loss = ((x + m).pow(2) * ((x > -m) & (f_t <= 0))
                     + (x - m).pow(2) * ((x <= m) & (f_t > 0))).sum()

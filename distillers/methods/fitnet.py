@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distillers.base import Distiller, Option, register_distiller
+from distillers.methods._adapters import ADAPTER_OPTION, SpatialProjection
 from distillers.reference import GoldenEntry, register_golden, PublishedRow, REPDISTILLER_WEIGHTS, register_row
 
 
@@ -16,10 +17,12 @@ class ConvReg(nn.Module):
     The conv follows RepDistiller's ConvReg, chosen on the heights:
     student twice as large -> 3x3 conv, stride 2, pad 1; half as large -> 4x4 transposed conv,
     stride 2, pad 1; otherwise (at least as large) a conv of kernel (1 + s_H - t_H) x (1 + s_W - t_W),
-    i.e. 1x1 when the sizes match. Any other pair of sizes is a ``ValueError``.
+    i.e. 1x1 when the sizes match. Any other pair of sizes is a ``ValueError``, unless ``adapter`` is
+    ``auto``: then the conv is a :class:`~distillers.methods._adapters.SpatialProjection` (patch
+    merging or expanding by an integer factor, else interpolation and a 1x1 conv).
     """
 
-    def __init__(self, s_shape, t_shape, use_relu: bool = True):
+    def __init__(self, s_shape, t_shape, use_relu: bool = True, adapter: str = "reference"):
         super().__init__()
         if len(s_shape) != 3 or len(t_shape) != 3:
             raise ValueError(f"ConvReg needs spatial maps (C, H, W); got student {tuple(s_shape)}, "
@@ -31,11 +34,13 @@ class ConvReg(nn.Module):
             self.conv = nn.ConvTranspose2d(s_c, t_c, kernel_size=4, stride=2, padding=1)
         elif s_h >= t_h and s_w >= t_w:
             self.conv = nn.Conv2d(s_c, t_c, kernel_size=(1 + s_h - t_h, 1 + s_w - t_w))
+        elif adapter == "auto":
+            self.conv = SpatialProjection(s_shape, t_shape)
         else:
             raise ValueError(
                 f"ConvReg cannot map a {s_h}x{s_w} student map onto a {t_h}x{t_w} teacher map: the "
                 "student map must be twice as large, half as large, or at least as large in both "
-                "dimensions")
+                "dimensions (--adapter auto maps any sizes)")
         self.bn = nn.BatchNorm2d(t_c)
         self.use_relu = use_relu
 
@@ -57,7 +62,8 @@ class FitNet(Distiller):
     student_taps = ("stage2",)
     teacher_taps = ("stage2",)
     default_weights = {"gamma": 1.0, "alpha": 0.0, "beta": 100.0}
-    options = {"hint_layer": Option(2, "the hint stage k: tap stage<k> on both sides", min=1)}
+    options = {"hint_layer": Option(2, "the hint stage k: tap stage<k> on both sides", min=1),
+               "adapter": ADAPTER_OPTION}
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)
@@ -68,7 +74,7 @@ class FitNet(Distiller):
                 raise ValueError(f"fitnet: hint_layer {self.hint_layer} needs tap '{self.tap}', but the "
                                  f"{side} has only {stages or 'no stage taps'}")
         self.student_taps = self.teacher_taps = (self.tap,)
-        self.regressor = ConvReg(spec.student[self.tap], spec.teacher[self.tap])
+        self.regressor = ConvReg(spec.student[self.tap], spec.teacher[self.tap], adapter=self.adapter)
 
     def forward(self, s, t, batch=None):
         return {"hint": F.mse_loss(self.regressor(s[self.tap]), t[self.tap])}

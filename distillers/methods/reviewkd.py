@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distillers.base import Distiller, Option, register_distiller
+from distillers.methods._adapters import ADAPTER_CHOICES
 from distillers.reference import GoldenEntry, register_golden, PublishedRow, register_row
 
 
@@ -56,7 +57,8 @@ class ReviewKD(Distiller):
 
     Student: post-ReLU stages + pooled; teacher: pre-activation stages + pooled (the stem
     is unused on both sides). ``abfs[0]`` handles the pooled vector as a 1x1 map, then the
-    stages from deepest to shallowest (the reference's reversed order); mid width =
+    stages from deepest to shallowest (the reference's reversed order; with ``adapter auto`` the
+    deepest min(n_s, n_t) of each side, so a 4-stage ViT meets a 3-stage ResNet); mid width =
     min(512, student pooled channels); each block's output has the teacher's channels and
     size. Term = reviewkd_weight * min(epoch / warmup, 1) * sum of hcl (factor 1 without an
     epoch). Default weight 5 with a 20-epoch warm-up: mdistiller's CIFAR-100 config
@@ -71,14 +73,20 @@ class ReviewKD(Distiller):
     options = {
         "reviewkd_weight": Option(5.0, "weight of the review loss (mdistiller REVIEWKD_WEIGHT)", min=0),
         "warmup": Option(20, "epochs over which the loss weight rises linearly to 1 (0: none)", min=0),
+        "adapter": Option("reference", "unequal stage counts: reference (an error) or auto (pair the deepest "
+                          "min(n_s, n_t) stages)", choices=ADAPTER_CHOICES),
     }
 
     def __init__(self, spec, **options):
         super().__init__(spec, **options)
         s_stages, t_stages = spec.student["stages"], spec.teacher["stages_preact"]
-        if len(s_stages) != len(t_stages):
+        if len(s_stages) != len(t_stages) and self.adapter != "auto":
             raise ValueError(f"ReviewKD pairs stages one to one: the student has {len(s_stages)} stages, "
-                             f"the teacher {len(t_stages)}")
+                             f"the teacher {len(t_stages)} (--adapter auto pairs the deepest "
+                             f"{min(len(s_stages), len(t_stages))})")
+        for side, shapes in (("student", s_stages), ("teacher", t_stages)):
+            if any(len(shape) != 3 for shape in shapes):
+                raise ValueError(f"ReviewKD needs spatial stage maps (C, H, W); the {side}'s are {list(shapes)}")
         s_pooled, t_pooled = spec.student["pooled"][0], spec.teacher["pooled"][0]
         mid = min(512, s_pooled)
         self.abfs = nn.ModuleList([ABF(s_pooled, mid, t_pooled, fuse=False)] + [
