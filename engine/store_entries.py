@@ -224,14 +224,19 @@ class TeacherStore:
 
     def flush(self) -> None:
         """Push written pages to the disk: values, checksums, then bitmaps, as in :meth:`write`."""
-        for kind in ("values", "sums", "filled"):
-            for fds in self._fds.values():
-                os.fsync(fds[kind])
+        try:
+            for kind in ("values", "sums", "filled"):
+                for fds in self._fds.values():
+                    os.fsync(fds[kind])
+        except OSError as err:  # a delayed allocation that finds the disk full
+            raise sf.space_error(self.directory, err, sf.store_bytes(self.meta), "flushing it") from None
 
     def close(self) -> None:
-        if self._fds:
-            self.flush()
-        self._release()
+        try:
+            if self._fds:
+                self.flush()
+        finally:
+            self._release()
 
     def _release(self) -> None:
         for fds in self._fds.values():

@@ -73,7 +73,7 @@ def store_bytes(meta: Dict[str, Any]) -> int:
 def space_error(directory: str, err: OSError, needed: int, doing: str) -> StoreError:
     """One line for an ``OSError`` while creating or growing the store: a :class:`StoreSpaceError`
     for a full disk, a quota or a file-size limit (EFBIG: ``ulimit -f``), else a :class:`StoreError`."""
-    where = f"needs up to {needed / 1e9:.2f} GB at {directory}, {_free_bytes(directory) / 1e9:.2f} GB free"
+    where = f"needs up to {_size(needed)} at {directory}, {_size(_free_bytes(directory))} free"
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return StoreSpaceError(f"teacher store '{directory}': no space left while {doing} ({where}); "
                                f"free space, {SPACE_REMEDY}")
@@ -81,6 +81,10 @@ def space_error(directory: str, err: OSError, needed: int, doing: str) -> StoreE
         return StoreSpaceError(f"teacher store '{directory}': a file would exceed this process's file-size limit "
                                f"while {doing} ({where}); raise the limit (ulimit -f), {SPACE_REMEDY}")
     return StoreError(f"teacher store '{directory}': {err.strerror or err} while {doing}; {SPACE_REMEDY}")
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 1e9:.2f} GB" if nbytes >= 1e8 else f"{nbytes / 1e6:.1f} MB"
 
 
 def _free_bytes(directory: str) -> int:

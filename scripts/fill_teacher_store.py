@@ -11,7 +11,9 @@ the teacher on them in batches and stores the requested taps:
         --dataset cifar100 --taps logits pooled --teacher_store_dtype float16
 
 Entries already filled are skipped, so an interrupted fill (Ctrl-C) resumes where it
-stopped; a second run over a full store is a no-op. The store folder defaults to
+stopped; a second run over a full store is a no-op. Every entry is verified against its
+checksum first: a corrupt one is recomputed, rewritten and counted. A full disk or a
+file-size limit stops the fill with one line (exit 2); what was written stays valid. The store folder defaults to
 ``<save_root>/teacher_store/<hash of the key>``, the folder a training run with the same
 teacher, dataset and dtype looks in. The teacher runs in float32 (no AMP): the store is
 meant to be exact.
@@ -91,7 +93,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Exit status: 0 done, 130 interrupted (rerun to resume), 2 for a wrong command line,
-    checkpoint, dataset or a store that belongs to another setting."""
+    checkpoint, dataset, a store that belongs to another setting, or a disk that is full."""
     args = parse_args(argv)
     try:
         return fill(args)
@@ -151,8 +153,9 @@ def fill(args: argparse.Namespace) -> int:
         progress.close()
         taps.close()
         store.close()
+    corrupt = f", {store.corrupt_recomputed} corrupt entries recomputed" if store.corrupt_recomputed else ""
     print(f"{'interrupted (run again to resume): ' if interrupted else ''}filled {filled} entries "
-          f"({progress.n}/{progress.total} requested entries present) in {folder}: "
+          f"({progress.n}/{progress.total} requested entries present{corrupt}) in {folder}: "
           f"{store.size_on_disk() / 2**20:.1f} MiB on disk, {time.perf_counter() - started:.1f} s")
     return 130 if interrupted else 0
 

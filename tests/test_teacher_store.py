@@ -57,11 +57,12 @@ def test_store_key_and_default_dir():
 def test_creation_is_sparse_and_grows_with_writes(tmp_path):
     store = open_store(tmp_path / "s", samples=50000, shapes={"logits": (100,)})
     assert os.path.getsize(tmp_path / "s" / "logits.bin") == 50000 * 162 * 100 * 4  # 3.24 GB apparent
+    assert os.path.getsize(tmp_path / "s" / "logits.sum") == 50000 * 162 * 4  # a CRC32 per entry
     assert store.size_on_disk() < 1 << 20
     index, view = entries(64, samples=50000)
     store.write(index, view, {"logits": torch.randn(64, 100)})
     store.flush()
-    assert 64 * 400 <= store.size_on_disk() < 64 * 2 * 4096 + (1 << 20)
+    assert 64 * 400 <= store.size_on_disk() < 64 * 4 * 4096 + (1 << 20)  # values, checksums, bits: a page each
     assert not list(tmp_path.glob("s.tmp-*"))  # the temporary build folder was renamed into place
 
 
@@ -136,6 +137,10 @@ def test_truncated_file_and_missing_meta_are_detected(tmp_path):
     os.unlink(tmp_path / "t" / "logits.filled")
     with pytest.raises(StoreError, match="partial: 'logits.filled' of tap 'logits' is missing"):
         open_store(tmp_path / "t")
+    open_store(tmp_path / "v").close()
+    os.unlink(tmp_path / "v" / "pooled.sum")
+    with pytest.raises(StoreError, match="partial: 'pooled.sum' of tap 'pooled' is missing"):
+        open_store(tmp_path / "v")
     (tmp_path / "u").mkdir()
     with pytest.raises(StoreError, match="has no meta.json"):
         open_store(tmp_path / "u")
