@@ -31,6 +31,7 @@ from torch import nn
 from engine.store_entries import TeacherStore, checksums  # noqa: F401  (the store's public names live here)
 from engine.store_files import DTYPES, FORMAT, StoreError, StoreSpaceError, json_roundtrip  # noqa: F401
 
+
 # ---------------------------------------------------------------- keys
 def teacher_fingerprint(model: nn.Module) -> str:
     """sha256 of ``model``'s state_dict: every key, dtype, shape and raw bytes, in key order.
