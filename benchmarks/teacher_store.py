@@ -20,6 +20,12 @@ uint8 images, 100 classes, registered here), served by ``--loader device``, rand
 3. **Filling the whole store** with ``scripts/fill_teacher_store.py``'s loop (all 162 views
    of every image): its cost in teacher-forward epochs and in KD-step epochs, against what a
    launcher sweep of N runs of E epochs on that teacher spends on teacher forwards.
+4. **Cost of verifying each entry** (its CRC32 and finiteness, checked on every read): a
+   store-fed KD step with the check against the same step over format-1 reads (a filled bit is a
+   hit; ``UncheckedStore``, defined here only), in rounds as in table 1, and one lookup of a
+   batch of 64 alone.
+
+``--tables`` picks tables (default: all); the others' sections of teacher_store.md are kept.
 """
 from __future__ import annotations
 
@@ -44,6 +50,7 @@ from engine import config  # noqa: E402
 from engine.checkpoint import save_atomic  # noqa: E402
 from engine.distributed import DistInfo  # noqa: E402
 from engine.loop import Trainer  # noqa: E402
+from engine.teacher_store import TeacherStore  # noqa: E402
 from models import create_model  # noqa: E402
 from cost_table import fmt_ratio  # noqa: E402  (benchmarks/, this script's folder)
 
@@ -85,11 +92,12 @@ def make_teacher(arch: str, path: str) -> str:
 
 
 class Replay:
-    """The device loader's protocol over prepared batches, with their views (the store's keys)."""
+    """The training-loader protocol over prepared batches (each carries its views: the store's keys)."""
+
+    view_scheme = None
 
     def __init__(self, batches, steps: int):
-        self.batches, self.steps = batches, steps
-        self.last_keys = None
+        self.batches, self.steps, self.batch_size = batches, steps, len(batches[0])
 
     def set_epoch(self, epoch, skip=0):
         pass
@@ -98,9 +106,7 @@ class Replay:
         return self.steps
 
     def __iter__(self):
-        for i in range(self.steps):
-            batch, self.last_keys = self.batches[i % len(self.batches)]
-            yield batch
+        return (self.batches[i % len(self.batches)] for i in range(self.steps))
 
 
 def trainer_for(teacher: str, student: str, teacher_path: str, method, save: str, *extra) -> Trainer:
@@ -121,21 +127,18 @@ class StepVariant:
         loader = trainer.run.train_loader
         loader.set_epoch(1)
         it = iter(loader)
-        self.batches = []
-        for _ in range(batches):
-            batch = next(it)
-            self.batches.append((batch, loader.last_keys))
+        self.batches = [next(it) for _ in range(batches)]
         if trainer.stepper.stored_teacher is not None:  # fill the store for the timed views
-            for batch, (index, view) in self.batches:
-                trainer.stepper.stored_teacher(batch[0], index, view)
+            for batch in self.batches:
+                trainer.stepper.stored_teacher(batch.images, *batch.keys)
 
-    def run(self, steps: int) -> float:
+    def run(self, steps: int, clock=time.perf_counter) -> float:
         trainer = self.trainer
         trainer.run.train_loader = Replay(self.batches, steps)
         trainer.state.step = 0
-        started = time.perf_counter()
+        started = clock()
         trainer.train_epoch(trainer.run.optimizer)
-        return (time.perf_counter() - started) / steps
+        return (clock() - started) / steps
 
 
 def step_table(args, tmp: str) -> List[str]:
@@ -189,6 +192,83 @@ def epoch_table(args, tmp: str) -> List[str]:
     return lines
 
 
+class UncheckedStore(TeacherStore):
+    """Reads as format 1 did, for this benchmark only: a filled bit is a hit (no checksum, no finiteness)."""
+
+    def _intact(self, tap, filled, rows, idx, vw, flat):
+        return filled
+
+
+def check_table(args, tmp: str) -> List[str]:
+    """A filled-store KD step with and without the per-entry check, in the process's CPU time (on
+    a shared machine wall time varies by ±20% with the others' load). Each round runs them in the
+    order A B B A (the second of two runs is often faster: ABBA cancels that and linear drift);
+    the ratio is taken inside a round. The store's part of a step is also timed alone: one
+    ``StoredTeacher`` call on a timed batch (all hits), median of 200; the last column is the
+    check's cost (checked minus unchecked call) as a share of the checked step."""
+    lines = ["| teacher → student | KD step, filled store | CPU ms / step | × unchecked step | store call, µs | "
+             "check / step |", "|---|---|---:|---:|---:|---:|"]
+    for teacher, student in PAIRS:
+        path = make_teacher(teacher, os.path.join(tmp, f"check_{teacher}.pth"))
+        store = os.path.join(tmp, f"check_store_{teacher}")
+        variants = []
+        for name in ("checked (format 2)", "unchecked (format 1 reads)"):
+            trainer = trainer_for(teacher, student, path, "kd", os.path.join(tmp, f"check_{teacher}_{len(variants)}"),
+                                  "--teacher_store", store)
+            if name.startswith("unchecked"):
+                plain = UncheckedStore(trainer.run.store.directory, trainer.run.store.meta)
+                trainer.run.store = trainer.stepper.stored_teacher.store = plain
+            variants.append(StepVariant(name, trainer))
+        checked, unchecked = variants
+        times: Dict[str, List[float]] = {v.name: [] for v in variants}
+        ratios: List[float] = []
+        for round_ in range(args.rounds + 1):
+            got = {v.name: 0.0 for v in variants}
+            for variant in (checked, unchecked, unchecked, checked):
+                got[variant.name] += variant.run(args.steps, time.process_time) / 2
+            if round_ == 0:
+                continue  # warm-up
+            for name, seconds in got.items():
+                times[name].append(seconds * 1000)
+            ratios.append(got[checked.name] / got[unchecked.name])
+        calls = {v.name: store_call_us(v) for v in variants}
+        share = (calls[checked.name] - calls[unchecked.name]) / (statistics.median(times[checked.name]) * 1000)
+        for variant, ratio in ((checked, fmt_ratio(ratios)), (unchecked, "1.00")):
+            lines.append(f"| {teacher} → {student} | {variant.name} | {statistics.median(times[variant.name]):.0f} | "
+                         f"{ratio} | {calls[variant.name]:.0f} | {share if variant is checked else 0:.3%} |")
+        print("\n".join(lines[-2:]), flush=True)
+    return lines
+
+
+def store_call_us(variant: StepVariant, repeats: int = 200) -> float:
+    """Median µs of the trainer's StoredTeacher on the variant's first batch (every entry a hit)."""
+    batch = variant.batches[0]
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        variant.trainer.stepper.stored_teacher(batch.images, *batch.keys)
+        samples.append((time.perf_counter() - started) * 1e6)
+    return statistics.median(samples)
+
+
+def write_sections(path: str, header: str, sections: Dict[str, List[str]]) -> None:
+    """Replace the named ``### `` sections of ``path`` (each with its own run header), keep the others."""
+    kept: Dict[str, List[str]] = {}
+    if os.path.exists(path):
+        name = None
+        for line in open(path).read().splitlines():
+            if line.startswith("### "):
+                name = line[4:]
+                kept[name] = []
+            elif name is not None:
+                kept[name].append(line)
+    for name, lines in sections.items():
+        kept[name] = [header, "", *lines, ""]
+    order = [title for title in TABLES.values() if title in kept] + [t for t in kept if t not in TABLES.values()]
+    with open(path, "w") as fh:
+        fh.write("\n".join(f"### {title}\n{chr(10).join(kept[title]).rstrip()}\n" for title in order))
+
+
 def fill_table(args, tmp: str) -> List[str]:
     """Teacher forwards per second when filling (batches of views) vs a KD step's images per second."""
     teacher, student = PAIRS[0]
@@ -220,6 +300,10 @@ def fill_table(args, tmp: str) -> List[str]:
     return lines
 
 
+TABLES = {"steps": "Step cost", "epoch": "Epoch time", "fill": "Filling the whole store",
+          "check": "Cost of verifying each entry"}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -231,22 +315,21 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the per-round visiting order")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"),
                         help="folder for teacher_store.md")
+    parser.add_argument("--tables", nargs="+", choices=sorted(TABLES), default=list(TABLES),
+                        help="tables to run (default: all); the others' sections of teacher_store.md are kept")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    builders = {"steps": step_table, "epoch": epoch_table, "fill": fill_table, "check": check_table}
+    sections = {}
     with tempfile.TemporaryDirectory() as tmp:
-        print("step cost", flush=True)
-        steps = step_table(args, tmp)
-        print("epoch time", flush=True)
-        epochs = epoch_table(args, tmp)
-        print("filling the store", flush=True)
-        fill = fill_table(args, tmp)
+        for table in args.tables:
+            print(TABLES[table].lower(), flush=True)
+            sections[TABLES[table]] = builders[table](args, tmp)
     os.makedirs(args.out, exist_ok=True)
     header = (f"CPU, {torch.get_num_threads()} thread(s), torch {torch.__version__}, {args.rounds} rounds of "
               f"{args.steps} steps, {time.strftime('%Y-%m-%d')}")
-    text = "\n".join([header, "", *steps, "", *epochs, "", *fill, ""])
-    with open(os.path.join(args.out, "teacher_store.md"), "w") as fh:
-        fh.write(text)
+    write_sections(os.path.join(args.out, "teacher_store.md"), header, sections)
     print(f"\nwritten {os.path.join(args.out, 'teacher_store.md')}")
     return 0
 

@@ -17,6 +17,15 @@ class UnknownNameError(KeyError):
         return self.args[0] if self.args else ""
 
 
+class DuplicateNameError(ValueError):
+    """A name registered twice without ``override=True`` (e.g. a plugin's method named ``kd``)."""
+
+
+def _origin(obj: Any) -> str:
+    """Where a registered object comes from: its module (``distillers.methods.kd``)."""
+    return getattr(obj, "__module__", None) or repr(obj)
+
+
 class Registry:
     """Name -> factory table with a decorator, lookup with suggestions, and metadata.
 
@@ -36,9 +45,9 @@ class Registry:
 
         def decorator(obj: Callable[..., Any]) -> Callable[..., Any]:
             if name in self._entries and not override and self._entries[name] is not obj:
-                raise ValueError(
-                    f"{self.kind} '{name}' is already registered "
-                    f"({self._entries[name]!r}); pass override=True to replace it"
+                raise DuplicateNameError(
+                    f"{self.kind} '{name}' is already registered by {_origin(self._entries[name])}; "
+                    f"choose another name or pass override=True to replace it"
                 )
             for check in self._checks:  # a rule another layer added: refused here, at registration
                 check(name, obj)

@@ -127,14 +127,18 @@ def open_teacher_store(args, teacher: nn.Module, spec: ShapeSpec, objective: Obj
     if not ok:
         return None, f"off: {why}"
     meta = datasets.dataset_info(args.dataset)
-    key = ts.store_key(teacher, args.dataset, num_samples, meta["mean"], meta["std"],
-                       dtype=args.teacher_store_dtype, data_options=args.data_opts, scheme=scheme.description)
+    key = ts.store_key(teacher, args.dataset, num_samples, meta["mean"], meta["std"], scheme.description,
+                       dtype=args.teacher_store_dtype, data_options=args.data_opts)
     # the folder that holds run folders: --save_root, or the one holding an explicit --save_dir
     runs_root = os.path.dirname(os.path.abspath(args.save_dir)) if args.save_dir else args.save_root
     folder = args.teacher_store or ts.default_store_dir(runs_root, key)
     try:
         store = ts.TeacherStore.open(folder, key, num_samples, scheme.num_views,
                                      {tap: spec.teacher[tap] for tap in taps}, ts.DTYPES[args.teacher_store_dtype])
+    except ts.StoreSpaceError as err:
+        if args.teacher_store is None:  # the default place is full: the run goes on as without a store
+            return None, f"off: {err}"
+        raise ConfigError(str(err)) from None
     except ts.StoreError as err:
         raise ConfigError(str(err)) from None
     return store, ""

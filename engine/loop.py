@@ -218,6 +218,8 @@ class Trainer:
             metrics["lr"] = lr
             if run.store is not None:
                 metrics.update(self._store_metrics())
+                if metrics["teacher_store_corrupt"]:
+                    run.log(f"teacher store: {int(metrics['teacher_store_corrupt'])} corrupt entries recomputed")
             run.log.scalars("train", metrics, state.epoch)
             evaluated = state.epoch % run.settings.eval_freq == 0 or state.epoch == run.settings.epochs
             if evaluated:
@@ -243,10 +245,11 @@ class Trainer:
     def _store_metrics(self) -> Dict[str, float]:
         """The epoch's teacher-store hit rate over every rank, and the store's size on disk."""
         store = self.run.store
-        counts = all_reduce_sum(torch.tensor([store.hits, store.lookups], dtype=torch.float64))
-        store.reset_counters()
+        counts = all_reduce_sum(torch.tensor([store.hits, store.lookups, store.corrupt_recomputed],
+                                             dtype=torch.float64))
+        store.reset_counters()  # after the counts are read: it zeroes them
         return {"teacher_store_hits": counts[0].item() / max(counts[1].item(), 1.0),
-                "teacher_store_gb": store.size_on_disk() / 1e9}
+                "teacher_store_gb": store.size_on_disk() / 1e9, "teacher_store_corrupt": counts[2].item()}
 
     def _report_skipped_images(self) -> None:
         """--skip_bad_images: say at the end how many unreadable files were replaced (this process's)."""

@@ -80,8 +80,8 @@ class Stepper:
         self.s_taps = FeatureTaps(self.model, s_names, forward=forward)
         self.t_taps = FeatureTaps(self.teacher, t_names, stop_early=True) if t_names else None
         store = self.run.store
-        self.stored_teacher = StoredTeacher(lambda x: self.t_taps(x), store, self.objective.teacher_taps) \
-            if store is not None and stage is None else None
+        self.stored_teacher = StoredTeacher(lambda x: self.t_taps(x), store, self.objective.teacher_taps,
+                                            log=self.run.log) if store is not None and stage is None else None
 
     def close(self) -> None:
         for taps in (self.s_taps, self.t_taps):
@@ -97,7 +97,7 @@ class Stepper:
         with self.precision.autocast():
             s = self._student(x)
             t = {}
-            if self.stored_teacher is not None and batch.keys is not None:
+            if self.stored_teacher is not None and self.stored_teacher.active and batch.keys is not None:
                 with torch.autocast(self.device.type, enabled=False):  # stored outputs are float32 outputs
                     t = self.stored_teacher(x, *batch.keys)
             elif self.t_taps is not None:

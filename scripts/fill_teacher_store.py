@@ -11,7 +11,9 @@ the teacher on them in batches and stores the requested taps:
         --dataset cifar100 --taps logits pooled --teacher_store_dtype float16
 
 Entries already filled are skipped, so an interrupted fill (Ctrl-C) resumes where it
-stopped; a second run over a full store is a no-op. The store folder defaults to
+stopped; a second run over a full store is a no-op. Every entry is verified against its
+checksum first: a corrupt one is recomputed, rewritten and counted. A full disk or a
+file-size limit stops the fill with one line (exit 2); what was written stays valid. The store folder defaults to
 ``<save_root>/teacher_store/<hash of the key>``, the folder a training run with the same
 teacher, dataset and dtype looks in. The teacher runs in float32 (no AMP): the store is
 meant to be exact.
@@ -37,7 +39,7 @@ from data.device_loader import DeviceTrainLoader, crop_flip_normalize, decode_vi
 from engine import checkpoint as ckpt  # noqa: E402
 from engine.assembly import load_teacher  # noqa: E402
 from engine.teacher_store import (DTYPES, StoreError, TeacherStore, default_store_dir,  # noqa: E402
-                                  num_views, storable_taps, store_key)
+                                  storable_taps, store_key)
 
 #: Samples whose pending views are gathered at a time: bounds the host memory of the plan.
 SAMPLES_PER_CHUNK = 1024
@@ -91,7 +93,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Exit status: 0 done, 130 interrupted (rerun to resume), 2 for a wrong command line,
-    checkpoint, dataset or a store that belongs to another setting."""
+    checkpoint, dataset, a store that belongs to another setting, or a disk that is full."""
     args = parse_args(argv)
     try:
         return fill(args)
@@ -111,7 +113,7 @@ def fill(args: argparse.Namespace) -> int:
     # the device loader's own checks and layout: uint8 NCHW images, [C, 1, 1] mean and std
     loader = DeviceTrainLoader.from_dataset(train, info["mean"], info["std"], 0, 1, args.batch_size, 0, device)
     images, padding = loader.images, loader.padding
-    total_views = num_views(padding)
+    total_views = loader.view_scheme.num_views  # the loader names its views; the store keys them
     views = np.arange(total_views) if args.views is None else np.unique(args.views)
     if views.min() < 0 or views.max() >= total_views:
         print(f"--views: view ids are 0..{total_views - 1}", file=sys.stderr)
@@ -130,8 +132,8 @@ def fill(args: argparse.Namespace) -> int:
         print(reason, file=sys.stderr)
         return 2
 
-    key = store_key(teacher, args.dataset, len(images), info["mean"], info["std"], padding=padding,
-                    size=images.shape[-1], flip=True, dtype=args.teacher_store_dtype, data_options=args.data_opts)
+    key = store_key(teacher, args.dataset, len(images), info["mean"], info["std"], loader.view_scheme.description,
+                    dtype=args.teacher_store_dtype, data_options=args.data_opts)
     folder = args.teacher_store or default_store_dir(args.save_root, key)
     store = TeacherStore.open(folder, key, len(images), total_views, {t: shapes[t] for t in args.taps},
                               DTYPES[args.teacher_store_dtype])
@@ -151,8 +153,9 @@ def fill(args: argparse.Namespace) -> int:
         progress.close()
         taps.close()
         store.close()
+    corrupt = f", {store.corrupt_recomputed} corrupt entries recomputed" if store.corrupt_recomputed else ""
     print(f"{'interrupted (run again to resume): ' if interrupted else ''}filled {filled} entries "
-          f"({progress.n}/{progress.total} requested entries present) in {folder}: "
+          f"({progress.n}/{progress.total} requested entries present{corrupt}) in {folder}: "
           f"{store.size_on_disk() / 2**20:.1f} MiB on disk, {time.perf_counter() - started:.1f} s")
     return 130 if interrupted else 0
 

@@ -25,8 +25,8 @@ from engine import cli, config
 from engine.checkpoint import save_atomic
 from engine.distributed import DistInfo
 from engine.objective import Objective
-from engine.tasks import TASKS, unpack
-from engine.trainer import Trainer
+from engine.tasks import TASKS
+from engine.loop import Trainer
 from models import create_model
 
 FILES = ["ofa", "ofa_4stage", "ofa_token", "ofa_token_gap", "deit_soft", "deit_hard"]
@@ -193,17 +193,17 @@ def test_ofa_training_step_trains_student_and_heads_not_teacher(teacher_path, tm
     args = config.parse(config.student_parser(), TINY + ["--model_s", "resnet8", "--path_t", teacher_path,
                                                          "--distill", "ofa", "--save_dir", str(tmp_path)])
     trainer = Trainer(args, DistInfo(), "student")
-    assert trainer.method.kind == "cnn" and trainer.store is not None  # logits and pooled: the store serves them
-    x, y, extras = unpack(next(iter(trainer.train_loader)), trainer.device)
-    loss, _, terms = trainer.losses(x, y, extras)
+    assert trainer.run.method.kind == "cnn" and trainer.run.store is not None  # logits and pooled: the store serves them
+    batch = next(iter(trainer.run.train_loader)).to(trainer.info.device)
+    loss, _, terms = trainer.stepper.forward(batch)
     assert set(terms) == {"ce", "ofa_logits", "ofa_stage1", "ofa_stage2", "ofa_stage3"}
     loss.backward()
     for stage in ("layer1", "layer2", "layer3"):
-        assert getattr(trainer.model, stage)[0].conv1.weight.grad.abs().sum() > 0, stage
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.method.parameters())
-    assert all(p.grad is None for p in trainer.teacher.parameters())
-    in_optimizer = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
-    assert all(id(p) in in_optimizer for p in trainer.method.parameters())
+        assert getattr(trainer.run.model, stage)[0].conv1.weight.grad.abs().sum() > 0, stage
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.run.method.parameters())
+    assert all(p.grad is None for p in trainer.run.teacher.parameters())
+    in_optimizer = {id(p) for group in trainer.run.optimizer.param_groups for p in group["params"]}
+    assert all(id(p) in in_optimizer for p in trainer.run.method.parameters())
 
 
 def test_ofa_trains_end_to_end_with_train_student(teacher_path, tmp_path, capsys):

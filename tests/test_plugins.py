@@ -146,3 +146,55 @@ def test_a_plugin_brings_its_own_data_request_and_trains_with_it(tmp_path, teach
     assert state["config"]["loader"] == "auto" and state["distiller_name"] == "gray_consistency"
     engine_and_data = [p.read_text() for d in ("engine", "data") for p in (REPO / d).rglob("*.py")]
     assert not any("GrayView" in text or "gray_consistency" in text for text in engine_and_data)
+
+
+# ---------------------------------------------------------------- a plugin that cannot be loaded: one line, rc 2
+BROKEN = {
+    "syntax.py": ("x = 1\ny = (\n", r"--plugin syntax\.py: syntax error at syntax\.py:2: '\(' was never closed; "
+                                    r"fix the file$"),
+    "raises.py": ("import os\nraise RuntimeError('no GPU here')\n",
+                  r"--plugin raises\.py: importing it raised RuntimeError: no GPU here at raises\.py:2; "
+                  r"fix the plugin$"),
+    "missing.py": ("import os\nimport no_such_module_xyz\n",
+                   r"--plugin missing\.py: missing\.py:2 imports 'no_such_module_xyz', which is not installed; "
+                   r"install the package that provides it or remove the import$"),
+    "no_such_module": (None, r"--plugin no_such_module: no module named 'no_such_module' on the Python path; "
+                             r"to load a file, give its path ending in \.py$"),
+    "dotted_raises": ("x = {}\nx['key']\n", r"--plugin dotted_raises: importing it raised KeyError: 'key' at "
+                                            r"dotted_raises\.py:2; fix the plugin$"),
+    "taken.py": ("from distillers import Distiller, register_distiller\n\n\n@register_distiller('kd')\n"
+                 "class MyKD(Distiller):\n    pass\n",
+                 r"--plugin taken\.py \(taken\.py:4\): distiller 'kd' is already registered by "
+                 r"distillers\.methods\.kd; choose another name or pass override=True to replace it$"),
+}
+
+
+@pytest.mark.parametrize("plugin", sorted(BROKEN))
+def test_a_plugin_that_cannot_be_loaded_is_one_error_line(tmp_path, plugin):
+    """The real train_student.py in a child process: exit code 2 and one ``error:`` line naming the
+    plugin (file and line) and what to do, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    code, expected = BROKEN[plugin]
+    if code is not None:
+        (tmp_path / (plugin if plugin.endswith(".py") else plugin + ".py")).write_text(code)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}  # a dotted plugin is found on the Python path
+    done = subprocess.run([sys.executable, str(REPO / "train_student.py"), "--plugin", plugin, "--path_t", "t.pth",
+                           "--model_s", "resnet8"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("train_student.py: error: ") and re.search(expected, lines[0]), lines[0]
+
+
+def test_a_plugin_that_failed_is_not_taken_for_loaded(tmp_path):
+    """A second --plugin load of a file that raised raises again (it is not left half-imported)."""
+    from engine.plugins import PluginError, load_plugins
+
+    plugin = tmp_path / "flaky.py"
+    plugin.write_text("raise ValueError('first')\n")
+    for _ in range(2):
+        with pytest.raises(PluginError, match=r"raised ValueError: first at .*flaky\.py:1"):
+            load_plugins([str(plugin)])

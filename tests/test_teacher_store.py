@@ -11,8 +11,12 @@ import torch
 
 from core.taps import FeatureTaps
 from data.device_loader import crop_flip_normalize, decode_views
-from engine.teacher_store import (StoredTeacher, StoreError, TeacherStore, default_store_dir,
-                                  num_views, storable_taps, store_key, teacher_fingerprint)
+from data.view_keys import num_views
+from engine.teacher_store import (StoredTeacher, StoreError, TeacherStore, default_store_dir, storable_taps,
+                                  store_key, teacher_fingerprint)
+
+#: The device loader's CIFAR view scheme (data.device_loader: the store's key describes the loader's views).
+CIFAR_VIEWS = {"padding": 4, "size": 32, "flip": True}
 from models import create_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,24 +48,25 @@ def test_fingerprint_follows_the_weights_not_the_object(tmp_path):
 
 def test_store_key_and_default_dir():
     model = create_model("resnet8", num_classes=10)
-    key = store_key(model, "cifar100", 50000, (0.5, 0.4, 0.3), (0.2, 0.2, 0.2))
-    assert key["teacher"] == teacher_fingerprint(model) and key["views"] == {"padding": 4, "size": 32, "flip": True}
+    key = store_key(model, "cifar100", 50000, (0.5, 0.4, 0.3), (0.2, 0.2, 0.2), CIFAR_VIEWS)
+    assert key["teacher"] == teacher_fingerprint(model) and key["views"] == CIFAR_VIEWS
+    assert num_views(4) == 162
     folder = default_store_dir("save", key)
     assert folder == default_store_dir("save", dict(reversed(list(key.items()))))  # key order does not matter
     assert os.path.dirname(folder) == os.path.join("save", "teacher_store") and len(os.path.basename(folder)) == 16
     assert default_store_dir("save", {**key, "dtype": "float16"}) != folder
-    assert num_views(4) == 162
 
 
 # ---------------------------------------------------------------- files
 def test_creation_is_sparse_and_grows_with_writes(tmp_path):
     store = open_store(tmp_path / "s", samples=50000, shapes={"logits": (100,)})
     assert os.path.getsize(tmp_path / "s" / "logits.bin") == 50000 * 162 * 100 * 4  # 3.24 GB apparent
+    assert os.path.getsize(tmp_path / "s" / "logits.sum") == 50000 * 162 * 4  # a CRC32 per entry
     assert store.size_on_disk() < 1 << 20
     index, view = entries(64, samples=50000)
     store.write(index, view, {"logits": torch.randn(64, 100)})
     store.flush()
-    assert 64 * 400 <= store.size_on_disk() < 64 * 2 * 4096 + (1 << 20)
+    assert 64 * 400 <= store.size_on_disk() < 64 * 4 * 4096 + (1 << 20)  # values, checksums, bits: a page each
     assert not list(tmp_path.glob("s.tmp-*"))  # the temporary build folder was renamed into place
 
 
@@ -136,6 +141,10 @@ def test_truncated_file_and_missing_meta_are_detected(tmp_path):
     os.unlink(tmp_path / "t" / "logits.filled")
     with pytest.raises(StoreError, match="partial: 'logits.filled' of tap 'logits' is missing"):
         open_store(tmp_path / "t")
+    open_store(tmp_path / "v").close()
+    os.unlink(tmp_path / "v" / "pooled.sum")
+    with pytest.raises(StoreError, match="partial: 'pooled.sum' of tap 'pooled' is missing"):
+        open_store(tmp_path / "v")
     (tmp_path / "u").mkdir()
     with pytest.raises(StoreError, match="has no meta.json"):
         open_store(tmp_path / "u")
@@ -253,7 +262,7 @@ FILL = textwrap.dedent("""
     sys.path.insert(0, {scripts!r})
     import fill_teacher_store
     code = fill_teacher_store.main(sys.argv[1:])
-    assert "engine.trainer" not in sys.modules, "the fill script must not import the trainer"
+    assert "engine.loop" not in sys.modules, "the fill script must not import the training loop"
     sys.exit(code)
 """)
 
@@ -275,7 +284,7 @@ def test_fill_script_stores_the_teachers_outputs_and_resumes(tmp_path, teacher):
 
     train = data.build_dataset("synthetic", "unused", "train", train_size=30)
     info = data.dataset_info("synthetic")
-    key = store_key(teacher, "synthetic", 30, info["mean"], info["std"], data_options={"train_size": 30})
+    key = store_key(teacher, "synthetic", 30, info["mean"], info["std"], CIFAR_VIEWS, data_options={"train_size": 30})
     store = TeacherStore.open(str(folder), key, 30, 162, {"logits": (10,), "pooled": (64,)})
     index = torch.arange(12).repeat_interleave(3)
     view = torch.tensor([0, 77, 161]).repeat(12)
