@@ -158,7 +158,7 @@ def test_stored_teacher_recomputes_damaged_entries_of_a_filled_store(tmp_path, t
 
 
 # ---------------------------------------------------------------- a training run over a damaged store
-def test_a_run_over_a_damaged_store_equals_a_run_without_one(tmp_path, teacher, monkeypatch):
+def test_a_run_over_a_damaged_store_equals_a_run_without_one(tmp_path, teacher, monkeypatch, capsys):
     plain = student(tmp_path / "plain", teacher, "kd", "--no_teacher_store")
     cold = student(tmp_path / "cold", teacher, "kd", "--teacher_store", str(tmp_path / "store"))
     folder = tmp_path / "store"
@@ -175,11 +175,14 @@ def test_a_run_over_a_damaged_store_equals_a_run_without_one(tmp_path, teacher, 
         reset(self)
 
     monkeypatch.setattr(TeacherStore, "reset_counters", recorded_reset)
+    capsys.readouterr()
     warm = student(tmp_path / "warm", teacher, "kd", "--teacher_store", str(folder))
     assert warm.teacher_rows == 18 and sum(counts) == 18  # the teacher ran on the damaged entries only
+    said = [line for line in capsys.readouterr().out.splitlines() if "corrupt entries recomputed" in line]
+    assert said and sum(int(line.split()[2]) for line in said) == 18  # "teacher store: N corrupt ..." per epoch
     assert torch.allclose(torch.tensor(warm.step_losses), torch.tensor(plain.step_losses), rtol=1e-5, atol=1e-6)
-    for key, value in plain.model.state_dict().items():
-        assert torch.allclose(warm.model.state_dict()[key].float(), value.float(), rtol=1e-4, atol=1e-5), key
+    for key, value in plain.run.model.state_dict().items():
+        assert torch.allclose(warm.run.model.state_dict()[key].float(), value.float(), rtol=1e-4, atol=1e-5), key
     store = TeacherStore.open(str(folder), stored_key(folder), 128, 162, {"logits": (10,)})
     assert store.filled(["logits"], torch.from_numpy(chosen // 162), torch.from_numpy(chosen % 162)).all()
 
