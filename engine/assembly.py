@@ -34,8 +34,11 @@ from engine.precision import Precision
 from engine.recipes import apply_recipe, validate_numbers
 from engine.run_folder import check_run_folder, run_name
 from engine.run_log import Logger
+from engine.recipes import apply_lr_rule
 from engine.run_state import Part
 from engine.tasks import TASKS
+from engine.teacher_store import teacher_fingerprint
+from engine.teachers.loading import build_teacher, find_teacher, teacher_arch, teacher_card, teacher_input
 from models import create_model
 from models.registry import resolve_model
 
@@ -91,6 +94,12 @@ class Run:
     scheduler: Any
     run_dir: str
     log: Logger
+    teacher_card: Optional[Dict[str, Any]] = None  # what the teacher is (engine/teachers/card.py)
+    teacher_note: str = ""                          # the teacher's own input, when it is not the run's
+    lr_rule: str = ""                               # how the learning rate follows the global batch
+    code_version: str = ""                          # read once at start (never a subprocess at stop time)
+
+    teacher_sha256: str = ""                        # the loaded teacher's weights (engine.teacher_store.teacher_fingerprint)
 
     @property
     def two_gradients(self) -> bool:
@@ -144,19 +153,35 @@ def assemble(args, info: DistInfo, kind: str) -> Run:
     optimizer_name = args.optimizer or task.default_optimizer
     _check_optimiser(args, kind, optimizer_name)
     validate_numbers(args, info.world_size, log=log)  # before any data is read or folder made
+    lr_rule = apply_lr_rule(args, family, info.world_size)
     batch_per_rank = args.batch_size // info.world_size
     args.data_opts = datasets.check_data_options(args.dataset, args.data_opts)  # typed, one line if bad
+    found = None
+    if kind == "student":  # the teacher's file is found and read before any data is (zoo names download)
+        if not args.path_t:
+            raise ConfigError("train_student.py needs a teacher: --path_t PATH, a run folder or a zoo name "
+                              "such as resnet32x4@cifar100")
+        found = find_teacher(args.path_t, log=log)
+        args.path_t = found.path
     root = args.data_root or datasets.default_data_root()
     train_set = datasets.build_dataset(args.dataset, root, "train", **args.data_opts)
     test_set = datasets.build_dataset(args.dataset, root, "test", **args.data_opts)
     num_classes = train_set.num_classes
     precision = Precision(args.amp, info.device, args.channels_last)
-    model = create_model(model_name, num_classes=num_classes,
-                         **task.model_kwargs(args, "student" if kind == "student" else "model"),
-                         **args.model_opts, family=None if ":" in model_name else family).to(info.device)
+    try:
+        model = create_model(model_name, num_classes=num_classes,
+                             **task.model_kwargs(args, "student" if kind == "student" else "model"),
+                             **args.model_opts, family=None if ":" in model_name else family).to(info.device)
+    except ValueError as err:  # an option the architecture does not take (models.options.ModelOptionError)
+        raise ConfigError(f"--model_opt: {err}") from None
     example = torch.zeros((2,) + tuple(test_set[0][0].shape))
-    teacher, spec, method, added, weights, objective = _objective(args, kind, task, family, num_classes, model,
-                                                                   example, len(train_set), batch_per_rank, info)
+    teacher = teacher_card = None
+    teacher_note = teacher_sha256 = ""
+    if kind == "student":
+        teacher, teacher_card, teacher_note = _teacher(args, found, task, meta, family, num_classes, info, log)
+        teacher_sha256 = teacher_fingerprint(teacher)
+    spec, method, added, weights, objective = _objective(args, kind, task, num_classes, model, teacher, example,
+                                                         len(train_set), batch_per_rank, info)
     if precision.amp == "fp16" and takes_two_gradients(optimizer_name):
         raise ConfigError("--dot hands two gradients to its optimiser, which a float16 gradient scaler does "
                           "not support: use --amp bf16 (no scaling) with --dot, or drop --dot")
@@ -174,7 +199,7 @@ def assemble(args, info: DistInfo, kind: str) -> Run:
     train, test = train_loader(args, info, task, kind_of_loader, served, test_set, batch_per_rank)
     store, store_off = (None, "")
     if kind == "student":
-        store, store_off = open_teacher_store(args, teacher, spec, objective, train, len(train_set))
+        store, store_off = open_teacher_store(args, teacher, spec, objective, train, len(train_set), teacher_note)
     optimizer_settings = OptimizerSettings(optimizer_name, args.learning_rate, args.momentum, args.weight_decay,
                                            {"delta": args.dot_delta} if optimizer_name == "dot" else {})
     schedule_settings = ScheduleSettings(args.scheduler, args.epochs, task.milestones(args.lr_decay_epochs or ()),
@@ -189,7 +214,9 @@ def assemble(args, info: DistInfo, kind: str) -> Run:
                            args.lr_decay_rate, tuple(args.lr_decay_epochs or ()), bool(args.overwrite), args.resume)
     return Run(info, settings, task, dict(vars(args)), train_set, test_set, num_classes, model, teacher, spec,
                method, added, weights, objective, train, test, store, store_off, precision, optimizer_settings,
-               schedule_settings, optimizer, scheduler, run_dir, log)
+               schedule_settings, optimizer, scheduler, run_dir, log, teacher_card=teacher_card,
+               teacher_note=teacher_note, lr_rule=lr_rule, code_version=ckpt.code_version(),
+               teacher_sha256=teacher_sha256)
 
 
 def _check_optimiser(args, kind: str, name: str) -> None:
@@ -202,17 +229,25 @@ def _check_optimiser(args, kind: str, name: str) -> None:
                           "teacher run has no distillation term")
 
 
-def _objective(args, kind, task, family, num_classes, model, example, num_data, batch_per_rank, info):
-    """Teacher, shapes, method, KD term, weights and the objective (a teacher run: the task's own terms,
-    and in metric learning the task's teacher method)."""
-    teacher = method = added = None
+def _teacher(args, found, task, meta, family, num_classes, info, log):
+    """(the frozen teacher on the device, its card, how its input is made): built from its checkpoint,
+    given its own normalisation and size when its card says it was trained on other ones."""
+    source = "from --config" if args.config and args.model_t else ""
+    teacher = build_teacher(found, teacher_arch(found, args.model_t, source), family, num_classes, create_model,
+                            args.model_t_opts, **task.model_kwargs(args, "teacher"))
+    teacher.to(info.device).eval().requires_grad_(False)
+    card = teacher_card(found, getattr(teacher, "arch", args.model_t or ""), args.dataset)
+    crop = int(args.data_opts.get("crop") or meta["input_size"])
+    note, _ = teacher_input(teacher, card, meta["mean"], meta["std"], crop, log=log)  # a hook: kept for the run
+    return teacher, card, note if note != "the run's input" else ""
+
+
+
+def _objective(args, kind, task, num_classes, model, teacher, example, num_data, batch_per_rank, info):
+    """Shapes, method, KD term, weights and the objective (a teacher run: the task's own terms, and in
+    metric learning the task's teacher method)."""
+    method = added = None
     weights = {"gamma": 1.0, "alpha": 0.0, "beta": 0.0}
-    if kind == "student":
-        if not args.path_t:
-            raise ConfigError("train_student.py needs a teacher checkpoint: --path_t PATH")
-        teacher = load_teacher(args.path_t, args.model_t, family, num_classes, options=args.model_t_opts,
-                               **task.model_kwargs(args, "teacher"))
-        teacher.to(info.device).eval().requires_grad_(False)
     spec = ShapeSpec(
         student=shape_spec(model, example.to(info.device)),
         teacher=shape_spec(teacher, example.to(info.device)) if teacher is not None else {},
@@ -222,9 +257,9 @@ def _objective(args, kind, task, family, num_classes, model, example, num_data, 
     if kind == "teacher":
         own = task.teacher_objective(args, spec)  # metric learning: the triplet objective
         objective = Objective([(1.0, own.to(info.device))] if own is not None else [], task.own_terms(weights))
-        return teacher, spec, method, added, weights, objective
+        return spec, method, added, weights, objective
     method, added, weights, objective = build_distillation(args, task, spec, info.device)
-    return teacher, spec, method, added, weights, objective
+    return spec, method, added, weights, objective
 
 
 def seed_everything(seed: int) -> None:
@@ -248,21 +283,3 @@ def check_names(args, kind: str) -> None:
             resolve_model(name, family)
     if kind == "student":
         DISTILLERS.get(args.distill)
-
-
-def load_teacher(path: str, model_t: Optional[str], family: str, num_classes: int,
-                 options: Optional[Dict[str, Any]] = None, **model_kwargs) -> nn.Module:
-    """Teacher from our checkpoint or a RepDistiller one; architecture recorded, given or parsed, and
-    its model options as recorded (``--model_t_opt`` wins)."""
-    state = ckpt.load(path)
-    arch = model_t or state.get("arch") or ckpt.arch_from_path(path)
-    recorded = state.get("model_options") if isinstance(state.get("model_options"), dict) else {}
-    try:
-        model = create_model(arch, num_classes=num_classes, family=None if ":" in str(arch) else family,
-                             **{**recorded, **(options or {})}, **model_kwargs)
-    except KeyError as err:
-        raise ckpt.CheckpointError(
-            f"cannot tell the teacher's architecture from '{path}' (got '{arch}'): pass --model_t. {err}"
-        ) from None
-    ckpt.load_weights(model, ckpt.model_state(state), f"teacher checkpoint '{path}'")
-    return model

@@ -100,7 +100,7 @@ def train_loader(args, info, task, kind: str, served, test_set, batch_per_rank: 
 
 
 def open_teacher_store(args, teacher: nn.Module, spec: ShapeSpec, objective: Objective, train_loader,
-                       num_samples: int):
+                       num_samples: int, teacher_input: str = ""):
     """(the run's :class:`~engine.teacher_store.TeacherStore` or None, why it is off).
 
     The store serves a student's main stage when its loader names each batch's views
@@ -108,7 +108,8 @@ def open_teacher_store(args, teacher: nn.Module, spec: ShapeSpec, objective: Obj
     and sample) or ``--data_opt seeded_views=true`` on ImageNet-style folders (one seeded
     random-resized crop per sample and epoch: one slot per epoch, keyed by the seed). Every
     teacher tap the objective reads must be small per sample (logits, pooled); otherwise the
-    teacher runs on every batch as without it, and the reason is returned for the log.
+    teacher runs on every batch as without it, and the reason is returned for the log. A teacher fed
+    its own normalisation or size (``teacher_input``) gives other outputs: that is part of the key.
     """
     from core.taps import tap_points_of
     from engine import teacher_store as ts
@@ -127,7 +128,8 @@ def open_teacher_store(args, teacher: nn.Module, spec: ShapeSpec, objective: Obj
     if not ok:
         return None, f"off: {why}"
     meta = datasets.dataset_info(args.dataset)
-    key = ts.store_key(teacher, args.dataset, num_samples, meta["mean"], meta["std"], scheme.description,
+    views = {**scheme.description, **({"teacher_input": teacher_input} if teacher_input else {})}
+    key = ts.store_key(teacher, args.dataset, num_samples, meta["mean"], meta["std"], views,
                        dtype=args.teacher_store_dtype, data_options=args.data_opts)
     # the folder that holds run folders: --save_root, or the one holding an explicit --save_dir
     runs_root = os.path.dirname(os.path.abspath(args.save_dir)) if args.save_dir else args.save_root

@@ -225,7 +225,7 @@ class Trainer:
             if evaluated:
                 fault_point("eval", state.epoch, rank=self.info.rank)
                 acc = self.evaluate(head=run.method.inference_head() if run.method is not None else None)
-                state.last_acc = acc[key]
+                state.last_acc, state.last_top5 = acc[key], acc.get("top5", float("nan"))
                 run.log.scalars("test", acc, state.epoch)
                 run.log(epoch_line(run, state, lr, metrics, acc))
             improved = evaluated and acc[key] > state.best_acc

@@ -65,6 +65,9 @@ def _common(parser: argparse.ArgumentParser, model_flag: str) -> None:
                      help="lr multiplier at each decay epoch (0.1)")
     opt.add_argument("--weight_decay", type=float, default=None, help="weight decay (CIFAR 5e-4)")
     opt.add_argument("--momentum", type=float, default=None, help="SGD momentum (0.9)")
+    opt.add_argument("--lr_rule", choices=["keep", "linear"], default="keep",
+                     help="the learning rate for another global batch: keep it (the references), or scale it "
+                          "linearly with the global batch over the recipe's (CIFAR 64, ImageNet 256)")
     opt.add_argument("--optimizer", default=None, metavar="NAME",
                      help=f"optimiser: {', '.join(OPTIMIZERS.names())} (default: the recipe's, sgd; adam for "
                           "metric learning; --dot is --optimizer dot)")
@@ -147,9 +150,16 @@ def student_parser() -> Parser:
         formatter_class=HelpFormatter)
     parser.add_argument("--model_s", default="resnet8x4", help="student architecture")
     parser.add_argument("--path_t", "--path-t", dest="path_t", default=None,
-                        help="teacher checkpoint (this project's or RepDistiller's {'model': state_dict})")
+                        help="the teacher: a checkpoint (this project's or RepDistiller's {'model': state_dict}), a "
+                             "run folder of train_teacher.py (its best.pth), or a zoo name NAME@DATASET such as "
+                             "resnet32x4@cifar100 (downloaded once, hash-checked; README: teachers by name)")
     parser.add_argument("--model_t", default=None,
                         help="teacher architecture, for checkpoints that do not record it")
+    parser.add_argument("--teacher_tolerance", type=float, default=0.5, metavar="POINTS",
+                        help="pre-flight check: refuse a teacher whose test top-1 on this run's test set is further "
+                             "than POINTS from its card's (or its zoo entry's published one)")
+    parser.add_argument("--no_teacher_check", action="store_true",
+                        help="skip the pre-flight comparison (the teacher is still evaluated and its score printed)")
     parser.add_argument("--distill", default=None, metavar="METHOD",
                         help="the method (default: kd; on metric-learning datasets: metric); see the list below")
     weights = parser.add_argument_group(

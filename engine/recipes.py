@@ -73,3 +73,29 @@ def validate_numbers(args: argparse.Namespace, world_size: int = 1, log=print) -
     late = [m for m in milestones if m > args.epochs]
     if late:
         log(f"note: lr decay epochs {late} lie beyond --epochs {args.epochs} and are never reached")
+
+
+LR_RULES = ("keep", "linear")
+
+
+def apply_lr_rule(args: argparse.Namespace, family: str, world_size: int) -> str:
+    """Apply ``--lr_rule`` and say what it did, for the log and the run's record.
+
+    ``keep`` (the references' behaviour): the learning rate is used as given, whatever the global batch
+    and the number of processes. ``linear``: it is scaled by global batch / the recipe's batch (Goyal et
+    al.), so a run on more GPUs with a larger global batch keeps the per-sample step.
+    """
+    rule = getattr(args, "lr_rule", "keep") or "keep"
+    base = RECIPES.get(family, {}).get("batch_size")
+    if rule == "keep":
+        return (f"kept: lr {args.learning_rate:g} at the global batch {args.batch_size} ({world_size} process(es) x "
+                f"{args.batch_size // world_size}; --lr_rule linear scales it with the batch)")
+    if rule != "linear":
+        raise ConfigError(f"--lr_rule {rule}: expected one of {', '.join(LR_RULES)}")
+    if not base:
+        raise ConfigError(f"--lr_rule linear needs the recipe's batch to scale from; the {family} recipe has none: "
+                          "set --learning_rate for your batch and use --lr_rule keep")
+    given = args.learning_rate
+    args.learning_rate = given * args.batch_size / base
+    return (f"linear: lr {args.learning_rate:g} = {given:g} x global batch {args.batch_size} / the recipe's "
+            f"{base} ({world_size} process(es) x {args.batch_size // world_size})")

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Callable, Dict
 
 from engine.interrupts import fault_point
+from engine.teachers.loading import check_teacher
 
 LOADERS = {"device": "device (augmented a batch at a time on the device; --loader dataloader for PIL)",
            "dali": "DALI", "dataloader": "DataLoader"}
@@ -23,6 +24,7 @@ def describe_run(run, state, fresh: bool, evaluate: Callable) -> None:
         f"processes {run.info.world_size} on {run.info.device}; loader {LOADERS[s.loader]}")
     schedule = (f"decay x{s.lr_decay_rate} after epochs {list(s.lr_decay_epochs)}" if run.schedule_settings.name == "step"
                 else f"{run.schedule_settings.name} schedule, {run.schedule_settings.warmup_epochs} warm-up epochs")
+    log(f"learning rate {run.lr_rule}")
     log(f"batch {s.batch_size} ({s.batch_per_rank} per process; last partial batch dropped), "
         f"{run.optimizer_settings.name} lr {run.optimizer_settings.lr}, {schedule}, "
         f"wd {run.optimizer_settings.weight_decay}, momentum {run.optimizer_settings.momentum}, {s.epochs} epochs")
@@ -40,10 +42,16 @@ def describe_run(run, state, fresh: bool, evaluate: Callable) -> None:
     if s.kind == "student":
         extra = sum(p.numel() for p in run.method.parameters() if p.requires_grad)
         log(f"{extra} extra trainable parameters (weights: command line, else the method's reference values)")
+        log(f"teacher {getattr(run.teacher, 'arch', '')}: weights sha256 {run.teacher_sha256[:16]}..."
+            + (f"; input: {run.teacher_note}" if run.teacher_note else ""))
         if fresh:  # a resumed run showed it when it started
             fault_point("teacher_eval", rank=run.info.rank)
-            acc = evaluate(run.teacher)
-            log(f"teacher {getattr(run.teacher, 'arch', '')} test {run.task.describe(acc)}")
+            if run.config.get("no_teacher_check"):
+                acc = evaluate(run.teacher)
+                log(f"teacher {getattr(run.teacher, 'arch', '')} test {run.task.describe(acc)} (not compared: "
+                    "--no_teacher_check)")
+            else:
+                check_teacher(run, evaluate, run.config.get("teacher_tolerance", 0.5), log=log)
 
 
 def epoch_line(run, state, lr: float, metrics: Dict[str, float], acc: Dict[str, float]) -> str:

@@ -45,10 +45,40 @@ def snapshot(run, state: RunState, acc: float) -> Dict[str, Any]:
         "shape_spec": ckpt.spec_to_dict(run.spec) if method is not None else {},
         "world_size": run.info.world_size, "ranks": per_rank, "rng": per_rank[0]["rng"],
         "config": dict(config), "weights": dict(run.weights),
-        "code_version": ckpt.code_version(), "best_acc": state.best_acc, "acc": acc,
+        "code_version": run.code_version, "best_acc": state.best_acc, "acc": acc,
         "finished": state.phase == "main" and state.epoch > run.settings.epochs,
+        "teacher_sha256": run.teacher_sha256, "record": record(run, state, acc),
+        "card": card(run, state, acc),
     })
     return out
+
+
+def record(run, state: RunState, acc: float) -> Dict[str, Any]:
+    """What a number needs to be reproduced: processes, per-process and global batch, the learning-rate rule
+    applied, the teacher's weights, last and best accuracy (the collector reads it)."""
+    s = run.settings
+    return {"world_size": run.info.world_size, "batch_per_process": s.batch_per_rank, "global_batch": s.batch_size,
+            "lr_rule": run.lr_rule, "learning_rate": run.optimizer_settings.lr, "teacher_sha256": run.teacher_sha256,
+            "last_acc": acc, "best_acc": state.best_acc, "seed": s.seed, "code_version": run.code_version}
+
+
+def card(run, state: RunState, acc: float) -> Dict[str, Any]:
+    """The card of the network this checkpoint holds, so that it can be used as a teacher and checked
+    (engine/teachers/card.py): its weights' hash, its input, its scores at this point, the run."""
+    from data import dataset_info
+    from engine.teachers.card import make_card, recipe_from_config
+
+    config, s = run.config, run.settings
+    meta = dataset_info(s.dataset)
+    classification = run.task.score_key == "top1"
+    return make_card(run.model, arch=getattr(run.model, "arch", config.get("model_s") or config.get("model")),
+                     model_options=config.get("model_opts"), dataset=s.dataset, num_classes=run.num_classes,
+                     mean=meta["mean"], std=meta["std"], input_size=meta["input_size"],
+                     crop=int((config.get("data_opts") or {}).get("crop") or meta["input_size"]),
+                     top1=acc if classification and acc == acc else None,
+                     top5=state.last_top5 if classification and state.last_top5 == state.last_top5 else None,
+                     recipe=recipe_from_config(config), world_size=run.info.world_size,
+                     batch_per_process=s.batch_per_rank, seed=s.seed, code_version=run.code_version)
 
 
 def resume_path(resume: Optional[str], run_dir: str, log=print) -> Optional[str]:
@@ -74,6 +104,11 @@ def _check_same_run(run, state: Dict[str, Any], path: str) -> None:
         raise ckpt.CheckpointError(f"'{path}' is a {state.get('distiller_name') or 'teacher/vanilla'} run, "
                                    f"this run is {name or 'a teacher/vanilla run'}: resume it with its own "
                                    "method, or start a new run")
+    recorded_teacher = state.get("teacher_sha256") or ""
+    if recorded_teacher and run.teacher_sha256 and recorded_teacher != run.teacher_sha256:
+        raise ConfigError(f"--resume: '{path}' was distilled from the teacher whose weights hash "
+                          f"{recorded_teacher[:16]}..., --path_t {run.config.get('path_t')} holds "
+                          f"{run.teacher_sha256[:16]}...: give the run's own teacher, or start a new run")
     recorded_world, world = int(state.get("world_size", 1)), run.info.world_size
     if recorded_world != world:
         raise ckpt.CheckpointError(

@@ -13,14 +13,14 @@ from typing import Any, Dict
 RESUME_FREE = frozenset({
     "resume", "overwrite", "config", "plugins", "no_tensorboard", "save_root", "save_dir", "gpu_id", "device",
     "dist_url", "rank", "dist_backend", "multiprocessing_distributed", "nprocs", "world_size", "evaluate",
-    "path_s", "skip_bad_images", "trial", "log_every",
+    "path_s", "skip_bad_images", "trial", "log_every", "teacher_tolerance", "no_teacher_check",
 })
 #: Flags that may change with a warning: they alter the run, but a user may mean it.
 RESUME_WARN = {
     "epochs": "the run's length changes (the lr schedule does not)",
     "eval_freq": "evaluations (and so best.pth) follow the new frequency",
     "num_workers": "the loader's worker streams change, so augmentations are no longer those of the first run",
-    "path_t": "the teacher is read from the new path; it must be the same teacher",
+    "path_t": "the teacher is read from the new path (its weights must be the run's teacher's: checked)",
     "data_root": "the data are read from the new folder; they must be the same data",
     "teacher_store": "the teacher's outputs are read from another store (equal within float tolerance)",
     "no_teacher_store": "the teacher's outputs are computed or read from the store (equal within float tolerance)",

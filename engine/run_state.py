@@ -26,6 +26,7 @@ class RunState:
     init_done: int = 0       # initialisation epochs completed
     best_acc: float = 0.0
     last_acc: float = math.nan  # score of the last evaluation
+    last_top5: float = math.nan  # its top-5, where the task has one (the checkpoint's card records it)
     totals: EpochTotals = field(default_factory=EpochTotals)
 
     def start_epoch(self, epoch: int) -> None:
@@ -35,12 +36,13 @@ class RunState:
     def record(self) -> Dict[str, Any]:
         """The counters as checkpoint keys (the running sums are per rank: see the snapshot)."""
         return {"epoch": self.epoch, "step": self.step, "phase": self.phase, "init_done": self.init_done,
-                "best_acc": self.best_acc, "acc": self.last_acc}
+                "best_acc": self.best_acc, "acc": self.last_acc, "top5": self.last_top5}
 
     @classmethod
     def from_record(cls, state: Dict[str, Any], totals: Dict[str, float]) -> "RunState":
         return cls(epoch=state["epoch"], step=state["step"], phase=state["phase"], init_done=state["init_done"],
-                   best_acc=state["best_acc"], last_acc=state.get("acc", math.nan), totals=EpochTotals(totals))
+                   best_acc=state["best_acc"], last_acc=state.get("acc", math.nan),
+                   last_top5=state.get("top5", math.nan), totals=EpochTotals(totals))
 
 
 class Part(NamedTuple):

@@ -37,7 +37,7 @@ import data as datasets  # noqa: E402
 from core.taps import FeatureTaps  # noqa: E402
 from data.device_loader import DeviceTrainLoader, crop_flip_normalize, decode_views  # noqa: E402
 from engine import checkpoint as ckpt  # noqa: E402
-from engine.assembly import load_teacher  # noqa: E402
+from engine.teachers.loading import load_teacher  # noqa: E402
 from engine.teacher_store import (DTYPES, StoreError, TeacherStore, default_store_dir,  # noqa: E402
                                   storable_taps, store_key)
 

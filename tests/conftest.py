@@ -1,11 +1,14 @@
 """Shared fixtures: paths to ../shared and deterministic torch."""
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+# the teacher cache of the whole test session (zoo downloads, pre-flight results): never the user's own
+os.environ.setdefault("DISTILLERS_TEACHERS", tempfile.mkdtemp(prefix="distillers-test-teachers-"))
 SHARED = Path(os.environ.get("DISTILLERS_SHARED", REPO.parent / "shared"))
 GOLDEN = SHARED / "golden"
 #: Golden files the project generated itself from fetched reference code (tests/golden/README.md).

@@ -126,7 +126,7 @@ def test_stored_teacher_recomputes_damaged_entries_of_a_filled_store(tmp_path, t
     """The fill script fills views of 12 samples; damaged entries are recomputed by the teacher
     (only those rows), served equal to a direct forward, counted, and rewritten."""
     import data
-    from engine.assembly import load_teacher
+    from engine.teachers.loading import load_teacher
 
     folder = tmp_path / "store"
     command = [sys.executable, "scripts/fill_teacher_store.py", "--path_t", teacher, "--dataset", "synthetic",
@@ -257,7 +257,7 @@ def test_the_fill_script_stops_with_one_line_at_a_file_size_limit_and_resumes(tm
     assert code == 2 and len(lines) == 1 and "file-size limit while creating the store" in lines[0], err
     assert lines[0].startswith("error: teacher store ")
     import data
-    from engine.assembly import load_teacher
+    from engine.teachers.loading import load_teacher
 
     info = data.dataset_info("synthetic")
     key = store_key(load_teacher(teacher, None, "cifar", 10), "synthetic", 128, info["mean"], info["std"],

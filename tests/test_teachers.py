@@ -601,5 +601,11 @@ def test_check_normalisation_says_same_renormalize_or_refuse():
     image = torch.rand(2, 3, 5, 5)
     as_dataset = (image - torch.tensor(imagenet_mean).view(1, 3, 1, 1)) / torch.tensor(imagenet_std).view(1, 3, 1, 1)
     as_teacher = (image - torch.tensor(CIFAR100_MEAN).view(1, 3, 1, 1)) / torch.tensor(CIFAR100_STD).view(1, 3, 1, 1)
-    adapter = pf.Renormalize(imagenet_mean, imagenet_std, check.teacher_mean, check.teacher_std)
-    torch.testing.assert_close(adapter(as_dataset), as_teacher)
+    from models.teacher_input import attach_teacher_input  # the one mechanism: a pre-hook on the teacher
+    seen = {}
+    probe = torch.nn.Identity()
+    probe.register_forward_hook(lambda module, args, out: seen.update(x=out))
+    handle = attach_teacher_input(probe, imagenet_mean, imagenet_std, check.teacher_mean, check.teacher_std)
+    probe(as_dataset)
+    handle.remove()
+    torch.testing.assert_close(seen["x"], as_teacher)

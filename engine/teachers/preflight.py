@@ -9,8 +9,8 @@ entry's published accuracy); beyond a tolerance (0.5 points) the run is refused 
 The evaluation runs once per (teacher weights hash, dataset key): its result is cached as JSON
 in ``cache_dir``, so the runs of a sweep pay for it once.
 
-:func:`check_normalisation` says whether the teacher needs its own input normalisation
-(:class:`Renormalize` maps the dataset's normalised input to the teacher's).
+:func:`check_normalisation` says whether the teacher needs its own input normalisation (given by
+:func:`models.teacher_input.attach_teacher_input`, a forward pre-hook on the teacher).
 """
 from __future__ import annotations
 
@@ -154,7 +154,7 @@ def _short_key(dataset_key: Union[str, Mapping[str, Any]]) -> str:
 # ---------------------------------------------------------------- normalisation
 @dataclass
 class NormalisationCheck:
-    """``action``: 'same' (feed the batch as it is), 'renormalize' (prepend :class:`Renormalize`),
+    """``action``: 'same' (feed the batch as it is), 'renormalize' (the teacher's own, through its input hook),
     'refuse' (the card says nothing, or another input size); ``message`` is one line."""
 
     action: str
@@ -193,21 +193,3 @@ def check_normalisation(card: Mapping[str, Any], dataset_mean: Sequence[float], 
 
 def _fmt(values: Sequence[float]) -> str:
     return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
-
-
-class Renormalize(nn.Module):
-    """Maps a batch normalised with (``from_mean``, ``from_std``) to (``to_mean``, ``to_std``):
-    ``x * from_std + from_mean`` is the image, then the teacher's normalisation. Prepend it to the
-    teacher (``nn.Sequential(Renormalize(...), teacher)``) so only the teacher sees it."""
-
-    def __init__(self, from_mean: Sequence[float], from_std: Sequence[float], to_mean: Sequence[float],
-                 to_std: Sequence[float]):
-        super().__init__()
-        shape = (1, -1, 1, 1)
-        f_mean, f_std = torch.tensor(from_mean).view(shape), torch.tensor(from_std).view(shape)
-        t_mean, t_std = torch.tensor(to_mean).view(shape), torch.tensor(to_std).view(shape)
-        self.register_buffer("scale", f_std / t_std, persistent=False)
-        self.register_buffer("shift", (f_mean - t_mean) / t_std, persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale.to(x.dtype) + self.shift.to(x.dtype)

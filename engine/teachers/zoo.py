@@ -75,8 +75,9 @@ def _read_manifest(path: str) -> Dict[str, Any]:
 
 
 def load_manifest(path: Optional[str] = None) -> Dict[str, Any]:
-    """The manifest as plain dicts (``yaml.safe_load``), read once per path."""
-    return _read_manifest(os.path.abspath(path or MANIFEST))
+    """The manifest as plain dicts (``yaml.safe_load``), read once per path: ``path``, else
+    ``$DISTILLERS_TEACHER_MANIFEST`` (a mirror's own manifest), else the repository's."""
+    return _read_manifest(os.path.abspath(path or os.environ.get("DISTILLERS_TEACHER_MANIFEST") or MANIFEST))
 
 
 def manifest_names(dataset: str, path: Optional[str] = None) -> Dict[str, str]:
