@@ -3,7 +3,7 @@
 >>> from distillers import build_distiller, list_distillers
 """
 from core.registry import Registry, UnknownNameError
-from distillers.base import (DISTILLERS, PREDICTION, Distiller, Option, ShapeSpec, build_distiller,
+from distillers.base import (DISTILLERS, PREDICTION, Distiller, NotApplicable, Option, ShapeSpec, build_distiller,
                              list_distillers, register_distiller)
 from core.requests import ContrastSampling, DataRequest, ExtraView, SampleIndex
 from core.taps import FeatureTaps, TapPoint
@@ -13,4 +13,4 @@ __version__ = "0.1.0"
 
 __all__ = ["DISTILLERS", "PREDICTION", "Distiller", "Option", "FeatureTaps", "Registry", "ShapeSpec",
            "TapPoint", "UnknownNameError", "build_distiller", "list_distillers",
-           "register_distiller", "DataRequest", "SampleIndex", "ContrastSampling", "ExtraView"]
+           "register_distiller", "NotApplicable", "DataRequest", "SampleIndex", "ContrastSampling", "ExtraView"]

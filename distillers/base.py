@@ -29,6 +29,12 @@ DISTILLERS = Registry("distiller")
 #: (SimKD predicts through the teacher's classifier). Excluded from the loss sum.
 PREDICTION = "logits"
 
+class NotApplicable(ValueError):
+    """The method cannot serve this teacher/student pair, found only when it first sees the tapped features
+    (what the shapes cannot tell: which module a tap is, what a head does). The trainer reports it as one
+    line naming the method and the pair, as it does for what ``__init__`` refuses."""
+
+
 #: The method that ``-a/--alpha`` adds to any other: KD (Hinton et al.), an ordinary registered method.
 ADDED_TERM = "kd"
 

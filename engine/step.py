@@ -18,7 +18,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from core.batch import Batch
-from distillers import Distiller, FeatureTaps
+from distillers import Distiller, FeatureTaps, NotApplicable
 from engine.distributed import average_gradients, average_tensor
 from engine.errors import ConfigError, TrainingError
 from engine.finite_watch import FiniteWatch, NonFiniteLoss
@@ -110,10 +110,15 @@ class Stepper:
                 for i, name in enumerate(names, start=1):
                     inputs[name] = {"s": s_views[i], "t": t_views[i]}
                 inputs["views"] = tuple(names)
-            if stage is not None:
-                terms = self.method.init_forward(s, t, inputs)
-                return StepResult(Distiller.total(terms), s["logits"], terms)
-            return StepResult(*self.objective(s, t, inputs))
+            try:
+                if stage is not None:
+                    terms = self.method.init_forward(s, t, inputs)
+                    return StepResult(Distiller.total(terms), s["logits"], terms)
+                return StepResult(*self.objective(s, t, inputs))
+            except NotApplicable as err:  # what the shapes could not tell, said as a build-time refusal is
+                extra = self.run.spec.extra
+                raise ConfigError(f"--distill {self.run.settings.method_name} with teacher {extra.get('teacher_arch')} "
+                                  f"and student {extra.get('student_arch')}: {err}") from None
 
     def _student(self, x: torch.Tensor) -> Dict[str, Any]:
         if not self.run.settings.compile or self.compiled_once:

@@ -39,7 +39,13 @@ def specs():
 
 
 def _spec(specs, method):
-    return specs[DISTILLERS.meta(method).get("task", "classification")]
+    spec = specs[DISTILLERS.meta(method).get("task", "classification")]
+    if method == "deit":  # its student is a distilled DeiT: two heads, tapped by module path
+        classes = spec.num_classes
+        return ShapeSpec({**spec.student, "head:output": (classes,), "head_dist:output": (classes,)}, spec.teacher,
+                         num_classes=classes, num_data=spec.num_data, batch_size=spec.batch_size,
+                         extra={**spec.extra, "student_arch": "timm:deit_tiny_distilled_patch16_224"})
+    return spec
 
 
 def _options(method):

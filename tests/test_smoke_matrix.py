@@ -132,6 +132,7 @@ INAPPLICABLE_AT_STEP = {
     ("fcfd", "wrn_40_2", "ShuffleV1"): _FCFD_POOL.format(side="teacher"),
     ("fcfd", "vgg13", "vgg8"): _FCFD_CHAIN,
     ("fcfd", "ResNet50", "vgg8"): _FCFD_CHAIN,
+    ("fcfd", "test_deit_s8", "test_vit_t4"): "fcfd calls the student's module at stage2's path (Block) as its stage 2",
 }
 #: Cells too large for a CI runner: (method, teacher, student) -> extra trainable parameters
 #: (SemCKD regresses every student stage onto every teacher stage through 2*C_t-wide 3x3 convs;
@@ -142,6 +143,15 @@ HEAVY = {
 }
 RUN_HEAVY = os.environ.get("DISTILLERS_SMOKE_HEAVY", "") not in ("", "0")
 
+# DeiT's token method trains a DeiT student's distillation head, which no pair's student has
+INAPPLICABLE.update({("deit", t, s): "deit needs a student with a distillation head (module 'head_dist')"
+                     for t, s in PAIRS + CROSS_PAIRS})
+# FCFD bridges stage K of one network into stage K+1 of the other: equal stage counts only
+INAPPLICABLE.update({
+    ("fcfd", "resnet56", "test_vit_t4"): "fcfd pairs stages one to one: the student has 4 stages, the teacher 3",
+    ("fcfd", "test_vit_t4", "resnet20"): "fcfd pairs stages one to one: the student has 3 stages, the teacher 4",
+    ("fcfd", "resnet56", "test_mixer"): "fcfd pairs stages one to one: the student has 4 stages, the teacher 3",
+})
 CELLS = [(m, t, s) for t, s in PAIRS + CROSS_PAIRS for m in METHODS]
 
 

@@ -19,6 +19,7 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from data.loaders import collate
 from engine import checkpoint as ckpt
 from engine.tasks import TASKS
 from engine.teacher_store import teacher_fingerprint
@@ -523,7 +524,7 @@ def trained():
         opt.zero_grad()
         nn.functional.cross_entropy(model(x_train), y_train).backward()
         opt.step()
-    evaluation = CountingEvaluation(DataLoader(TensorDataset(x_test, y_test), batch_size=64))
+    evaluation = CountingEvaluation(DataLoader(TensorDataset(x_test, y_test), batch_size=64, collate_fn=collate))
     top1 = evaluation(model)["top1"]
     evaluation.calls = 0
     assert 40 < top1 < 99.5, top1
@@ -585,7 +586,7 @@ def test_a_wrong_input_normalisation_is_what_the_check_catches(trained, tmp_path
     model, card, evaluation = trained
     x, y = evaluation.loader.dataset.tensors
     mean, std = torch.tensor([1.5, -1.5, 0.0]).view(1, 3, 1, 1), torch.tensor([0.4, 2.5, 1.0]).view(1, 3, 1, 1)
-    other = CountingEvaluation(DataLoader(TensorDataset((x - mean) / std, y), batch_size=64))
+    other = CountingEvaluation(DataLoader(TensorDataset((x - mean) / std, y), batch_size=64, collate_fn=collate))
     with pytest.raises(pf.PreflightError, match="from its card, off by"):
         pf.preflight(model, card, other, {**KEY, "mean": [1.5, -1.5, 0], "std": [0.4, 2.5, 1]}, str(tmp_path))
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from distillers.base import Distiller, Option, register_distiller
+from distillers.base import Distiller, NotApplicable, Option, register_distiller
 from distillers.reference import GoldenEntry, PublishedRow, register_golden, register_row
 
 #: What the stage taps are (the reference's ``stage_input``): after a ReLU, or not.
@@ -185,12 +185,12 @@ class FCFD(Distiller):
                     except RuntimeError:
                         ok = False
                     if not ok:
-                        raise ValueError(f"fcfd calls the {side}'s module at stage{k}'s path "
+                        raise NotApplicable(f"fcfd calls the {side}'s module at stage{k}'s path "
                                          f"({type(module).__name__}) as its stage {k}, but it does not turn "
                                          f"stage{k - 1} into stage{k}: fcfd needs stage taps that are chained stage "
                                          "modules")
                 if not _close(feats[-1].mean(dim=(2, 3)), taps["pooled"].flatten(1)):
-                    raise ValueError(f"fcfd classifies stage{n} through the {side}'s pool and classifier, but the "
+                    raise NotApplicable(f"fcfd classifies stage{n} through the {side}'s pool and classifier, but the "
                                      f"{side}'s pooled vector is not the mean of stage{n} (a head such as a final "
                                      "BN-ReLU sits between them)")
 
