@@ -70,7 +70,13 @@ def _spawned(local_rank: int, per_node: int, args, main: Callable[[DistInfo, obj
 
 def _spawn(per_node: int, args, main: Callable[[DistInfo, object], int]) -> int:
     """Start the ranks and wait; SIGTERM to this parent is passed on to every rank (a scheduler
-    may signal only the parent), SIGINT is not (a terminal's Ctrl-C already reached them all)."""
+    may signal only the parent), SIGINT is not (a terminal's Ctrl-C already reached them all).
+
+    A rank killed by a signal (SIGKILL, the OOM killer) ends the others (torch's join terminates them)
+    and the run with one line naming the rank; the last checkpoint on disk stays the valid one."""
+    # a killed rank leaves its semaphores to the resource tracker, whose shutdown warning would be the
+    # only trace of the death: the line below says what happened instead
+    os.environ.setdefault("PYTHONWARNINGS", "ignore:resource_tracker:UserWarning")
     context = torch.multiprocessing.start_processes(_spawned, nprocs=per_node, args=(per_node, args, main),
                                                     join=False, start_method="spawn")
 
@@ -85,7 +91,14 @@ def _spawn(per_node: int, args, main: Callable[[DistInfo, object], int]) -> int:
         while not context.join(grace_period=10):  # a failed rank's peers get 10 s to end cleanly
             pass
     except torch.multiprocessing.ProcessExitedException as err:
-        return err.exit_code if err.exit_code and err.exit_code > 0 else 128 + abs(err.exit_code or 1)
+        code = err.exit_code if err.exit_code and err.exit_code > 0 else 128 + abs(err.exit_code or 1)
+        if err.exit_code is not None and err.exit_code < 0:  # killed by a signal: it could not say so itself
+            rank = args.rank * per_node + err.error_index
+            name = signal.Signals(-err.exit_code).name if -err.exit_code in signal.Signals._value2member_map_ \
+                else f"signal {-err.exit_code}"
+            print(f"error: rank {rank} (pid {err.error_pid}) was killed by {name}; the other ranks were stopped. "
+                  "Continue from the last checkpoint with --resume", file=sys.stderr, flush=True)
+        return code
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

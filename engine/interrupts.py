@@ -10,11 +10,12 @@ while the first is pending exits at once (KeyboardInterrupt / SystemExit) withou
 writing: the last checkpoint on disk stays the valid one. A repeated SIGTERM is not
 escalated (schedulers and launchers may deliver it to every process more than once).
 
-``fault_point`` is the test hook: with ``DISTILLERS_FAULT=SIGNAL:PHASE[:EPOCH[:STEP[:RANK[:parent]]]]``
+``fault_point`` is the test hook: with ``DISTILLERS_FAULT=SIGNAL:PHASE[:EPOCH[:STEP[:RANK[:TARGET]]]]``
 in the environment, the process sends itself ``SIGNAL`` when it reaches ``PHASE`` (e.g.
 ``SIGTERM:train_step:2:3`` after the 3rd step of epoch 2; ``SIGKILL:save`` while a
-checkpoint is half written); with ``parent`` it signals its parent instead (the launcher
-of spawned ranks, as a scheduler would). The tests use it to interrupt real child processes at
+checkpoint is half written); TARGET ``parent`` signals its parent instead (the launcher of
+spawned ranks, as a scheduler would), ``group`` its whole process group (what SLURM's
+``scancel`` and Kubernetes do: DataLoader workers included). The tests use it to interrupt real child processes at
 chosen moments instead of sleeping and hoping.
 """
 from __future__ import annotations
@@ -109,4 +110,7 @@ def fault_point(phase: str, epoch: Optional[int] = None, step: Optional[int] = N
         if want not in (None, "", "*") and str(want) != str(have):
             return
     os.environ.pop("DISTILLERS_FAULT")  # once per process
-    os.kill(os.getppid() if wanted[4] == "parent" else os.getpid(), getattr(signal, name))
+    if wanted[4] == "group":
+        os.killpg(os.getpgid(0), getattr(signal, name))
+    else:
+        os.kill(os.getppid() if wanted[4] == "parent" else os.getpid(), getattr(signal, name))

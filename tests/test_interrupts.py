@@ -198,6 +198,9 @@ def test_two_processes_interrupted_and_resumed_equal_the_straight_run(ddp_straig
     got, _, err = child("train_student.py", argv + ["--save_dir", str(folder),
                                                     "--dist-url", f"tcp://127.0.0.1:{free_port()}"], fault)
     assert got in (code, 128 - code if code < 0 else code), err
+    if code < 0:  # a rank that could not say it died: the launcher says which, in one line
+        lines = [line for line in err.strip().splitlines() if line.strip()]
+        assert len(lines) == 1 and "rank 0 (pid" in lines[0] and "killed by SIGKILL" in lines[0], err
     state = load(folder / "latest.pth")
     assert (state["epoch"], state["step"]) == where and state["world_size"] == 2 and len(state["ranks"]) == 2
     got, _, err = child("train_student.py", argv + ["--save_dir", str(folder), "--resume",
@@ -227,3 +230,35 @@ def test_resume_with_another_process_count_is_refused(ddp_straight, capsys):
     code = cli.student(one + ["--save_dir", str(root / "straight"), "--resume", "--epochs", "3"])
     err = capsys.readouterr().err
     assert code == 2 and "written by 2 process(es), this run has 1" in err
+
+
+# ---------------------------------------------------------------- a scheduler's stop: SIGTERM to the process group
+def group_child(argv, fault):
+    """The teacher CLI in its own process group (as a SLURM job step), signalled through the fault hook
+    with TARGET ``group``: the main process and its DataLoader workers all get the signal."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DISTILLERS_FAULT": fault}
+    proc = subprocess.run([sys.executable, str(REPO / "train_teacher.py")] + argv, env=env, capture_output=True,
+                          text=True, timeout=600, start_new_session=True)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+WORKERS = ["--dataset", "synthetic", "--data_opt", "train_size=128", "--data_opt", "test_size=32", "--batch_size",
+           "32", "--no_tensorboard", "--epochs", "2", "--model", "resnet8", "--loader", "dataloader",
+           "--num_workers", "2"]
+
+
+@pytest.mark.parametrize("moment", ["train_step:2:2", "eval:1"])
+def test_sigterm_to_the_process_group_with_dataloader_workers_saves_and_resumes_exactly(tmp_path, moment):
+    """SLURM's scancel: SIGTERM reaches the workers too. The workers ignore it, the main process stops at its
+    safe point (mid-epoch, or after the epoch's evaluation): rc 143, one line, latest.pth there, and the
+    resumed run equals the straight one bit for bit although each epoch's augmentations were drawn in
+    worker processes (each sample's draw is a function of (seed, epoch, index))."""
+    code, _, err = child("train_teacher.py", WORKERS + ["--save_dir", str(tmp_path / "straight")])
+    assert code == 0, err
+    code, _, err = group_child(WORKERS + ["--save_dir", str(tmp_path / "cut")], f"SIGTERM:{moment}::0:group")
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code == 143 and len(lines) == 1 and "stopped by SIGTERM" in lines[0], err
+    assert "Traceback" not in err and (tmp_path / "cut" / "latest.pth").is_file()
+    code, _, err = child("train_teacher.py", WORKERS + ["--save_dir", str(tmp_path / "cut"), "--resume"])
+    assert code == 0, err
+    assert_same_run(tmp_path / "straight" / "latest.pth", tmp_path / "cut" / "latest.pth")
