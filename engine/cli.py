@@ -78,9 +78,31 @@ def _student_main(info: DistInfo, args) -> None:
     Trainer(args, info, "student").fit()
 
 
+def _check_before_launch(args, kind: str) -> None:
+    """The flags that do not depend on any data, checked once before processes are spawned (a bad
+    --batch_size for --nprocs would otherwise be said once per rank)."""
+    import copy
+
+    import data as datasets
+    from engine.distributed import processes_per_node
+    from engine.recipes import apply_recipe, validate_numbers
+
+    per_node = processes_per_node(args)
+    if per_node is None:  # one process, or torchrun (its ranks are not ours to spawn)
+        return
+    meta = datasets.dataset_info(args.dataset)
+    if meta.get("task", "classification") != "classification":  # its recipe comes with the task's defaults
+        return
+    trial = copy.deepcopy(args)
+    apply_recipe(trial, meta["family"], trial.model if kind == "teacher" else trial.model_s, log=lambda *a: None)
+    validate_numbers(trial, per_node * args.world_size, log=lambda *a: None)
+
+
 def _run(parser, main, argv) -> int:
     try:
         args = config.parse(parser, argv)
+        if not getattr(args, "evaluate", False):
+            _check_before_launch(args, parser.kind)
     except (config.ConfigError, FileNotFoundError, UnknownNameError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2

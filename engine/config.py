@@ -181,6 +181,14 @@ def load_yaml(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
     return out
 
 
+def _given(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> set:
+    """Dests of the flags present on the command line (``--flag value`` or ``--flag=value``)."""
+    import sys
+
+    tokens = {t.split("=", 1)[0] for t in (sys.argv[1:] if argv is None else argv) if t.startswith("-")}
+    return {a.dest for a in parser._actions if tokens & set(a.option_strings)}
+
+
 def parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse flags, layering: parser defaults < YAML config < command line.
 
@@ -190,9 +198,12 @@ def parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None)
     if isinstance(parser, Parser):
         complete(parser, argv)
     first, _ = parser.parse_known_args(argv)
+    from_yaml = {}
     if first.config:
-        parser.set_defaults(**load_yaml(first.config, parser))
+        from_yaml = load_yaml(first.config, parser)
+        parser.set_defaults(**from_yaml)
     args = parser.parse_args(argv)
+    args.given = sorted(_given(parser, argv) | set(from_yaml))  # what the user set, not a default
     if args.lr_decay_epochs is not None:
         try:
             args.lr_decay_epochs = _milestones(args.lr_decay_epochs if isinstance(args.lr_decay_epochs, list)

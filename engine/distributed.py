@@ -105,6 +105,18 @@ def _spawn(per_node: int, args, main: Callable[[DistInfo, object], int]) -> int:
     return 0
 
 
+def processes_per_node(args) -> Optional[int]:
+    """How many processes this launcher spawns on this node, or None when it spawns none (one process,
+    or ranks started by torchrun)."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return None
+    if not (args.multiprocessing_distributed or args.nprocs):
+        return None
+    use_cuda = args.device != "cpu" and torch.cuda.is_available()
+    per_node = torch.cuda.device_count() if use_cuda else (args.nprocs or 1)
+    return min(per_node, args.nprocs) if use_cuda and args.nprocs else per_node
+
+
 def launch(main: Callable[[DistInfo, object], int], args) -> int:
     """Run ``main(DistInfo, args)`` in as many processes as the flags ask for; the exit code."""
     if args.gpu_id is not None:
@@ -119,11 +131,8 @@ def launch(main: Callable[[DistInfo, object], int], args) -> int:
             return code
         finally:
             dist.destroy_process_group()
-    if args.multiprocessing_distributed or args.nprocs:
-        use_cuda = args.device != "cpu" and torch.cuda.is_available()
-        per_node = torch.cuda.device_count() if use_cuda else (args.nprocs or 1)
-        if use_cuda and args.nprocs:
-            per_node = min(per_node, args.nprocs)
+    per_node = processes_per_node(args)
+    if per_node is not None:
         return _spawn(per_node, args, main)
     return main(DistInfo(device=_device(args, 0)), args)
 

@@ -26,7 +26,8 @@ def evaluate_checkpoint(args, info: DistInfo) -> Dict[str, float]:
     """``train_student.py --evaluate --path_s CKPT``: the saved student alone, no teacher."""
     state = ckpt.load(args.path_s)
     ours = state.get("format") == ckpt.FORMAT
-    dataset = args.dataset if args.dataset != "cifar100" or "dataset" not in state else state["dataset"]
+    explicit = "dataset" in getattr(args, "given", ())  # an explicit --dataset wins over the recorded one
+    dataset = args.dataset if explicit or "dataset" not in state else state["dataset"]
     args.dataset = dataset  # the task's configure and foreign_checkpoint read the evaluated dataset
     meta = datasets.dataset_info(dataset)
     task = TASKS.build(meta.get("task", "classification"))
@@ -63,7 +64,7 @@ def evaluate_checkpoint(args, info: DistInfo) -> Dict[str, float]:
     acc = task.evaluate(model, loader, info.device, head)
     if info.is_main:
         recorded = state.get("acc")
-        print(f"{arch} ({args.path_s}): test {task.describe(acc)}"
+        print(f"{arch} ({args.path_s}) on {dataset}: test {task.describe(acc)}"
               + (f" (recorded at training time: {recorded:.2f}%)" if isinstance(recorded, float)
                  and not math.isnan(recorded) else ""), flush=True)
     return acc

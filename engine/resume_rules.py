@@ -13,7 +13,7 @@ from typing import Any, Dict
 RESUME_FREE = frozenset({
     "resume", "overwrite", "config", "plugins", "no_tensorboard", "save_root", "save_dir", "gpu_id", "device",
     "dist_url", "rank", "dist_backend", "multiprocessing_distributed", "nprocs", "world_size", "evaluate",
-    "path_s", "skip_bad_images", "trial", "log_every", "teacher_tolerance", "no_teacher_check",
+    "path_s", "skip_bad_images", "trial", "log_every", "teacher_tolerance", "no_teacher_check", "given",
 })
 #: Flags that may change with a warning: they alter the run, but a user may mean it.
 RESUME_WARN = {

@@ -1,0 +1,94 @@
+"""Edges an operator or a first-day user meets (issue 19): one line and exit code 2 at every boundary,
+intent honoured (an explicit --dataset), checks made once before processes are spawned, the README's
+config keys."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from engine import cli
+from engine.checkpoint import save_atomic
+from models import create_model
+from conftest import REPO
+
+TINY = ["--dataset", "synthetic", "--data_opt", "train_size=64", "--data_opt", "test_size=32",
+        "--batch_size", "16", "--num_workers", "0", "--no_tensorboard", "--epochs", "1"]
+
+
+def script(name, argv, cwd=None, env=None):
+    """A real command line in a child process: (exit code, stdout, stderr lines)."""
+    done = subprocess.run([sys.executable, str(REPO / name)] + list(argv), capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=600)
+    return done.returncode, done.stdout, [line for line in done.stderr.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    path = tmp_path_factory.mktemp("t") / "teacher.pth"
+    torch.manual_seed(0)
+    save_atomic({"arch": "resnet8", "model": create_model("resnet8", num_classes=10).state_dict()}, str(path))
+    return str(path)
+
+
+def test_a_batch_the_processes_cannot_split_is_said_once_before_spawning():
+    code, _, err = script("train_teacher.py", ["--dataset", "synthetic", "--batch_size", "33", "--nprocs", "2",
+                                               "--device", "cpu", "--model", "resnet8"])
+    assert code == 2 and err == ["train_teacher.py: error: --batch_size 33 is not divisible by the 2 processes"]
+
+
+@pytest.mark.parametrize("option, said", [
+    ("train_szie=512", "takes no option 'train_szie'. Did you mean 'train_size'?"),
+    ("train_size=abc", "expected an integer for dataset 'synthetic''s option 'train_size'"),
+])
+def test_a_bad_data_option_is_one_line_listing_the_options(tmp_path, option, said):
+    code, _, err = script("train_teacher.py", ["--dataset", "synthetic", "--data_opt", option, "--model", "resnet8",
+                                               "--save_dir", str(tmp_path / "run")])
+    assert code == 2 and len(err) == 1 and said in err[0] and "test_size (an integer, default 2000)" in err[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_data_option_of_another_dataset_is_one_line(tmp_path):
+    code, _, err = script("train_teacher.py", ["--dataset", "cifar100", "--data_opt", "train_size=512",
+                                               "--save_dir", str(tmp_path / "run")])
+    assert code == 2 and len(err) == 1 and "dataset 'cifar100' takes no option 'train_size'" in err[0]
+
+
+def test_an_explicit_dataset_is_evaluated_and_named(tmp_path, capsys):
+    assert cli.teacher(TINY + ["--model", "resnet8", "--save_dir", str(tmp_path / "t")]) == 0
+    capsys.readouterr()
+    path = str(tmp_path / "t" / "latest.pth")
+    assert cli.student(["--evaluate", "--path_s", path, "--data_opt", "test_size=32"]) == 0
+    assert "on synthetic: test top-1" in capsys.readouterr().out  # the recorded dataset, named
+    empty = tmp_path / "no_data"
+    empty.mkdir()
+    code = cli.student(["--evaluate", "--path_s", path, "--dataset", "cifar100", "--data-root", str(empty)])
+    err = capsys.readouterr().err
+    assert code == 2 and "cifar" in err.lower() and "synthetic" not in err  # cifar100 asked for, cifar100 read
+
+
+def test_a_plugin_option_named_like_an_engine_flag_is_refused_at_registration(tmp_path):
+    (tmp_path / "epochs_plugin.py").write_text(
+        "from distillers import Distiller, Option, register_distiller\n\n\n"
+        "@register_distiller('with_epochs')\nclass WithEpochs(Distiller):\n"
+        "    options = {'epochs': Option(3, 'shadows the engine flag')}\n")
+    code, _, err = script("train_student.py", ["--plugin", "epochs_plugin.py", "--distill", "with_epochs"],
+                          cwd=tmp_path)
+    assert code == 2 and len(err) == 1 and "option 'epochs' is named like the engine's flag --epochs" in err[0]
+
+
+def test_a_config_names_its_plugin_as_the_readme_does(tmp_path, teacher):
+    (tmp_path / "my_method.py").write_text(
+        "import torch.nn.functional as F\nfrom distillers import Distiller, register_distiller\n\n\n"
+        "@register_distiller('cfg_l1')\nclass CfgL1(Distiller):\n"
+        "    def forward(self, s, t, batch=None):\n"
+        "        return {'cfg_l1': F.l1_loss(s['logits'], t['logits'])}\n")
+    (tmp_path / "run.yaml").write_text("plugin: my_method.py\ndistill: cfg_l1\ndata_opt:\n  train_size: 64\n"
+                                       "  test_size: 32\n")
+    code, out, err = script("train_student.py", ["--config", "run.yaml", "--path_t", teacher, "--model_s", "resnet8",
+                                                 "--dataset", "synthetic", "--batch_size", "16", "--num_workers",
+                                                 "0", "--no_tensorboard", "--epochs", "1", "--save_dir", "run"],
+                            cwd=tmp_path)
+    assert code == 0, err
+    assert "cfg_l1" in out and "64 train / 32 test" in out
