@@ -139,15 +139,22 @@ class _StopForward(Exception):
 
 
 def tap_points_of(model: nn.Module) -> Dict[str, TapPoint]:
-    """The model's standard tap map (a ``tap_points`` method or dict attribute)."""
+    """The model's standard tap map (a ``tap_points`` method or dict attribute), or, for a classifier
+    that declares none (a plugin's model), :func:`fallback_taps`: every logit method runs on it."""
     points = getattr(model, "tap_points", None)
     if points is None:
-        raise TapError(
-            f"{type(model).__name__} has no tap map. Build it with models.create_model "
-            "(CIFAR zoo, 'torchvision:<name>', 'timm:<name>') or tap module paths "
-            "directly, e.g. 'layer3' or 'layer3.1.relu:input'."
-        )
+        return fallback_taps(model)
     return dict(points() if callable(points) else points)
+
+
+def fallback_taps(model: nn.Module) -> Dict[str, TapPoint]:
+    """The taps any classifier has: ``logits`` (its output) and, when it ends in an ``nn.Linear``, ``pooled``
+    (that layer's input) and ``classifier`` (the layer). Feature maps need the model's own map."""
+    points = {"logits": TapPoint("", "output")}
+    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear) and name]
+    if linears:
+        points.update(pooled=TapPoint(linears[-1], "input"), classifier=TapPoint(linears[-1], "module"))
+    return points
 
 
 def missing_tap_reason(model: nn.Module, name: str) -> str:

@@ -23,8 +23,9 @@ USER_ERRORS = (config.ConfigError, CheckpointError, UnknownNameError, FileNotFou
 
 def user_errors():
     """USER_ERRORS plus the error types of the data module and the loop (imported lazily)."""
+    from core.taps import TapError
     from data.registry import DataError
-    return USER_ERRORS + (DataError, TrainingError)
+    return USER_ERRORS + (DataError, TrainingError, TapError)
 
 
 class _Guarded:

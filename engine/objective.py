@@ -18,7 +18,7 @@ import torch
 
 from core.requests import DataRequest, merge_requests
 from distillers.base import ADDED_TERM, DISTILLERS, PREDICTION, Distiller, ShapeSpec, build_distiller
-from engine.errors import ConfigError
+from engine.errors import ConfigError, TrainingError
 from engine.options import term_options
 
 #: A task's own term: (prediction, batch) -> scalar loss.
@@ -89,7 +89,12 @@ class Objective:
         prediction = s["logits"]
         terms: Dict[str, torch.Tensor] = {}
         for term in self.terms:
-            out = dict(term.distiller({**s, "logits": prediction}, t, batch))
+            out = term.distiller({**s, "logits": prediction}, t, batch)
+            if not isinstance(out, Mapping):
+                raise TrainingError(f"--distill {term.distiller.registry_name}: forward returned a "
+                                    f"{type(out).__name__}, not a dict of named loss terms ({{'name': tensor}}); "
+                                    "see the README's Adding a distiller")
+            out = dict(out)
             prediction = out.pop(PREDICTION, prediction)
             if term.name is not None:  # a part of a composed method: its terms summed under its name
                 out = {term.name: Distiller.total(out)}
@@ -118,11 +123,33 @@ class Distillation(NamedTuple):
 
 
 def build_method(name: str, spec: ShapeSpec, options: Dict[str, Any], device) -> Distiller:
+    pair = f"--distill {name} with teacher {spec.extra['teacher_arch']} and student {spec.extra['student_arch']}"
     try:
-        return build_distiller(name, spec, **options).to(device)
+        method = build_distiller(name, spec, **options).to(device)
     except (ValueError, TypeError) as err:  # the method's own message says why
-        raise ConfigError(f"--distill {name} with teacher {spec.extra['teacher_arch']} and "
-                          f"student {spec.extra['student_arch']}: {err}") from None
+        raise ConfigError(f"{pair}: {err}") from None
+    except KeyError as err:  # it read a tap the dry run did not find
+        raise ConfigError(f"{pair}: {missing_taps(name, method_taps(name), spec) or err}") from None
+    said = missing_taps(name, (tuple(method.student_taps), tuple(method.teacher_taps)), spec)
+    if said:
+        raise ConfigError(f"{pair}: {said}")
+    return method
+
+
+def method_taps(name: str):
+    cls = DISTILLERS.get(name)
+    return tuple(cls.student_taps), tuple(cls.teacher_taps)
+
+
+def missing_taps(name: str, taps, spec: ShapeSpec) -> str:
+    """Which standard taps a method reads that a network's dry run did not give, and the taps it has
+    (module-path taps such as ``layer3.1.relu:input`` or ``head:output`` are resolved on the model later)."""
+    for side, wanted, have in (("student", taps[0], spec.student), ("teacher", taps[1], spec.teacher)):
+        missing = [t for t in wanted if ":" not in t and "." not in t and t not in have]
+        if missing and have:
+            return (f"{name} reads the {side}'s tap(s) {', '.join(missing)}, which the {side} does not have; its "
+                    f"taps: {', '.join(sorted(have))}")
+    return ""
 
 
 def build_distillation(args, task, spec: ShapeSpec, device) -> Distillation:

@@ -92,3 +92,46 @@ def test_a_config_names_its_plugin_as_the_readme_does(tmp_path, teacher):
                             cwd=tmp_path)
     assert code == 0, err
     assert "cfg_l1" in out and "64 train / 32 test" in out
+
+
+PLAIN_MODEL = ("import torch\nfrom torch import nn\nfrom models import register_model\n\n\n"
+               "class Plain(nn.Module):\n    def __init__(self, num_classes=10):\n        super().__init__()\n"
+               "        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),"
+               " nn.Flatten())\n        self.head = nn.Linear(8, num_classes)\n\n"
+               "    def forward(self, x):\n        return self.head(self.body(x))\n\n\n"
+               "@register_model('plain_net', family='cifar')\ndef plain_net(num_classes=10):\n"
+               "    return Plain(num_classes)\n")
+
+
+@pytest.mark.parametrize("method, code, said", [
+    ("kd", 0, None),  # logits: any classifier has them
+    ("crd", 0, None),  # pooled: the input of its last Linear
+    ("fitnet", 2, "fitnet: hint_layer 2 needs tap 'stage2', but the student has no stage taps (its taps: "
+                  "classifier, logits, pooled)"),
+])
+def test_a_model_without_a_tap_map_gets_logits_and_pooled(tmp_path, teacher, method, code, said):
+    (tmp_path / "plain.py").write_text(PLAIN_MODEL)
+    extra = ["--nce_k", "16"] if method == "crd" else []
+    got, _, err = script("train_student.py", TINY + ["--plugin", "plain.py", "--model_s", "plain_net", "--path_t",
+                                                     teacher, "--distill", method, "--save_dir", "run"] + extra,
+                         cwd=tmp_path)
+    assert got == code, err
+    if said:
+        assert len(err) == 1 and said in err[0]
+
+
+@pytest.mark.parametrize("body, said", [
+    ("return F.l1_loss(s['logits'], t['logits'])", "forward returned a Tensor, not a dict of named loss terms"),
+    ("return {'x': s['no_such_tap'].sum()}", "bad_method reads the student's tap(s) no_such_tap, which the student "
+                                             "does not have; its taps: classifier, last_map, logits, pooled"),
+])
+def test_a_plugin_method_that_misuses_the_interface_is_one_line(tmp_path, teacher, body, said):
+    taps = "('no_such_tap',)" if "no_such_tap" in body else "('logits',)"
+    (tmp_path / "bad.py").write_text(
+        "import torch.nn.functional as F\nfrom distillers import Distiller, register_distiller\n\n\n"
+        f"@register_distiller('bad_method')\nclass Bad(Distiller):\n    student_taps = {taps}\n\n"
+        f"    def forward(self, s, t, batch=None):\n        {body}\n")
+    code, _, err = script("train_student.py", TINY + ["--plugin", "bad.py", "--distill", "bad_method", "--model_s",
+                                                      "resnet8", "--path_t", teacher, "--save_dir", "run"],
+                          cwd=tmp_path)
+    assert code == 2 and len(err) == 1 and said in err[0] and "Traceback" not in err[0], err

@@ -71,8 +71,9 @@ class FitNet(Distiller):
         for side, taps in (("student", spec.student), ("teacher", spec.teacher)):
             if self.tap not in taps:
                 stages = sorted(k for k in taps if k.startswith("stage") and k[5:].isdigit())
-                raise ValueError(f"fitnet: hint_layer {self.hint_layer} needs tap '{self.tap}', but the "
-                                 f"{side} has only {stages or 'no stage taps'}")
+                have = f"only {', '.join(stages)}" if stages else f"no stage taps (its taps: {', '.join(sorted(taps))})"
+                raise ValueError(f"fitnet: hint_layer {self.hint_layer} needs tap '{self.tap}', but the {side} has "
+                                 f"{have}")
         self.student_taps = self.teacher_taps = (self.tap,)
         self.regressor = ConvReg(spec.student[self.tap], spec.teacher[self.tap], adapter=self.adapter)
 
