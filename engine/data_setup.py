@@ -131,9 +131,8 @@ def open_teacher_store(args, teacher: nn.Module, spec: ShapeSpec, objective: Obj
     views = {**scheme.description, **({"teacher_input": teacher_input} if teacher_input else {})}
     key = ts.store_key(teacher, args.dataset, num_samples, meta["mean"], meta["std"], views,
                        dtype=args.teacher_store_dtype, data_options=args.data_opts)
-    # the folder that holds run folders: --save_root, or the one holding an explicit --save_dir
-    runs_root = os.path.dirname(os.path.abspath(args.save_dir)) if args.save_dir else args.save_root
-    folder = args.teacher_store or ts.default_store_dir(runs_root, key)
+    # one rule, whatever the run folder: <--save_root>/teacher_store/<key> (the fill script's too)
+    folder = args.teacher_store or ts.default_store_dir(args.save_root, key)
     try:
         store = ts.TeacherStore.open(folder, key, num_samples, scheme.num_views,
                                      {tap: spec.teacher[tap] for tap in taps}, ts.DTYPES[args.teacher_store_dtype])

@@ -7,6 +7,7 @@ command line is parsed (:func:`engine.config.complete`).
 from __future__ import annotations
 
 import argparse
+import os
 
 import yaml
 
@@ -81,8 +82,8 @@ def _common(parser: argparse.ArgumentParser, model_flag: str) -> None:
 
     run = parser.add_argument_group("run")
     run.add_argument("--trial", default="0", help="trial id, part of the run name")
-    run.add_argument("--save_root", default="save",
-                     help="folder for run folders, outside the code")
+    run.add_argument("--save_root", default=os.environ.get("DISTILLERS_SAVE_ROOT", "save"),
+                     help="folder for run folders and teacher stores, outside the code ($DISTILLERS_SAVE_ROOT)")
     run.add_argument("--save_dir", default=None, help="exact run folder (default: <save_root>/<kind>/<run name>)")
     run.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
                      help="continue a run exactly: from CKPT, or from <run folder>/latest.pth (a run that has "
@@ -184,7 +185,7 @@ def student_parser() -> Parser:
         "on image folders; README: the teacher-output store)")
     store.add_argument("--teacher_store", default=None, metavar="DIR",
                        help="the store's folder (default: teacher_store/<hash of teacher, dataset, views, dtype> "
-                            "in --save_root, or beside --save_dir when given); scripts/fill_teacher_store.py "
+                            "in --save_root, whatever --save_dir is); scripts/fill_teacher_store.py "
                             "fills every view once")
     store.add_argument("--no_teacher_store", action="store_true", help="run the teacher on every batch")
     store.add_argument("--teacher_store_dtype", choices=["float32", "float16"], default="float32",

@@ -15,14 +15,17 @@
 # other "+row" is skipped with a note (no published recipe for that pair). Every checkpoint
 # records its weights and options; scripts/collect_results.py prints them per cell.
 # MLKD and MLKD+LS read a weak and a strong view of each image (the data path serves both; not
-# with --dali). KD+DOT needs the DOT
-# optimiser, not a train_student.py flag yet.
+# with --dali). KD+DOT's config sets the DOT optimiser (--dot).
 #
 # Environment (all optional):
 #   DATA_ROOT     CIFAR-100 folder (default: $DISTILLERS_DATA or ~/.cache/distillers/data)
 #   SAVE_ROOT     run folders go to $SAVE_ROOT/students/ (default: save)
-#   TEACHER_ROOT  where the teachers are: <arch>_vanilla/latest.pth (train_cifar100_teachers.sh) or
-#                 RepDistiller's <arch>_vanilla/ckpt_epoch_240.pth (default: $SAVE_ROOT/teachers)
+#   TEACHER_ROOT  where the teachers are (default: $SAVE_ROOT/teachers): <arch>_vanilla/ (train_cifar100_teachers.sh),
+#                 a run folder of the README's train_teacher.py command (<arch>_<dataset>_lr_..._trial_0/), or
+#                 RepDistiller's <arch>_vanilla/ckpt_epoch_240.pth
+#   TEACHER_<ARCH> one teacher by path, run folder or zoo name, e.g. TEACHER_resnet32x4=resnet32x4@cifar100
+#                 (the teacher-output store of a teacher is <SAVE_ROOT>/teacher_store/<key>, where
+#                 scripts/fill_teacher_store.py --save_root <SAVE_ROOT> fills it)
 #   GPU           CUDA devices, e.g. 0 (passed as --gpu_id)
 #   TRIALS        trials per (pair, method) (default 3; results.md asks for >= 3, preferably 5);
 #                 trial i runs with --seed i (the trial id alone only names the run)
@@ -56,8 +59,14 @@ common=(--dataset "$DATASET")
 EXTRA=("$@")
 
 teacher_ckpt() {  # teacher_ckpt <arch>: the checkpoint path, or an error saying where it looked
-    local arch=$1 f
-    for f in "$TEACHER_ROOT/${arch}_vanilla/latest.pth" "$TEACHER_ROOT/${arch}_vanilla/ckpt_epoch_240.pth"; do
+    local arch=$1 f given
+    given="TEACHER_${arch}"
+    if [[ -n "${!given:-}" ]]; then  # TEACHER_<ARCH>: a path, a run folder or a zoo name, taken as given
+        echo "${!given}"
+        return 0
+    fi
+    for f in "$TEACHER_ROOT/${arch}_vanilla/latest.pth" "$TEACHER_ROOT/${arch}_vanilla/ckpt_epoch_240.pth" \
+             "$TEACHER_ROOT/${arch}_${DATASET}"_lr_*_trial_0/best.pth; do
         if [[ -f "$f" ]]; then
             echo "$f"
             return 0
@@ -67,8 +76,9 @@ teacher_ckpt() {  # teacher_ckpt <arch>: the checkpoint path, or an error saying
         echo "$TEACHER_ROOT/${arch}_vanilla/latest.pth"
         return 0
     fi
-    echo "no teacher checkpoint for $arch: looked for $TEACHER_ROOT/${arch}_vanilla/{latest.pth,ckpt_epoch_240.pth};" \
-         "train it with scripts/train_cifar100_teachers.sh or set TEACHER_ROOT" >&2
+    echo "no teacher checkpoint for $arch: looked for $TEACHER_ROOT/${arch}_vanilla/{latest.pth,ckpt_epoch_240.pth}" \
+         "and $TEACHER_ROOT/${arch}_${DATASET}_lr_*_trial_0/best.pth; train it with scripts/train_cifar100_teachers.sh" \
+         "(or the README's train_teacher.py command), set TEACHER_ROOT, or TEACHER_${arch}=<path or zoo name>" >&2
     return 1
 }
 
@@ -104,7 +114,8 @@ for pair in $PAIRS; do
         for ((trial = 0; trial < TRIALS; trial++)); do
             dir="$SAVE_ROOT/students/S_${s_arch}_T_${t_arch}_${DATASET}_${label}_trial_${trial}"
             cmd=("$PYTHON" train_student.py --model_s "$s_arch" --path_t "$path_t" --distill "$method"
-                 ${flags[@]+"${flags[@]}"} --trial "$trial" --seed "$trial" "${common[@]}" --save_dir "$dir")
+                 ${flags[@]+"${flags[@]}"} --trial "$trial" --seed "$trial" "${common[@]}" --save_dir "$dir"
+                 --save_root "$SAVE_ROOT")
             [[ -f "$dir/latest.pth" ]] && cmd+=(--resume)
             cmd+=(${EXTRA[@]+"${EXTRA[@]}"})
             echo "+ ${cmd[*]}"

@@ -72,7 +72,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="dataset option, repeatable, as for training (e.g. train_size=2000 for synthetic)")
     parser.add_argument("--teacher_store", default=None, help="store folder (default: "
                         "<save_root>/teacher_store/<hash of teacher, dataset and dtype>)")
-    parser.add_argument("--save_root", default="save", help="root of the default store folder, as for training")
+    parser.add_argument("--save_root", default=os.environ.get("DISTILLERS_SAVE_ROOT", "save"),
+                        help="root of the default store folder, as for training ($DISTILLERS_SAVE_ROOT)")
     parser.add_argument("--taps", nargs="+", default=["logits", "pooled"], help="teacher taps to store")
     parser.add_argument("--teacher_store_dtype", choices=sorted(DTYPES), default="float32",
                         help="storage dtype: float16 halves the disk and rounds to ~3 significant digits")

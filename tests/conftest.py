@@ -9,6 +9,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 # the teacher cache of the whole test session (zoo downloads, pre-flight results): never the user's own
 os.environ.setdefault("DISTILLERS_TEACHERS", tempfile.mkdtemp(prefix="distillers-test-teachers-"))
+# and its save root: runs given only --save_dir keep their teacher stores there, not in the checkout
+os.environ.setdefault("DISTILLERS_SAVE_ROOT", tempfile.mkdtemp(prefix="distillers-test-save-"))
 SHARED = Path(os.environ.get("DISTILLERS_SHARED", REPO.parent / "shared"))
 GOLDEN = SHARED / "golden"
 #: Golden files the project generated itself from fetched reference code (tests/golden/README.md).

@@ -135,3 +135,29 @@ def test_a_plugin_method_that_misuses_the_interface_is_one_line(tmp_path, teache
                                                       "resnet8", "--path_t", teacher, "--save_dir", "run"],
                           cwd=tmp_path)
     assert code == 2 and len(err) == 1 and said in err[0] and "Traceback" not in err[0], err
+
+
+def test_fill_the_store_once_then_the_launchers_read_every_view(tmp_path):
+    """The README's workflow followed literally: train the teacher with the README's command, fill its store
+    once with the fill script, run a launcher cell: every view is read from the store (one rule for where a
+    teacher's store lives: <save_root>/teacher_store/<key>), and the launcher finds the README's teacher folder."""
+    data = ["--data_opt", "train_size=64", "--data_opt", "test_size=32"]
+    root = tmp_path / "save"
+    env = {"DISTILLERS_SAVE_ROOT": str(tmp_path / "elsewhere")}  # the flags, not the environment, decide
+    code, _, err = script("train_teacher.py", ["--model", "resnet8", "--dataset", "synthetic", "--trial", "0",
+                                               "--epochs", "1", "--batch_size", "16", "--num_workers", "0",
+                                               "--no_tensorboard", "--save_root", str(root)] + data, env=env)
+    assert code == 0, err
+    (folder,) = (root / "teachers").iterdir()
+    assert folder.name == "resnet8_synthetic_lr_0.05_decay_0.0005_trial_0"
+    code, _, err = script("scripts/fill_teacher_store.py", ["--path_t", str(folder / "best.pth"), "--dataset",
+                                                            "synthetic", "--taps", "logits", "--device", "cpu",
+                                                            "--save_root", str(root)] + data, env=env)
+    assert code == 0, err
+    launcher = subprocess.run(["bash", str(REPO / "scripts" / "distill_cifar100.sh"), "--batch_size", "16",
+                               "--num_workers", "0", "--no_tensorboard"] + data,
+                              env={**os.environ, **env, "SAVE_ROOT": str(root), "DATASET": "synthetic",
+                                   "METHODS": "kd", "PAIRS": "resnet8:resnet8", "TRIALS": "1", "EPOCHS": "1",
+                                   "PYTHON": sys.executable}, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert launcher.returncode == 0, launcher.stderr
+    assert "teacher store 100% hits" in launcher.stdout and "100.0% of the views filled" in launcher.stdout
