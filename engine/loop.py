@@ -33,7 +33,7 @@ from engine.resume import restore, resume_path, snapshot
 from engine.run_folder import RunFolder
 from engine.run_state import RunState
 from engine.step import Stepper
-from engine.reporting import describe_run, epoch_line
+from engine.reporting import Progress, describe_run, epoch_line
 
 
 class Trainer:
@@ -81,6 +81,8 @@ class Trainer:
         # an initialisation epoch gets its own shuffle (negative epoch ids)
         run.train_loader.set_epoch(state.epoch if stage is None else -state.epoch, skip=state.step)
         show = self.info.is_main and sys.stderr.isatty()
+        progress = Progress(self.info.is_main and not show, per_epoch=state.step + len(run.train_loader),
+                            batch=run.settings.batch_size)
         name = f"init {state.epoch}/{stage.epochs}" if stage else f"epoch {state.epoch}/{run.settings.epochs}"
         per_epoch = state.step + len(run.train_loader)
         bar = tqdm(run.train_loader, desc=name, disable=not show, leave=False, dynamic_ncols=True,
@@ -107,6 +109,7 @@ class Trainer:
                 window = [0.0, 0.0]
             if show and (self.stepper.watch.every == 1 or log_every and step % log_every == 0):
                 bar.set_postfix(loss=f"{loss.item():.3f}")
+            progress.step(name, state.step, loss, run.log)
             fault_point("init_step" if stage else "train_step", state.epoch, state.step, self.info.rank)
             if STOP.agreed():  # a safe point: the step is complete
                 self._stop(f"{'init ' if stage else ''}epoch {state.epoch}, batch {state.step}")

@@ -65,3 +65,33 @@ def epoch_line(run, state, lr: float, metrics: Dict[str, float], acc: Dict[str, 
         line += (f" | teacher store {metrics['teacher_store_hits']:.0%} hits, "
                  f"{metrics['teacher_store_gb']:.2f} GB")
     return line
+
+
+class Progress:
+    """A progress line at least every ``DISTILLERS_PROGRESS_SECONDS`` (30) seconds when the output is
+    not a terminal (a log file, nohup, SLURM), where tqdm's bar is off: batch, images/s and the epoch's
+    ETA. The loss is read (a host sync) only when a line is written."""
+
+    def __init__(self, active: bool, per_epoch: int, batch: int):
+        import os
+        import time
+
+        self.active, self.per_epoch, self.batch, self.clock = active, per_epoch, batch, time.monotonic
+        self.every = float(os.environ.get("DISTILLERS_PROGRESS_SECONDS", 30))
+        self.started = self.last = self.clock()
+        self.first_step = None
+
+    def step(self, name: str, step: int, loss, log) -> None:
+        if not self.active:
+            return
+        now = self.clock()
+        if self.first_step is None:
+            self.first_step = step - 1
+        if now - self.last < self.every:
+            return
+        done = step - self.first_step
+        rate = done * self.batch / max(now - self.started, 1e-9)
+        eta = (self.per_epoch - step) * self.batch / max(rate, 1e-9)
+        log(f"{name}: batch {step}/{self.per_epoch}, {rate:.0f} img/s, epoch ETA {int(eta // 60)}m{int(eta % 60):02d}s, "
+            f"loss {float(loss):.4f}")
+        self.last = now

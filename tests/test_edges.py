@@ -161,3 +161,12 @@ def test_fill_the_store_once_then_the_launchers_read_every_view(tmp_path):
                                    "PYTHON": sys.executable}, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert launcher.returncode == 0, launcher.stderr
     assert "teacher store 100% hits" in launcher.stdout and "100.0% of the views filled" in launcher.stdout
+
+
+def test_progress_lines_when_the_output_is_not_a_terminal(tmp_path):
+    """Under nohup or SLURM (stderr not a terminal: tqdm's bar is off) the run still says how far it is."""
+    code, out, err = script("train_teacher.py", TINY + ["--model", "resnet8", "--save_dir", str(tmp_path / "run")],
+                            env={"DISTILLERS_PROGRESS_SECONDS": "0"})
+    assert code == 0, err
+    lines = [line for line in out.splitlines() if line.startswith("epoch 1/1: batch ")]
+    assert len(lines) == 4 and "img/s, epoch ETA" in lines[0] and "loss" in lines[0]  # 64 images, batch 16
