@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
+import sys
 from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
@@ -77,6 +78,9 @@ def complete(parser: Parser, argv: Optional[Sequence[str]] = None) -> None:
 
     plugins, dataset, distill = _preparse(parser, argv)
     load_plugins(plugins)
+    if parser.kind == "student" and "--list-methods" in (sys.argv[1:] if argv is None else argv):
+        print(describe_methods())
+        parser.exit(0)
     if parser.completed_for == (dataset, distill):
         return
     parser.completed_for = (dataset, distill)
@@ -88,16 +92,21 @@ def complete(parser: Parser, argv: Optional[Sequence[str]] = None) -> None:
     from distillers.base import ADDED_TERM, default_method
 
     if parser.kind == "student":
-        method = distill or default_method(task)
+        method = canonical_method(distill or default_method(task))
         parser.set_defaults(distill=method)
-        parser.epilog = describe_methods()
-        parser.formatter_class = _RawEpilog
+        parser.epilog = (f"{len(DISTILLERS.names())} methods: train_student.py --list-methods lists them; "
+                         "train_student.py --distill NAME --help shows a method's options first.")
         added = add_method_options(parser, ADDED_TERM, f"the {ADDED_TERM} term that -a/--alpha adds to any "
                                                        f"method: options of {ADDED_TERM}")
         if method in DISTILLERS and method != ADDED_TERM:
-            doc = (DISTILLERS.get(method).__doc__ or "").strip().splitlines()
+            cls = DISTILLERS.get(method)
+            doc = (cls.__doc__ or "").strip().splitlines()
+            w = cls.default_weights
             add_method_options(parser, method, f"options of --distill {method}" + (f": {doc[0].rstrip('.')}" if doc
-                                                                                   else ""), skip=added)
+                                                                                   else "")
+                               + f" (default weights: -r {w['gamma']:g} -a {w['alpha']:g} -b {w['beta']:g})",
+                               skip=added)
+            _first(parser, f"options of --distill {method}")
     elif task != "classification":  # a teacher trains with its task's default method (metric: triplet)
         cls = DISTILLERS.get(default_method(task))
         teacher_flags = getattr(cls, "teacher_flags", ())
@@ -120,11 +129,23 @@ def _note_flags_elsewhere(parser: Parser, task: str) -> None:
         parser.flags_elsewhere.update({flag: where for flag in scratch._option_string_actions if flag not in own})
 
 
-class _RawEpilog(HelpFormatter):
-    """Keeps the methods list of the epilog one per line."""
+def _first(parser: argparse.ArgumentParser, title_start: str) -> None:
+    """Show the group whose title starts with ``title_start`` first in --help (right after the usage)."""
+    groups = parser._action_groups
+    chosen = [g for g in groups if (g.title or "").startswith(title_start)]
+    for group in chosen:
+        groups.remove(group)
+    parser._action_groups = chosen + groups
 
-    def _fill_text(self, text, width, indent):
-        return "".join(indent + line for line in text.splitlines(keepends=True))
+
+def canonical_method(name: str) -> str:
+    """A method name as registered, whatever its case (``--distill DKD`` is dkd)."""
+    from distillers import DISTILLERS
+
+    if name in DISTILLERS:
+        return name
+    lowered = {n.lower(): n for n in DISTILLERS.names()}
+    return lowered.get(str(name).lower(), name)
 
 
 def _dests(parser: argparse.ArgumentParser) -> Dict[str, argparse.Action]:
@@ -204,6 +225,8 @@ def parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None)
         parser.set_defaults(**from_yaml)
     args = parser.parse_args(argv)
     args.given = sorted(_given(parser, argv) | set(from_yaml))  # what the user set, not a default
+    if getattr(args, "distill", None):
+        args.distill = canonical_method(args.distill)
     if args.lr_decay_epochs is not None:
         try:
             args.lr_decay_epochs = _milestones(args.lr_decay_epochs if isinstance(args.lr_decay_epochs, list)

@@ -11,7 +11,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows defaults, except None/False (their help text says what happens when unset)."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in (action.help or ""):
+        if action.default in (None, False, argparse.SUPPRESS, []) or "%(default)" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
@@ -36,12 +36,40 @@ class Parser(argparse.ArgumentParser):
 
     def _owners(self, message: str) -> str:
         """For unknown flags that exist elsewhere (another method's option, a metric-learning flag),
-        say where: ``flags_elsewhere`` maps such a flag to that place (filled by engine.config)."""
+        say where: ``flags_elsewhere`` maps such a flag to that place (filled by engine.config); for
+        others, the closest flag of this parser (``--learning-rate``: did you mean --learning_rate?)."""
         if not message.startswith("unrecognized arguments:"):
             return ""
-        hints = [f"{token} is {self.flags_elsewhere[token]}" for token in message.split(":", 1)[1].split()
-                 if token in self.flags_elsewhere]
+        hints = []
+        for token in message.split(":", 1)[1].split():
+            flag = token.split("=", 1)[0]
+            if flag in self.flags_elsewhere:
+                hints.append(f"{flag} is {self.flags_elsewhere[flag]}")
+            elif flag.startswith("-"):
+                close = self.closest_flag(flag)
+                if close:
+                    hints.append(f"did you mean {close}?")
         return ("; " + "; ".join(dict.fromkeys(hints))) if hints else ""
+
+    def closest_flag(self, flag: str) -> str:
+        """The parser's flag nearest to ``flag``: hyphens and underscores, case, then spelling."""
+        import difflib
+
+        own = [f for f in self._option_string_actions if f.startswith("--")]
+        normal = {f.replace("-", "_").lower(): f for f in own}
+        key = "--" + flag.lstrip("-").replace("-", "_").lower()
+        if key in normal:
+            return normal[key]
+        close = difflib.get_close_matches(flag, own, n=1, cutoff=0.75)
+        return close[0] if close else ""
+
+    def format_usage(self) -> str:
+        return f"usage: {self.prog} [options]   ({self.prog} --help lists them)\n"
+
+    def format_help(self) -> str:
+        """The full help with a one-line usage (the option list below says it all)."""
+        text = super().format_help()
+        return self.format_usage() + text.split("\n\n", 1)[1] if "\n\n" in text else text
 
 
 def parse_bool(value: str) -> bool:

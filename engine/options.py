@@ -38,6 +38,16 @@ def _option_type(option):
     return yaml.safe_load
 
 
+class _ListOption(argparse.Action):
+    """A list option given as ``3,5,2,6``, ``[3, 5, 2, 6]`` or ``3 5 2 6``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            setattr(namespace, self.dest, parse_list(",".join(str(v).strip("[]") for v in values)))
+        except Exception:  # noqa: BLE001 - yaml's errors: say it in the parser's one line
+            parser.error(f"{option_string}: expected numbers, got {' '.join(map(str, values))}")
+
+
 def short_name(method: str, option: str) -> Optional[str]:
     """``dkd_beta`` in the ``dkd`` namespace -> ``beta`` (None when the option has no such prefix)."""
     prefix = method + "_"
@@ -58,6 +68,8 @@ def add_method_options(parser: argparse.ArgumentParser, name: str, title: str, s
         text = (spec.help + "; " if spec.help else "") + spec.accepted()
         default = "auto (see the method)" if spec.default is None else spec.default
         common = dict(default=argparse.SUPPRESS, type=_option_type(spec), choices=spec.choices)
+        if spec.kind is tuple:  # also as separate numbers: --mlkd_T 3 5 2 6
+            common = dict(default=argparse.SUPPRESS, nargs="+", action=_ListOption)
         spaced = [f"--{name}.{option}"] + ([f"--{name}.{short_name(name, option)}"] if short_name(name, option) else [])
         if flat and option not in skip:
             group.add_argument(*spec.flags, f"--{option}", dest=f"{FLAT}{option}", metavar=option.upper(),
@@ -108,15 +120,22 @@ def term_options(args: argparse.Namespace, method: str, added: Optional[str]) ->
     return mine, (kd if added else {})
 
 
-def describe_methods() -> str:
-    """The epilog of ``train_student.py --help``: one line per method."""
+def describe_methods(width: int = 0) -> str:
+    """``train_student.py --list-methods``: one line per method, wrapped to the terminal; metric-learning
+    methods marked (they train embedding networks on metric datasets)."""
+    import shutil
+    import textwrap
+
     from distillers import DISTILLERS
 
+    width = width or max(60, min(120, shutil.get_terminal_size((100, 20)).columns))
     lines = []
     for name in DISTILLERS.names():
         doc = (DISTILLERS.get(name).__doc__ or "").strip().splitlines()
-        lines.append(f"  {name:<14} {doc[0] if doc else ''}")
-    return "methods (--distill NAME --help shows a method's options):\n" + "\n".join(lines)
+        mark = "[metric learning] " if DISTILLERS.meta(name).get("task") == "metric" else ""
+        lines += textwrap.wrap(f"{name:<14} {mark}{doc[0] if doc else ''}", width, initial_indent="  ",
+                               subsequent_indent=" " * 17)
+    return "methods (train_student.py --distill NAME --help shows a method's options):\n" + "\n".join(lines)
 
 
 def flags_elsewhere(own: Iterable[str], chosen: str) -> Dict[str, str]:

@@ -28,104 +28,82 @@ def key_value(flag: str):
 def _common(parser: argparse.ArgumentParser, model_flag: str) -> None:
     parser.add_argument("--model_opt", dest="model_opts", action="append", type=key_value("--model_opt"),
                         default=[], metavar="KEY=VALUE",
-                        help=f"an option of the {model_flag} network, repeatable (timm: img_size=32, patch_size=4, "
-                             "drop_path_rate=0.1); recorded in its checkpoints")
+                        help=f"{model_flag} network option, repeatable (timm: img_size=32 patch_size=4); in checkpoints")
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default="cifar100",
-                      help="dataset plugin: cifar100, cifar10, synthetic (no download), imagefolder, ...")
+                      help="cifar100, cifar10, synthetic (no download), imagenet, imagefolder, ...")
     data.add_argument("--data-root", "--data_root", dest="data_root", default=None,
-                      help="dataset folder (default: $DISTILLERS_DATA or ~/.cache/distillers/data)")
+                      metavar="DIR", help="dataset folder (default: $DISTILLERS_DATA or ~/.cache/distillers/data)")
     data.add_argument("--data_opt", dest="data_opts", action="append", type=key_value("--data_opt"), default=[],
-                      metavar="KEY=VALUE", help="dataset option, repeatable (e.g. train_size=2000 for synthetic)")
-    data.add_argument("--num_workers", type=int, default=2, help="DataLoader workers per process")
+                      metavar="KEY=VALUE", help="dataset option, repeatable (synthetic: train_size=2000)")
+    data.add_argument("--num_workers", type=int, default=2, metavar="N", help="DataLoader workers per process")
     data.add_argument("--skip_bad_images", action="store_true",
-                      help="image-folder datasets: skip files that cannot be decoded (each is replaced by the "
-                           "next readable sample, warned about once and counted) instead of stopping with the "
-                           "file's path; scripts/verify_images.py ROOT lists them before a run")
+                      help="image folders: replace undecodable files by the next sample (warned, counted) "
+                           "instead of stopping")
     data.add_argument("--loader", choices=["auto", "device", "dataloader"], default="auto",
-                      help="training loader. 'device': the in-memory uint8 set (cifar10/100, synthetic) is "
-                           "cropped, flipped and normalised a batch at a time on the training device, no PIL, "
-                           "no workers; each view a function of (seed, epoch, sample), which the teacher store "
-                           "keys. 'dataloader': torch DataLoader with PIL transforms. 'auto': device for in-memory "
-                           "sets read with one view per image, else dataloader (both reach the same accuracy: "
-                           "README, Loaders)")
+                      help="device: in-memory sets augmented on the device (views a function of seed, epoch, "
+                           "sample); dataloader: torch DataLoader; auto: device where it applies (README: Loaders)")
     data.add_argument("--dali", choices=["cpu", "gpu"], default=None,
-                      help="read ImageNet-style folders with NVIDIA DALI pipelines on the CPU or GPU "
-                           "(pip install -e .[dali]); default: torchvision DataLoader")
+                      help="read ImageNet-style folders with NVIDIA DALI (pip install -e .[dali])")
 
     opt = parser.add_argument_group("optimisation (unset values come from the dataset's recipe)")
     opt.add_argument("--batch_size", "--batch", dest="batch_size", type=int, default=None,
-                     help="global batch size, split over processes (CIFAR 64, ImageNet 256)")
-    opt.add_argument("--epochs", type=int, default=None, help="epochs (CIFAR 240, ImageNet 120)")
+                     metavar="N", help="global batch, split over processes (CIFAR 64, ImageNet 256)")
+    opt.add_argument("--epochs", type=int, default=None, metavar="N", help="epochs (CIFAR 240, ImageNet 120)")
     opt.add_argument("--learning_rate", "--lr", dest="learning_rate", type=float, default=None,
-                     help="learning rate (CIFAR 0.05, or 0.01 for MobileNetV2/ShuffleNet students; "
-                          "ImageNet 0.1)")
+                     metavar="LR", help="CIFAR 0.05 (0.01 for MobileNetV2/ShuffleNet students), ImageNet 0.1")
     opt.add_argument("--lr_decay_epochs", nargs="+", default=None, metavar="EPOCH",
-                     help="epochs after which the lr decays: '150,180,210' or '150 180 210'")
+                     help="step schedule: '150,180,210' or '150 180 210'")
     opt.add_argument("--lr_decay_rate", "--lr_decay_gamma", dest="lr_decay_rate", type=float, default=None,
-                     help="lr multiplier at each decay epoch (0.1)")
-    opt.add_argument("--weight_decay", type=float, default=None, help="weight decay (CIFAR 5e-4)")
-    opt.add_argument("--momentum", type=float, default=None, help="SGD momentum (0.9)")
+                     metavar="X", help="lr multiplier at each decay epoch (0.1)")
+    opt.add_argument("--weight_decay", type=float, default=None, metavar="WD", help="CIFAR 5e-4, ImageNet 1e-4")
+    opt.add_argument("--momentum", type=float, default=None, metavar="M", help="SGD momentum (0.9)")
     opt.add_argument("--lr_rule", choices=["keep", "linear"], default="keep",
-                     help="the learning rate for another global batch: keep it (the references), or scale it "
-                          "linearly with the global batch over the recipe's (CIFAR 64, ImageNet 256)")
+                     help="lr for another global batch: keep it (the references) or scale it by batch / the "
+                          "recipe's")
     opt.add_argument("--optimizer", default=None, metavar="NAME",
-                     help=f"optimiser: {', '.join(OPTIMIZERS.names())} (default: the recipe's, sgd; adam for "
-                          "metric learning; --dot is --optimizer dot)")
+                     help=f"{', '.join(OPTIMIZERS.names())} (default: the recipe's: sgd; metric learning adam)")
     opt.add_argument("--scheduler", default="step", metavar="NAME",
-                     help=f"learning-rate schedule, stepped after each epoch: {', '.join(SCHEDULERS.names())} "
-                          "(step: x --lr_decay_rate after each of --lr_decay_epochs; cosine: to --min_lr)")
-    opt.add_argument("--warmup_epochs", type=int, default=0,
-                     help="epochs of linear warm-up before the cosine schedule")
-    opt.add_argument("--min_lr", type=float, default=0.0, help="the cosine schedule's final learning rate")
+                     help=f"per-epoch schedule: {', '.join(SCHEDULERS.names())}")
+    opt.add_argument("--warmup_epochs", type=int, default=0, metavar="N", help="cosine: linear warm-up epochs")
+    opt.add_argument("--min_lr", type=float, default=0.0, metavar="LR", help="cosine: the final lr")
     opt.add_argument("--seed", type=int, default=0, help="random seed")
 
     run = parser.add_argument_group("run")
     run.add_argument("--trial", default="0", help="trial id, part of the run name")
     run.add_argument("--save_root", default=os.environ.get("DISTILLERS_SAVE_ROOT", "save"),
-                     help="folder for run folders and teacher stores, outside the code ($DISTILLERS_SAVE_ROOT)")
-    run.add_argument("--save_dir", default=None, help="exact run folder (default: <save_root>/<kind>/<run name>)")
+                     metavar="DIR", help="run folders and teacher stores ($DISTILLERS_SAVE_ROOT)")
+    run.add_argument("--save_dir", default=None, metavar="DIR", help="the run folder (default: <save_root>/<kind>s/<run>)")
     run.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
-                     help="continue a run exactly: from CKPT, or from <run folder>/latest.pth (a run that has "
-                          "none yet starts from the beginning); the run's recorded hyper-parameters must not change")
+                     help="continue the run exactly, from CKPT or <run folder>/latest.pth")
     run.add_argument("--overwrite", action="store_true",
-                     help="start over in a run folder that already holds a run (its checkpoints and logs "
-                          "are deleted); without it such a folder is refused unless --resume continues it")
-    run.add_argument("--config", default=None, help="YAML file of flag values; the command line wins")
-    run.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE_OR_FILE",
-                     help="import a module or .py file first, e.g. one that registers your own "
-                          "distiller, model or dataset (repeatable)")
+                     help="start over in a run folder that holds a run (its checkpoints and logs are deleted)")
+    run.add_argument("--config", default=None, metavar="YAML", help="flag values by name; the command line wins")
+    run.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="FILE.py",
+                     help="a file or module registering your method, model or dataset (repeatable)")
     run.add_argument("--no_tensorboard", action="store_true", help="do not write TensorBoard logs")
-    run.add_argument("--eval_freq", type=int, default=1, help="evaluate every N epochs (and at the end)")
+    run.add_argument("--eval_freq", type=int, default=1, metavar="N", help="evaluate every N epochs and at the end")
     run.add_argument("--log_every", type=int, default=0, metavar="STEPS",
-                     help="also log the loss, its terms, the lr and the fraction of step time spent waiting for "
-                          "data to TensorBoard every STEPS steps (train_step/*; 0: once per epoch only)")
+                     help="TensorBoard curves within the epoch every STEPS steps (0: per epoch only)")
 
-    compute = parser.add_argument_group("how a step computes (engine/precision.py)")
+    compute = parser.add_argument_group("how a step computes")
     compute.add_argument("--amp", choices=["bf16", "fp16"], default=None,
-                         help="mixed precision: forwards and losses under autocast in bfloat16, or float16 "
-                              "with a gradient scaler (in the checkpoint); weights stay float32")
-    compute.add_argument("--channels_last", action="store_true",
-                         help="NHWC memory format for the networks and the batches (tensor cores, oneDNN)")
-    compute.add_argument("--compile", action="store_true",
-                         help="torch.compile the student's forward (inductor); a model that cannot be "
-                              "compiled stops at the first step with one line")
+                         help="autocast in bfloat16, or float16 with a loss scaler; weights stay float32")
+    compute.add_argument("--channels_last", action="store_true", help="NHWC memory format")
+    compute.add_argument("--compile", action="store_true", help="torch.compile the student's forward")
 
     dist = parser.add_argument_group("devices and distributed training")
-    dist.add_argument("--gpu_id", default=None,
-                      help="CUDA devices to use, e.g. '0' or '0,1,2,3' (sets CUDA_VISIBLE_DEVICES)")
-    dist.add_argument("--device", default=None, choices=["cpu", "cuda"],
-                      help="force a device (default: cuda when available)")
+    dist.add_argument("--gpu_id", default=None, metavar="IDS", help="CUDA devices, e.g. 0,1 (CUDA_VISIBLE_DEVICES)")
+    dist.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda when available")
     dist.add_argument("--multiprocessing-distributed", "--multiprocessing_distributed",
                       dest="multiprocessing_distributed", action="store_true",
-                      help="spawn one process per GPU (NCCL), or --nprocs CPU processes (gloo)")
-    dist.add_argument("--nprocs", type=int, default=None,
-                      help="processes per node without GPUs (gloo); implies --multiprocessing-distributed")
-    dist.add_argument("--dist-url", "--dist_url", dest="dist_url", default="tcp://127.0.0.1:23456",
+                      help="one process per GPU (NCCL), or --nprocs CPU processes (gloo)")
+    dist.add_argument("--nprocs", type=int, default=None, metavar="N", help="CPU processes per node (gloo)")
+    dist.add_argument("--dist-url", "--dist_url", dest="dist_url", default="tcp://127.0.0.1:23456", metavar="URL",
                       help="rendezvous address of rank 0")
-    dist.add_argument("--world-size", "--world_size", dest="world_size", type=int, default=1,
+    dist.add_argument("--world-size", "--world_size", dest="world_size", type=int, default=1, metavar="NODES",
                       help="number of nodes")
-    dist.add_argument("--rank", type=int, default=0, help="rank of this node")
+    dist.add_argument("--rank", type=int, default=0, metavar="NODE", help="rank of this node")
     dist.add_argument("--dist-backend", "--dist_backend", dest="dist_backend", default=None,
                       choices=["nccl", "gloo"], help="default: nccl on GPUs, gloo on CPU")
 
@@ -137,8 +115,8 @@ def teacher_parser() -> Parser:
         epilog="Metric-learning datasets (cub200, cars196, stanford, metric_folder) bring their own flags: "
                "train_teacher.py --dataset cub200 --help.",
         formatter_class=HelpFormatter)
-    parser.add_argument("--model", default="resnet32x4",
-                        help="architecture: a CIFAR zoo name, 'torchvision:<name>' or 'timm:<name>'")
+    parser.add_argument("--model", default="resnet32x4", metavar="ARCH",
+                        help="a CIFAR zoo name, 'torchvision:<name>' or 'timm:<name>'")
     _common(parser, "--model")
     return parser
 
@@ -146,52 +124,41 @@ def teacher_parser() -> Parser:
 def student_parser() -> Parser:
     parser = Parser(
         prog="train_student.py", kind="student",
-        description="Distil a teacher into a student with any registered method. "
-                    "`train_student.py --distill NAME --help` lists that method's options.",
+        description="Distil a teacher into a student with any registered method.",
         formatter_class=HelpFormatter)
-    parser.add_argument("--model_s", default="resnet8x4", help="student architecture")
-    parser.add_argument("--path_t", "--path-t", dest="path_t", default=None,
-                        help="the teacher: a checkpoint (this project's or RepDistiller's {'model': state_dict}), a "
-                             "run folder of train_teacher.py (its best.pth), or a zoo name NAME@DATASET such as "
-                             "resnet32x4@cifar100 (downloaded once, hash-checked; README: teachers by name)")
-    parser.add_argument("--model_t", default=None,
+    parser.add_argument("--model_s", default="resnet8x4", metavar="ARCH", help="student architecture")
+    parser.add_argument("--path_t", "--path-t", dest="path_t", default=None, metavar="TEACHER",
+                        help="a checkpoint, a train_teacher.py run folder, or a zoo name such as resnet32x4@cifar100")
+    parser.add_argument("--model_t", default=None, metavar="ARCH",
                         help="teacher architecture, for checkpoints that do not record it")
     parser.add_argument("--teacher_tolerance", type=float, default=0.5, metavar="POINTS",
-                        help="pre-flight check: refuse a teacher whose test top-1 on this run's test set is further "
-                             "than POINTS from its card's (or its zoo entry's published one)")
-    parser.add_argument("--no_teacher_check", action="store_true",
-                        help="skip the pre-flight comparison (the teacher is still evaluated and its score printed)")
+                        help="refuse a teacher whose test top-1 is further than this from its card's")
+    parser.add_argument("--no_teacher_check", action="store_true", help="skip that comparison")
+    parser.add_argument("--list-methods", "--list_methods", action="store_true",
+                        help="list the methods (metric-learning ones marked) and exit")
     parser.add_argument("--distill", default=None, metavar="METHOD",
-                        help="the method (default: kd; on metric-learning datasets: metric); see the list below")
+                        help="the method (default: kd; metric-learning datasets: metric); NAME --help: its options")
     weights = parser.add_argument_group(
-        "loss weights: total = gamma*CE + alpha*KD + beta*method (unset: the method's reference values)")
-    weights.add_argument("-r", "--gamma", "-c", "--cls", dest="gamma", type=float, default=None,
-                         help="weight of the cross-entropy term (-c/--cls is the SimKD spelling)")
-    weights.add_argument("-a", "--alpha", "-d", "--div", dest="alpha", type=float, default=None,
-                         help="weight of the KD term, which any method can add (-d/--div is the SimKD spelling)")
-    weights.add_argument("-b", "--beta", dest="beta", type=float, default=None,
-                         help="weight of the method's own loss")
+        "loss = gamma*CE + alpha*KD + beta*method (unset: the method's reference weights)")
+    weights.add_argument("-r", "--gamma", "-c", "--cls", dest="gamma", type=float, default=None, metavar="W",
+                         help="cross-entropy (-c/--cls: SimKD's spelling)")
+    weights.add_argument("-a", "--alpha", "-d", "--div", dest="alpha", type=float, default=None, metavar="W",
+                         help="the KD term any method can add (-d/--div: SimKD's spelling)")
+    weights.add_argument("-b", "--beta", dest="beta", type=float, default=None, metavar="W",
+                         help="the method's own loss")
     parser.add_argument("--model_t_opt", dest="model_t_opts", action="append", type=key_value("--model_t_opt"),
-                        default=[], metavar="KEY=VALUE",
-                        help="an option of the teacher network (default: what its checkpoint records)")
-    dot = parser.add_argument_group("the DOT optimiser")
-    dot.add_argument("--dot", action="store_true",
-                     help="--optimizer dot: DOT (Zhao et al. 2023), SGD with separate momenta for the task-loss and "
-                          "the distillation-loss gradients (momentum - delta and momentum + delta), any method")
-    dot.add_argument("--dot_delta", type=float, default=0.075, help="DOT's momentum split delta")
+                        default=[], metavar="KEY=VALUE", help="teacher network option (default: as recorded)")
+    dot = parser.add_argument_group("DOT (Zhao et al. 2023): momentum -/+ delta for task/distillation gradients")
+    dot.add_argument("--dot", action="store_true", help="--optimizer dot, with any method")
+    dot.add_argument("--dot_delta", type=float, default=0.075, metavar="D", help="DOT's momentum split")
     store = parser.add_argument_group(
-        "teacher-output store: the teacher's small outputs (logits, pooled) per (sample, view) on disk, so "
-        "later runs on the same teacher skip its forward (with --loader device, or --data_opt seeded_views=true "
-        "on image folders; README: the teacher-output store)")
+        "teacher-output store: the teacher's logits/pooled per (sample, view) on disk (README)")
     store.add_argument("--teacher_store", default=None, metavar="DIR",
-                       help="the store's folder (default: teacher_store/<hash of teacher, dataset, views, dtype> "
-                            "in --save_root, whatever --save_dir is); scripts/fill_teacher_store.py "
-                            "fills every view once")
+                       help="its folder (default: <save_root>/teacher_store/<hash>)")
     store.add_argument("--no_teacher_store", action="store_true", help="run the teacher on every batch")
     store.add_argument("--teacher_store_dtype", choices=["float32", "float16"], default="float32",
-                       help="storage of the stored outputs (float16 halves the disk, rounds to ~3 digits)")
-    parser.add_argument("--evaluate", action="store_true",
-                        help="only evaluate the student checkpoint --path_s (no teacher needed)")
-    parser.add_argument("--path_s", default=None, help="student checkpoint for --evaluate")
+                       help="float16 halves the disk, rounds to ~3 digits")
+    parser.add_argument("--evaluate", action="store_true", help="evaluate the student --path_s and exit")
+    parser.add_argument("--path_s", default=None, metavar="CKPT", help="student checkpoint for --evaluate")
     _common(parser, "--model_s")
     return parser

@@ -86,7 +86,7 @@ def test_student_kd_and_evaluate_reproduces_accuracy(tmp_path, teacher_ckpt, cap
     result = trainer.fit()
     assert (trainer.run.weights["gamma"], trainer.run.weights["alpha"], trainer.run.weights["beta"]) == (0.1, 0.9, 0.0)
     out = capsys.readouterr().out
-    assert "teacher resnet8 test top-1" in out
+    assert "teacher check on synthetic" in out and "measured top-1" in out, out
     code = cli.student(["--evaluate", "--path_s", str(tmp_path / "latest.pth")] + TINY)
     out = capsys.readouterr().out
     assert code == 0
@@ -118,7 +118,11 @@ def test_bad_input_gives_clear_errors(tmp_path, teacher_ckpt, capsys):
     err = _cli_error(capsys, cli.teacher, ["--dataset", "cifar1000"])
     assert "Unknown dataset 'cifar1000'" in err and "cifar100" in err
     err = _cli_error(capsys, cli.student, TINY + ["--path_t", teacher_ckpt, "--model_t", "resnet20"])
-    assert "does not fit architecture 'resnet20'" in err
+    assert "--model_t resnet20 disagrees with the teacher checkpoint" in err and "records 'resnet8'" in err
+    from models import create_model
+    torch.save(create_model("resnet20", num_classes=10).state_dict(), tmp_path / "plain.pth")
+    err = _cli_error(capsys, cli.student, TINY + ["--path_t", str(tmp_path / "plain.pth"), "--model_t", "resnet8"])
+    assert "does not fit architecture 'resnet8'" in err and len(err.strip().splitlines()) == 1, err
     err = _cli_error(capsys, cli.student, TINY + ["--path_t", str(tmp_path / "nope.pth")])
     assert "does not exist" in err
     err = _cli_error(capsys, cli.student, TINY + ["--path_t", teacher_ckpt, "--distill", "kd", "-r", "0", "-a", "0"])
