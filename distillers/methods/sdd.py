@@ -218,16 +218,26 @@ class SDDNKD(_SDD):
 
 
 # The reference numbers these methods reproduce (tests/golden/, made by tests/golden/make_wave2_logit_goldens.py):
-# the last maps and classifiers of both sides (the region logits), the logits (--M [1]), labels and epoch;
-# every file of a method holds its own settings in hparams.
+# the last maps and classifiers of both sides (the region logits; --M with regions) or the logits (--M [1]),
+# labels and epoch: each file gives the taps its setting reads; every file holds its own settings in hparams.
 _SDD_INPUTS = {"feat_s": "s:last_map", "fc_s_weight": "s:classifier.weight", "fc_s_bias": "s:classifier.bias",
                "feat_t": "t:last_map", "fc_t_weight": "t:classifier.weight", "fc_t_bias": "t:classifier.bias",
                **LOGITS, "target": "batch:labels", "epoch": "batch:epoch"}
-register_golden("sdd_kd", GoldenEntry("sdd_kd", _SDD_INPUTS, hparam_options={"M": "M", "kd_T": "T"}))
+#: hparams that set nothing compared: the 1-based epoch the reference's forward_train got, given to the method as
+#: inputs.epoch (the warm-up factor comes from there).
+_SDD_INFO = ("epoch",)
+#: extra.teacher_agreement: counts of the teacher's (whole map, region) right/wrong cases over the regions after
+#: the first, showing that the file exercises both region weights (1 and 2); the weights' effect is in the loss.
+_SDD_DIAGNOSTICS = ("teacher_agreement",)
+register_golden("sdd_kd", GoldenEntry("sdd_kd", _SDD_INPUTS, hparam_options={"M": "M", "kd_T": "T"},
+                                      hparam_fixed={"warmup": 0.0},  # SD-KD has no warm-up (mdistiller's KD)
+                                      hparam_info=_SDD_INFO, diagnostics=_SDD_DIAGNOSTICS))
 register_golden("sdd_dkd", GoldenEntry("sdd_dkd", _SDD_INPUTS, hparam_options={
-    "M": "M", "kd_T": "T", "dkd_alpha": "alpha", "dkd_beta": "beta", "warmup": "warmup"}))
+    "M": "M", "kd_T": "T", "dkd_alpha": "alpha", "dkd_beta": "beta", "warmup": "warmup"},
+    hparam_info=_SDD_INFO, diagnostics=_SDD_DIAGNOSTICS))
 register_golden("sdd_nkd", GoldenEntry("sdd_nkd", _SDD_INPUTS, hparam_options={
-    "M": "M", "nkd_T": "T", "nkd_gamma": "gamma", "warmup": "warmup"}))
+    "M": "M", "nkd_T": "T", "nkd_gamma": "gamma", "warmup": "warmup"},
+    hparam_info=_SDD_INFO, diagnostics=_SDD_DIAGNOSTICS))
 
 
 def _scales(base):
