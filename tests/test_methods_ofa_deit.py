@@ -25,8 +25,8 @@ from engine import cli, config
 from engine.checkpoint import save_atomic
 from engine.distributed import DistInfo
 from engine.objective import Objective
-from engine.tasks import TASKS, unpack
-from engine.trainer import Trainer
+from engine.tasks import TASKS
+from engine.loop import Trainer
 from models import create_model
 
 FILES = ["ofa", "ofa_4stage", "ofa_token", "ofa_token_gap", "deit_soft", "deit_hard"]
@@ -36,6 +36,14 @@ TINY = ["--dataset", "synthetic", "--data_opt", "train_size=64", "--data_opt", "
 
 def record(name):
     return torch.load(OWN_GOLDEN / f"{name}.pt", weights_only=True)
+
+
+def built(case):
+    """The file's distiller at the options its hparams record (the adapter's reading: every key declared)."""
+    problems = []
+    options = golden.entry_options(case.entry, case.record["hparams"], problems)
+    assert problems == []
+    return case.build(options)
 
 
 def objective(method):
@@ -81,7 +89,7 @@ def ofa_step(name, **options):
                                for k, x in side.items()}
         distiller = build_distiller("ofa", ShapeSpec(shapes(s), shapes(t)), **options).double()
     else:
-        distiller = case.build()
+        distiller = built(case)
     t = {**t, "logits": t["logits"].clone().requires_grad_(True)}  # a teacher that could take gradients
     terms = distiller(s, t, batch)
     distiller.total(terms).backward()
@@ -116,11 +124,11 @@ def test_ofa_takes_soft_and_mixed_labels_as_their_argmax():
     case = GoldenCase(ref)
     losses = []
     for labels in (ref["inputs"]["labels"], ref["inputs"]["labels"].argmax(dim=1)):
-        distiller = case.build()
+        distiller = built(case)
         s, t, _ = case.features(ref["inputs"])
         losses.append(distiller.total(distiller(s, t, {"labels": labels})))
     assert torch.allclose(losses[0], ref["loss"], rtol=1e-9, atol=1e-9) and torch.equal(losses[0], losses[1])
-    distiller = case.build()
+    distiller = built(case)
     s, t, _ = case.features(ref["inputs"])
     with pytest.raises(ValueError, match="soft labels have 3 classes, the logits 7"):
         distiller(s, t, {"labels": torch.rand(5, 3)})
@@ -144,12 +152,19 @@ def test_ofa_loss_with_eps_one_is_cross_entropy_to_the_teacher():
 
 
 def test_ofa_token_heads_read_maps_as_tokens():
-    """The Swin-like golden's stages given as maps [B, C, H, W] (the trainer's timm taps) give the same numbers."""
+    """The Swin-like golden's stages given as maps [B, C, H, W] (the trainer's timm taps) give the same numbers:
+    the whole file, its stages and their gradients (main step and extra.t2) laid out as maps."""
     ref = record("ofa_token_gap")
-    maps = {**ref["inputs"], "feats_s": [f.transpose(1, 2).reshape(f.shape[0], f.shape[2], *(2 * [int(
-        f.shape[1] ** 0.5)])) for f in ref["inputs"]["feats_s"]]}
-    params_only = {k: v for k, v in ref["grads"].items() if k.startswith("params.")}
-    outcome = GoldenCase({**ref, "inputs": maps, "grads": params_only, "extra": {}}).run()
+
+    def as_maps(tokens):
+        return [f.transpose(1, 2).reshape(f.shape[0], f.shape[2], *(2 * [int(f.shape[1] ** 0.5)])) for f in tokens]
+
+    t2 = ref["extra"]["t2"]
+    maps = {**ref, "inputs": {**ref["inputs"], "feats_s": as_maps(ref["inputs"]["feats_s"])},
+            "grads": {**ref["grads"], "feats_s": as_maps(ref["grads"]["feats_s"])},
+            "extra": {**ref["extra"], "t2": {**t2, "grad_feats_s": as_maps(t2["grad_feats_s"])}}}
+    assert maps["inputs"]["feats_s"][0].dim() == 4
+    outcome = GoldenCase(maps, complete=True).run()
     assert outcome.ok, outcome.problems
 
 
@@ -193,17 +208,17 @@ def test_ofa_training_step_trains_student_and_heads_not_teacher(teacher_path, tm
     args = config.parse(config.student_parser(), TINY + ["--model_s", "resnet8", "--path_t", teacher_path,
                                                          "--distill", "ofa", "--save_dir", str(tmp_path)])
     trainer = Trainer(args, DistInfo(), "student")
-    assert trainer.method.kind == "cnn" and trainer.store is not None  # logits and pooled: the store serves them
-    x, y, extras = unpack(next(iter(trainer.train_loader)), trainer.device)
-    loss, _, terms = trainer.losses(x, y, extras)
+    assert trainer.run.method.kind == "cnn" and trainer.run.store is not None  # logits and pooled: the store serves them
+    batch = next(iter(trainer.run.train_loader)).to(trainer.info.device)
+    loss, _, terms = trainer.stepper.forward(batch)
     assert set(terms) == {"ce", "ofa_logits", "ofa_stage1", "ofa_stage2", "ofa_stage3"}
     loss.backward()
     for stage in ("layer1", "layer2", "layer3"):
-        assert getattr(trainer.model, stage)[0].conv1.weight.grad.abs().sum() > 0, stage
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.method.parameters())
-    assert all(p.grad is None for p in trainer.teacher.parameters())
-    in_optimizer = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
-    assert all(id(p) in in_optimizer for p in trainer.method.parameters())
+        assert getattr(trainer.run.model, stage)[0].conv1.weight.grad.abs().sum() > 0, stage
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.run.method.parameters())
+    assert all(p.grad is None for p in trainer.run.teacher.parameters())
+    in_optimizer = {id(p) for group in trainer.run.optimizer.param_groups for p in group["params"]}
+    assert all(id(p) in in_optimizer for p in trainer.run.method.parameters())
 
 
 def test_ofa_trains_end_to_end_with_train_student(teacher_path, tmp_path, capsys):
@@ -224,7 +239,7 @@ def test_deit_soft_normalisation_is_batch_times_classes():
     classes = z_dist.shape[1]
     assert torch.allclose(kd_loss(z_dist, z_t, tau) / classes, ref["loss"], rtol=1e-12, atol=1e-12)
     assert not torch.allclose(kd_loss(z_dist, z_t, tau), ref["loss"])
-    distiller = GoldenCase(ref).build()
+    distiller = built(GoldenCase(ref))
     assert distiller.distillation_tau == tau == 3.0
     s, t, _ = GoldenCase(ref).features(ref["inputs"])
     assert torch.allclose(distiller(s, t)["deit"], ref["loss"], rtol=1e-12, atol=1e-12)
@@ -236,7 +251,7 @@ def test_deit_default_weights_are_deits_alpha_half(name):
     ref = record(name)
     with_ce = ref["extra"]["with_ce"]
     case = GoldenCase(ref)
-    distiller = case.build()
+    distiller = built(case)
     assert DISTILLERS.get("deit").default_weights == {"gamma": 0.5, "alpha": 0.0, "beta": 0.5} == \
         {"gamma": 1 - with_ce["alpha"], "alpha": 0.0, "beta": with_ce["alpha"]}
     s, t, _ = case.features(ref["inputs"])
