@@ -38,6 +38,14 @@ def record(name):
     return torch.load(OWN_GOLDEN / f"{name}.pt", weights_only=True)
 
 
+def built(case):
+    """The file's distiller at the options its hparams record (the adapter's reading: every key declared)."""
+    problems = []
+    options = golden.entry_options(case.entry, case.record["hparams"], problems)
+    assert problems == []
+    return case.build(options)
+
+
 def objective(method):
     """The trainer's objective for ``method`` at its default weights: its terms and the task's CE."""
     weights = dict(type(method).default_weights)
@@ -81,7 +89,7 @@ def ofa_step(name, **options):
                                for k, x in side.items()}
         distiller = build_distiller("ofa", ShapeSpec(shapes(s), shapes(t)), **options).double()
     else:
-        distiller = case.build()
+        distiller = built(case)
     t = {**t, "logits": t["logits"].clone().requires_grad_(True)}  # a teacher that could take gradients
     terms = distiller(s, t, batch)
     distiller.total(terms).backward()
@@ -116,11 +124,11 @@ def test_ofa_takes_soft_and_mixed_labels_as_their_argmax():
     case = GoldenCase(ref)
     losses = []
     for labels in (ref["inputs"]["labels"], ref["inputs"]["labels"].argmax(dim=1)):
-        distiller = case.build()
+        distiller = built(case)
         s, t, _ = case.features(ref["inputs"])
         losses.append(distiller.total(distiller(s, t, {"labels": labels})))
     assert torch.allclose(losses[0], ref["loss"], rtol=1e-9, atol=1e-9) and torch.equal(losses[0], losses[1])
-    distiller = case.build()
+    distiller = built(case)
     s, t, _ = case.features(ref["inputs"])
     with pytest.raises(ValueError, match="soft labels have 3 classes, the logits 7"):
         distiller(s, t, {"labels": torch.rand(5, 3)})
@@ -144,12 +152,19 @@ def test_ofa_loss_with_eps_one_is_cross_entropy_to_the_teacher():
 
 
 def test_ofa_token_heads_read_maps_as_tokens():
-    """The Swin-like golden's stages given as maps [B, C, H, W] (the trainer's timm taps) give the same numbers."""
+    """The Swin-like golden's stages given as maps [B, C, H, W] (the trainer's timm taps) give the same numbers:
+    the whole file, its stages and their gradients (main step and extra.t2) laid out as maps."""
     ref = record("ofa_token_gap")
-    maps = {**ref["inputs"], "feats_s": [f.transpose(1, 2).reshape(f.shape[0], f.shape[2], *(2 * [int(
-        f.shape[1] ** 0.5)])) for f in ref["inputs"]["feats_s"]]}
-    params_only = {k: v for k, v in ref["grads"].items() if k.startswith("params.")}
-    outcome = GoldenCase({**ref, "inputs": maps, "grads": params_only, "extra": {}}).run()
+
+    def as_maps(tokens):
+        return [f.transpose(1, 2).reshape(f.shape[0], f.shape[2], *(2 * [int(f.shape[1] ** 0.5)])) for f in tokens]
+
+    t2 = ref["extra"]["t2"]
+    maps = {**ref, "inputs": {**ref["inputs"], "feats_s": as_maps(ref["inputs"]["feats_s"])},
+            "grads": {**ref["grads"], "feats_s": as_maps(ref["grads"]["feats_s"])},
+            "extra": {**ref["extra"], "t2": {**t2, "grad_feats_s": as_maps(t2["grad_feats_s"])}}}
+    assert maps["inputs"]["feats_s"][0].dim() == 4
+    outcome = GoldenCase(maps, complete=True).run()
     assert outcome.ok, outcome.problems
 
 
@@ -224,7 +239,7 @@ def test_deit_soft_normalisation_is_batch_times_classes():
     classes = z_dist.shape[1]
     assert torch.allclose(kd_loss(z_dist, z_t, tau) / classes, ref["loss"], rtol=1e-12, atol=1e-12)
     assert not torch.allclose(kd_loss(z_dist, z_t, tau), ref["loss"])
-    distiller = GoldenCase(ref).build()
+    distiller = built(GoldenCase(ref))
     assert distiller.distillation_tau == tau == 3.0
     s, t, _ = GoldenCase(ref).features(ref["inputs"])
     assert torch.allclose(distiller(s, t)["deit"], ref["loss"], rtol=1e-12, atol=1e-12)
@@ -236,7 +251,7 @@ def test_deit_default_weights_are_deits_alpha_half(name):
     ref = record(name)
     with_ce = ref["extra"]["with_ce"]
     case = GoldenCase(ref)
-    distiller = case.build()
+    distiller = built(case)
     assert DISTILLERS.get("deit").default_weights == {"gamma": 0.5, "alpha": 0.0, "beta": 0.5} == \
         {"gamma": 1 - with_ce["alpha"], "alpha": 0.0, "beta": with_ce["alpha"]}
     s, t, _ = case.features(ref["inputs"])

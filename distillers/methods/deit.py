@@ -80,8 +80,14 @@ class DeiT(Distiller):
 # tests/golden/make_ofa_deit_goldens.py). No trainer task runs them yet: timm ViT students need the
 # trainer's timm ViT taps; tests/test_methods_ofa_deit.py trains a DeiT student with FeatureTaps directly.
 _DEIT_INPUTS = {"logit_cls": "s:" + CLS_HEAD, "logit_dist": "s:" + DIST_HEAD, "logit_t": "t:logits"}
+# Every file: alpha 1, the distillation term alone, which is this method's term (the (1 - alpha) CE is the trainer's
+# gamma); extra.with_ce = the reference's alpha 0.5 with its CE, the trainer's composition (CE 0.5 + this 0.5),
+# which tests/test_methods_ofa_deit.py compares through the trainer's objective, not the method alone.
 register_golden("deit_soft", GoldenEntry("deit", _DEIT_INPUTS, options={"distillation_type": "soft"},
                                          hparam_options={"distillation_tau": "tau"},
-                                         outputs={"logits": "logit_cls"}, task="timm"))
+                                         hparam_fixed={"distillation_type": "soft", "alpha": 1.0},
+                                         outputs={"logits": "logit_cls"}, diagnostics=("with_ce",), task="timm"))
 register_golden("deit_hard", GoldenEntry("deit", _DEIT_INPUTS, options={"distillation_type": "hard"},
-                                         outputs={"logits": "logit_cls"}, task="timm"))
+                                         hparam_fixed={"distillation_type": "hard", "alpha": 1.0},
+                                         hparam_info=("tau",),  # the hard mode reads no temperature
+                                         outputs={"logits": "logit_cls"}, diagnostics=("with_ce",), task="timm"))

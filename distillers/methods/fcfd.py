@@ -251,6 +251,8 @@ register_golden("fcfd", GoldenEntry(
              "pooled_s": "s:pooled", "pooled_t": "t:pooled", "logit_t": "t:logits", "epoch": "batch:epoch"},
     hparam_options={"extra_paths": "extra_paths", "extra_type": "extra_type", "fcfd_T": "T",
                     "weight_l2": "weight_l2", "weight_func": "weight_func", "stage_input": "stage_input"},
+    hparam_info=("epoch_from_0",),  # the reference's 0-based epoch; inputs.epoch gives it + 1 (the warm-up)
+    diagnostics=("paths",),  # the drawn paths, named; rng_state replays them and the loss depends on them
     renames=_RENAMES))
 
 

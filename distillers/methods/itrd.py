@@ -84,7 +84,9 @@ class ITRD(Distiller):
 # The reference numbers this method reproduces (python -m distillers.golden; tests/golden).
 register_golden("itrd", GoldenEntry(
     "itrd", {"feat_s": "s:pooled", "feat_t": "t:pooled"},
-    hparam_options={"lambda_corr": "lambda_corr", "lambda_mutual": "lambda_mutual", "alpha_it": "alpha_it"}))
+    hparam_options={"lambda_corr": "lambda_corr", "lambda_mutual": "lambda_mutual", "alpha_it": "alpha_it"},
+    hparam_info=("s_dim", "t_dim"),  # the widths, which the inputs give
+    outputs={"itrd_corr": "loss_correlation", "itrd_mutual": "loss_mutual"}))  # its two weighted terms
 
 
 def _family(arch: str) -> str:

@@ -79,4 +79,9 @@ class MGD(Distiller):
 # the reference drew come back through the generator state recorded in the file (``rng_state``).
 register_golden("mgd", GoldenEntry(
     "mgd", {"preds_S": "s:last_map", "preds_T": "t:last_map"},
-    hparam_options={"alpha_mgd": "alpha_mgd", "lambda_mgd": "lambda_mgd", "mgd_mask": "mask"}))
+    hparam_options={"alpha_mgd": "alpha_mgd", "lambda_mgd": "lambda_mgd", "mgd_mask": "mask"},
+    # the configs' alpha_mgd (CIFAR-100, ImageNet), recorded beside the alpha_mgd the file applies
+    hparam_info=("alpha_mgd_cifar100", "alpha_mgd_imagenet"),
+    # masked_fraction_step1: the share of the first draw masked (the mask's effect is in the loss); cls_kd: the
+    # same loss from yzd-v/cls_KD's copy of the class, a cross-check of the reference by another repository
+    diagnostics=("masked_fraction_step1", "cls_kd")))

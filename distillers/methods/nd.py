@@ -176,16 +176,21 @@ class DKDPP(_NormDirection):
 
 
 # The reference numbers these methods reproduce (tests/golden/, made by tests/golden/make_wave2_logit_goldens.py):
-# the reference's class centres (its T_EMB) are the file's params, loaded as our centres.
+# the reference's class centres (its T_EMB) are the file's params, loaded as our centres, and its state_after
+# (the reference reads them, never updates them; ours fills them in epoch 1 only).
 _ND_INPUTS = {"logit_s": "s:logits", "logit_t": "t:logits", "emb_s": "s:pooled", "emb_t": "t:pooled",
               "target": "batch:labels", "epoch": "batch:epoch"}
 _ND_RENAMES = (("T_EMB", "centers"), ("fc1.", "projector."))
 _ND_HPARAMS = {"kd_T": "t", "nd_loss_factor": "nd_loss_factor", "warmup": "warm_up", "nd_dropout": "dropout"}
+#: hparams that set nothing compared: the 1-based epoch, given to the method as inputs.epoch (the warm-up)
+_ND_INFO = ("epoch",)
 register_golden("kdpp", GoldenEntry("kdpp", _ND_INPUTS, renames=_ND_RENAMES,
-                                    outputs={"kd": "logit_loss", "nd": "nd_loss"},
+                                    outputs={"kd": "logit_loss", "nd": "nd_loss"}, hparam_info=_ND_INFO,
                                     hparam_options={**_ND_HPARAMS, "kd_loss_factor": "kd_loss_factor"}))
+# extra.logit_loss: the reference's DKD term (warm-up included), ours tckd + nckd; it is loss - nd_loss, both compared
 register_golden("dkdpp", GoldenEntry("dkdpp", _ND_INPUTS, renames=_ND_RENAMES, outputs={"nd": "nd_loss"},
-                                     hparam_options={**_ND_HPARAMS, "dkd_alpha": "dkd_alpha", "dkd_beta": "dkd_beta"}))
+                                     hparam_options={**_ND_HPARAMS, "dkd_alpha": "dkd_alpha", "dkd_beta": "dkd_beta"},
+                                     hparam_info=_ND_INFO, diagnostics=("logit_loss",)))
 
 
 def kdpp_options(pair) -> dict:

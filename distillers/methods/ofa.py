@@ -256,15 +256,20 @@ _SEPCONV_RENAMES = tuple((f"projector.{k}.{i}.op.", f"heads.{k - 1}.{i}.") for k
 _OFA_INPUTS = {"feats_s": "s:stages", "pooled_s": "s:pooled", "logit_s": "s:logits", "logit_t": "t:logits",
                "pooled_t": "t:pooled", "labels": "batch:labels"}
 _OFA_HPARAMS = {"ofa_eps": "eps", "ofa_temperature": "temperature", "ofa_loss_weight": "loss_weight"}
+#: the sizes its train.py passes (classes, pooled widths, prefix tokens): ours reads them from the inputs' shapes
+_OFA_INFO = ("num_classes", "feature_dim_s", "feature_dim_t", "num_tokens")
 #: every file's ``extra.t2``: the same parameters at eps 1, temperature 2, stage heads weighted 0.5
 _T2 = {"t2": {"options": {"ofa_eps": 1.0, "ofa_temperature": 2.0, "ofa_loss_weight": 0.5}}}
-#: a three-stage CNN student (the CIFAR models), shown to the reference as its stages 2..4
+#: a three-stage CNN student (the CIFAR models), shown to the reference as its stages 2..4 (its ofa_stage, fixed:
+#: the renames map its heads 2..4 onto ours 1..3, every stage of ours)
 register_golden("ofa", GoldenEntry(
     "ofa", _OFA_INPUTS, options={"student_kind": "cnn"}, hparam_options=_OFA_HPARAMS, variants=_T2,
+    hparam_fixed={"ofa_stage": [2, 3, 4]}, hparam_info=_OFA_INFO,
     renames=_SEPCONV_RENAMES + tuple((f"projector.{k}.", f"heads.{k - 1}.") for k in range(2, 6))))
-#: a four-stage CNN student (timm's ResNets), the reference's own numbering
+#: a four-stage CNN student (timm's ResNets), the reference's own numbering (its ofa_stage is ours)
 register_golden("ofa_4stage", GoldenEntry(
-    "ofa", _OFA_INPUTS, options={"student_kind": "cnn"}, hparam_options=_OFA_HPARAMS, variants=_T2, task="timm",
+    "ofa", _OFA_INPUTS, options={"student_kind": "cnn"}, hparam_options={**_OFA_HPARAMS, "ofa_stages": "ofa_stage"},
+    hparam_info=_OFA_INFO, variants=_T2, task="timm",
     renames=tuple((f"projector.{k}.{i}.op.", f"heads.{k}.{i}.") for k in range(1, 5) for i in range(4))
     + (("projector.", "heads."),)))
 #: token students: ViT-like with a class token, Swin-like without prefix tokens (GAP readout)
@@ -273,5 +278,5 @@ _TOKEN_RENAMES = tuple(pair for k in range(1, 5) for pair in (
     (f"projector.{k}.3.", f"heads.{k}.fc.")))
 for _name in ("ofa_token", "ofa_token_gap"):
     register_golden(_name, GoldenEntry("ofa", _OFA_INPUTS, options={"student_kind": "token"},
-                                       hparam_options=_OFA_HPARAMS, variants=_T2, renames=_TOKEN_RENAMES,
-                                       task="timm"))
+                                       hparam_options={**_OFA_HPARAMS, "ofa_stages": "ofa_stage"},
+                                       hparam_info=_OFA_INFO, variants=_T2, renames=_TOKEN_RENAMES, task="timm"))

@@ -217,17 +217,29 @@ class SDDNKD(_SDD):
         return {"nkd_target": target, "nkd_non_target": self.nkd_gamma * non_target}
 
 
-# The reference numbers these methods reproduce (tests/golden/, made by tests/golden/make_wave2_logit_goldens.py):
-# the last maps and classifiers of both sides (the region logits), the logits (--M [1]), labels and epoch;
-# every file of a method holds its own settings in hparams.
+# The reference numbers these methods reproduce (tests/golden/, made by tests/golden/make_wave2_logit_goldens.py),
+# each file at its own settings (hparams), with the taps its setting reads: the last maps and classifiers of both
+# sides (the region logits), or, for --M [1] (methods sdd_*_m1: M fixed), the logits; labels and epoch.
 _SDD_INPUTS = {"feat_s": "s:last_map", "fc_s_weight": "s:classifier.weight", "fc_s_bias": "s:classifier.bias",
                "feat_t": "t:last_map", "fc_t_weight": "t:classifier.weight", "fc_t_bias": "t:classifier.bias",
-               **LOGITS, "target": "batch:labels", "epoch": "batch:epoch"}
-register_golden("sdd_kd", GoldenEntry("sdd_kd", _SDD_INPUTS, hparam_options={"M": "M", "kd_T": "T"}))
-register_golden("sdd_dkd", GoldenEntry("sdd_dkd", _SDD_INPUTS, hparam_options={
-    "M": "M", "kd_T": "T", "dkd_alpha": "alpha", "dkd_beta": "beta", "warmup": "warmup"}))
-register_golden("sdd_nkd", GoldenEntry("sdd_nkd", _SDD_INPUTS, hparam_options={
-    "M": "M", "nkd_T": "T", "nkd_gamma": "gamma", "warmup": "warmup"}))
+               "target": "batch:labels", "epoch": "batch:epoch"}
+_SDD_M1_INPUTS = {**LOGITS, "target": "batch:labels", "epoch": "batch:epoch"}
+#: hparams that set nothing compared: the 1-based epoch the reference's forward_train got, given to the method as
+#: inputs.epoch (the warm-up factor comes from there).
+_SDD_INFO = ("epoch",)
+#: extra.teacher_agreement: counts of the teacher's (whole map, region) right/wrong cases over the regions after
+#: the first, showing that the file exercises both region weights (1 and 2); the weights' effect is in the loss.
+_SDD_DIAGNOSTICS = ("teacher_agreement",)
+_SDD_HPARAMS = {
+    "sdd_kd": ({"kd_T": "T"}, {"warmup": 0.0}),  # SD-KD has no warm-up (mdistiller's KD)
+    "sdd_dkd": ({"kd_T": "T", "dkd_alpha": "alpha", "dkd_beta": "beta", "warmup": "warmup"}, {}),
+    "sdd_nkd": ({"nkd_T": "T", "nkd_gamma": "gamma", "warmup": "warmup"}, {}),
+}
+for _name, (_hparams, _fixed) in _SDD_HPARAMS.items():
+    register_golden(_name, GoldenEntry(_name, _SDD_INPUTS, hparam_options={"M": "M", **_hparams},
+                                       hparam_fixed=_fixed, hparam_info=_SDD_INFO, diagnostics=_SDD_DIAGNOSTICS))
+    register_golden(f"{_name}_m1", GoldenEntry(_name, _SDD_M1_INPUTS, options={"M": [1]}, hparam_options=_hparams,
+                                               hparam_fixed={"M": [1], **_fixed}, hparam_info=_SDD_INFO))
 
 
 def _scales(base):

@@ -61,4 +61,9 @@ class SRD(Distiller):
 # The reference numbers this method reproduces (python -m distillers.golden; tests/golden).
 register_golden("srd", GoldenEntry(
     "srd", {"feat_s": "s:pooled", "feat_t": "t:pooled", "logit_s": "s:logits", "logit_t": "t:logits"},
-    hparam_options={"srd_exponent": "exponent", "srd_T": "temperature"}))
+    hparam_options={"srd_exponent": "exponent", "srd_T": "temperature"},
+    hparam_fixed={"eps": 1e-4},  # the batch norms' eps, built in
+    hparam_info=("s_dim", "t_dim"),  # the widths, which the inputs give
+    # the author's OurDistillationLoss (roymiles/Simple-Recipe-Distillation) on the same tensors: the loss of
+    # the reference this method follows (torchdistill's port), from another repository, as a cross-check
+    diagnostics=("simple_recipe",)))

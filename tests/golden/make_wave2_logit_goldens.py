@@ -17,7 +17,7 @@ ttm, ttm_l05             zkxufo/TTM distiller_zoo/ttm.py TTM(l) on logits, l 0.1
 wttm, wttm_l05           distiller_zoo/wttm.py WTTM(l), l 0.2 (its README) and 0.5
 sdd_{kd,dkd,nkd}         SDD_KD / SDD_DKD / SDD_NKDLoss.forward_train, --M [1,2,4]
 sdd_{kd,dkd,nkd}_m12     the same with --M [1,2] and other temperature / beta / gamma / epoch
-sdd_{kd,dkd,nkd}_m1      --M [1] (the base loss on the logits)
+sdd_{kd,dkd,nkd}_m1      --M [1] (the base loss on the logits; method sdd_*_m1: it reads the logits, not the maps)
 kdpp, dkdpp              CIFAR/train_cifar_kd.py / train_cifar_dkd.py train(), one batch, equal feature widths
 kdpp_embtrans, ...       the same with a 64-wide student feature through EmbTrans (wrn40_1) to the teacher's 128
 """
@@ -252,16 +252,26 @@ def make_sdd(root: Path):
         notes = (f"{where}.forward_train(image, target, epoch={epoch}) with --M {M}; loss = its losses['loss_kd'] "
                  "(warm-up included, CE left out). Its networks are ResNet_SDD's own forward from the given last map "
                  "(stem and stages identities, avgpool a global average: shims), with the given classifiers. "
-                 "extra.teacher_agreement = regions after the first with (whole, region) teacher predictions "
-                 "(right, right), (right, wrong), (wrong, right), (wrong, wrong). Shims: .cuda() a no-op, package "
+                 + ("The loss reads the logits only: the inputs are the logits the networks returned (a fresh "
+                    "leaf: the gradient is the logits'), labels and epoch. " if M == "[1]" else
+                    "The loss reads the region logits only: the inputs are the maps and classifiers (the logits, "
+                    "read by the CE alone, are left out), labels and epoch. extra.teacher_agreement = regions after "
+                    "the first with (whole, region) teacher predictions (right, right), (right, wrong), "
+                    "(wrong, right), (wrong, wrong). ")
+                 + "Shims: .cuda() a no-op, package "
                  "__init__ files not run" + (", KD.LOSS.KD_WEIGHT 1 (0.9 in its config)." if method == "sdd_kd" else
                                              ". Its NKD reads DKD.T and DKD.BETA (here T and gamma)."
                                              if method == "sdd_nkd" else "."))
-        inputs = {"feat_s": feat_s, "fc_s_weight": fc_s_weight, "fc_s_bias": fc_s_bias, "feat_t": feat_t,
-                  "fc_t_weight": fc_t_weight, "fc_t_bias": fc_t_bias, "logit_s": student.logits.detach().clone(),
-                  "logit_t": teacher.logits.detach().clone(), "target": target, "epoch": torch.tensor(epoch)}
-        out[name] = record(method, f"{ref} {where}", hparams, inputs, loss, grads, notes,
-                           extra={"teacher_agreement": teacher_agreement(patches_t, target)})
+        # the inputs the setting reads: the logits its networks returned (--M [1]), else the maps and classifiers
+        inputs = ({"logit_s": student.logits.detach().clone(), "logit_t": teacher.logits.detach().clone()}
+                  if M == "[1]" else
+                  {"feat_s": feat_s, "fc_s_weight": fc_s_weight, "fc_s_bias": fc_s_bias, "feat_t": feat_t,
+                   "fc_t_weight": fc_t_weight, "fc_t_bias": fc_t_bias})
+        inputs.update(target=target, epoch=torch.tensor(epoch))
+        extra = {} if M == "[1]" else {"teacher_agreement": teacher_agreement(patches_t, target)}
+        # --M [1] reads other taps than the region settings: its own entry (method sdd_*_m1, M fixed)
+        out[name] = record(f"{method}_m1" if M == "[1]" else method, f"{ref} {where}", hparams, inputs, loss, grads,
+                           notes, extra=extra)
     return out
 
 
@@ -325,11 +335,12 @@ def make_nd(root: Path):
         larger = int((emb_s.norm(dim=1) > emb_t.norm(dim=1)).sum()) if not projected else None
         grads = {"logit_s": s_logits.grad.clone(), "emb_s": s_emb.grad.clone()}
         params = {"T_EMB": centers.clone(), **params_before}
-        state_after = {}
+        # the centres after the step: the reference reads T_EMB, never writes it
+        state_after = {"T_EMB": torch.tensor([t_emb[str(k)] for k in range(CLASSES)])}
         if projected:
             grads.update({f"params.{k}": p.grad.clone() for k, p in model.named_parameters() if k.startswith("fc1.")})
-            state_after = {k: v.detach().clone() for k, v in model.state_dict().items()
-                           if k.startswith("fc1.") and ("running" in k or "num_batches" in k)}
+            state_after.update({k: v.detach().clone() for k, v in model.state_dict().items()
+                                if k.startswith("fc1.") and ("running" in k or "num_batches" in k)})
         script = "train_cifar_kd.py" if method == "kdpp" else "train_cifar_dkd.py"
         logit_name = "KDLoss" if method == "kdpp" else "DKDLoss"
         hparams = {"t": 4.0, "warm_up": 20.0, "dropout": 0.0 if projected else 0.5, "epoch": epoch, **factors}
@@ -339,7 +350,8 @@ def make_nd(root: Path):
                  + (": the student is Models/embtrans_cifar.py EmbTrans(model_name='wrn40_1_cifar') (BatchNorm1d, "
                     "Dropout with p set to 0 (shim), Linear 64 -> 128), in training mode" if projected else "")
                  + (f" ({larger} of {BATCH} student features have the larger norm)" if larger is not None else "")
-                 + ". params.T_EMB = the class centres it reads from JSON (random here). SGD lr 0 as its optimizer. "
+                 + ". params.T_EMB = the class centres it reads from JSON (random here); state_after.T_EMB = "
+                 "them after the step (train() reads them only). SGD lr 0 as its optimizer. "
                  "extra.nd_loss / extra.logit_loss = its two terms. Shims: .cuda() a no-op.")
         out[name] = record(method, f"{ref} CIFAR/{script} train, CIFAR/utils.py {logit_name} and DirectNormLoss"
                            + (", CIFAR/Models/embtrans_cifar.py EmbTrans" if projected else ""), hparams,
