@@ -269,3 +269,15 @@ def test_entries_refuse_ambiguous_declarations():
     with pytest.raises(ValueError, match="unknown field"):
         GoldenEntry("kd", {}, variants={"v": {"option": {}}})
     assert VARIANT_FIELDS == {"options", "attributes", "unchecked", "inputs_from"}
+
+
+def test_an_input_read_without_a_gradient_needs_none_and_must_not_be_given_one():
+    """DeiT's class-token logits are passed through as the prediction: no gradient on either side. A
+    reference gradient for them fails (ours has none); removing the distillation token's fails too."""
+    deit = _load(OWN_GOLDEN / "deit_soft.pt")
+    assert "logit_cls" in deit["inputs"] and "logit_cls" not in deit["grads"]
+    assert GoldenCase(deit, complete=True).run().ok
+    given = {**deit, "grads": {**deit["grads"], "logit_cls": torch.zeros_like(deit["inputs"]["logit_cls"])}}
+    assert any("logit_cls" in p for p in _problems(given))
+    removed = {**deit, "grads": {k: v for k, v in deit["grads"].items() if k != "logit_dist"}}
+    assert any("no reference gradient for the student input 'logit_dist'" in p for p in _problems(removed))
