@@ -15,7 +15,7 @@ temperatures.
 from __future__ import annotations
 
 import argparse
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
@@ -39,13 +39,23 @@ def _option_type(option):
 
 
 class _ListOption(argparse.Action):
-    """A list option given as ``3,5,2,6``, ``[3, 5, 2, 6]`` or ``3 5 2 6``."""
+    """A list option given as ``3,5,2,6``, ``[3, 5, 2, 6]`` or ``3 5 2 6``; ``allowed``: the whole lists
+    accepted (argparse's own ``choices`` would check each number alone)."""
+    allowed: Optional[Sequence[Any]] = None
 
     def __call__(self, parser, namespace, values, option_string=None):
         try:
-            setattr(namespace, self.dest, parse_list(",".join(str(v).strip("[]") for v in values)))
+            value = parse_list(",".join(str(v).strip("[]") for v in values))
         except Exception:  # noqa: BLE001 - yaml's errors: say it in the parser's one line
             parser.error(f"{option_string}: expected numbers, got {' '.join(map(str, values))}")
+        if self.allowed is not None and tuple(value) not in [tuple(c) for c in self.allowed]:
+            parser.error(f"argument {option_string}: invalid choice: {tuple(value)!r} (choose from "
+                         f"{', '.join(repr(tuple(c)) for c in self.allowed)})")
+        setattr(namespace, self.dest, value)
+
+
+def _list_action(choices: Optional[Sequence[Any]]) -> type:
+    return type("ListOption", (_ListOption,), {"allowed": choices})
 
 
 def short_name(method: str, option: str) -> Optional[str]:
@@ -69,7 +79,7 @@ def add_method_options(parser: argparse.ArgumentParser, name: str, title: str, s
         default = "auto (see the method)" if spec.default is None else spec.default
         common = dict(default=argparse.SUPPRESS, type=_option_type(spec), choices=spec.choices)
         if spec.kind is tuple:  # also as separate numbers: --mlkd_T 3 5 2 6
-            common = dict(default=argparse.SUPPRESS, nargs="+", action=_ListOption)
+            common = dict(default=argparse.SUPPRESS, nargs="+", action=_list_action(spec.choices))
         spaced = [f"--{name}.{option}"] + ([f"--{name}.{short_name(name, option)}"] if short_name(name, option) else [])
         if flat and option not in skip:
             group.add_argument(*spec.flags, f"--{option}", dest=f"{FLAT}{option}", metavar=option.upper(),
