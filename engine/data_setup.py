@@ -9,13 +9,14 @@ stage when the loader names its views (:attr:`data.loaders.TrainLoader.view_sche
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 from torch import nn
 
 import data as datasets
-from core.requests import DataRequest
+from core.requests import DataRequest, Mixing
 from data.loaders import ViewScheme, eval_loader
+from data.mixing import with_mixing
 from data.requests import unwrap
 from distillers import ShapeSpec
 from engine.errors import ConfigError
@@ -41,6 +42,19 @@ def with_seeded_views(train_set, extra_views: Sequence[str], seed: int, dali: Op
         return train_set
     from data.seeded_views import WithSeededViews
     return WithSeededViews(train_set, seed)
+
+
+def mixing_requests(args, task) -> List[DataRequest]:
+    """``--mixup``/``--cutmix``: the :class:`~core.requests.Mixing` request every loader serves (data/mixing.py),
+    for a task whose loss reads soft targets (classification's cross-entropy); none without the flags."""
+    mixup, cutmix = getattr(args, "mixup", 0.0) or 0.0, getattr(args, "cutmix", 0.0) or 0.0
+    if not (mixup > 0 or cutmix > 0) and not getattr(args, "label_smoothing", 0.0):
+        return []
+    if not getattr(task, "soft_targets", False):
+        flag = "--mixup/--cutmix" if mixup > 0 or cutmix > 0 else "--label_smoothing"
+        raise ConfigError(f"{flag}: the {args.dataset} task has no class targets for a cross-entropy to read "
+                          "(mixing and label smoothing apply to classification)")
+    return [Mixing(mixup, cutmix, args.mixup_switch_prob)] if mixup > 0 or cutmix > 0 else []
 
 
 def loader_kind(args, served, requests: Sequence[DataRequest]) -> str:
@@ -96,7 +110,8 @@ def train_loader(args, info, task, kind: str, served, test_set, batch_per_rank: 
     if len(train) == 0:
         raise ConfigError(f"the training set ({len(served)} samples) is smaller than one batch "
                           f"({batch_per_rank} per process)")
-    return train, test
+    # --mixup/--cutmix: every loader's batches mixed on the device, once (data/mixing.py)
+    return with_mixing(train, unwrap(served)[1], info.device, args.epochs, info.world_size), test
 
 
 def open_teacher_store(args, teacher: nn.Module, spec: ShapeSpec, objective: Objective, train_loader,

@@ -79,6 +79,30 @@ def _common(parser: argparse.ArgumentParser, model_flag: str) -> None:
     opt.add_argument("--min_lr", type=float, default=0.0, help="the cosine schedule's final learning rate")
     opt.add_argument("--seed", type=int, default=0, help="random seed")
 
+    vit = parser.add_argument_group("the ViT recipe (README: The ViT recipe; all off by default)")
+    vit.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+                     help="mixup each training batch with lambda ~ Beta(ALPHA, ALPHA) (DeiT 0.8); teacher and "
+                          "student see the same mixed images, the cross-entropy reads the mixed targets. The "
+                          "plan is a function of (seed, epoch, batch): the same on any loader, any number of "
+                          "processes and after a resume")
+    vit.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA",
+                     help="cutmix with lambda ~ Beta(ALPHA, ALPHA) (DeiT 1.0); with --mixup too, one of the two "
+                          "per batch")
+    vit.add_argument("--mixup_switch_prob", type=float, default=0.5, metavar="P",
+                     help="with both --mixup and --cutmix: the probability that a batch is cut-mixed")
+    vit.add_argument("--label_smoothing", type=float, default=0.0, metavar="EPS",
+                     help="label smoothing of the cross-entropy term (also of mixed targets; DeiT 0.1)")
+    vit.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                     help="keep an exponential moving average of the weights, ema = DECAY*ema + (1-DECAY)*model "
+                          "after each optimiser step (buffers copied; e.g. 0.99996); evaluated beside the model "
+                          "and saved in every checkpoint under 'ema' (best.pth is still chosen on the model)")
+    vit.add_argument("--drop_path", type=float, default=None, metavar="RATE",
+                     help="stochastic depth of the trained network: --model_opt drop_path_rate=RATE (timm models "
+                          "take it; a model that does not is refused)")
+    vit.add_argument("--clip_grad", type=float, default=None, metavar="NORM",
+                     help="clip the global gradient norm to NORM before each optimiser step (after unscaling "
+                          "under --amp fp16); not with --dot")
+
     run = parser.add_argument_group("run")
     run.add_argument("--trial", default="0", help="trial id, part of the run name")
     run.add_argument("--save_root", default="save",
