@@ -6,8 +6,9 @@ passes them on: it never names a method or looks for a method's attributes.
 
 Built-in kinds: :class:`SampleIndex` (memory banks), :class:`ContrastSampling` (CRD's
 positive and negatives), :class:`ExtraView` (a further augmented view of each image, MLKD's
-strong view), :class:`Mixing` (mixup and cutmix of each batch: the run's flags add it, not a method). A plugin defines a new kind by subclassing :class:`DataRequest` and registering
-its server with ``data.register_request_server`` in its own file.
+strong view), :class:`Mixing` (mixup and cutmix of each batch: the run's flags add it, not a method).
+A plugin defines a new kind by subclassing :class:`DataRequest` and registering its server with
+``data.register_request_server`` in its own file.
 """
 from __future__ import annotations
 

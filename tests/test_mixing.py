@@ -14,7 +14,7 @@ from engine import cli, config
 from engine.checkpoint import load
 from engine.distributed import DistInfo
 from engine.loop import Trainer
-from test_interrupts import free_port
+from test_interrupts import child, free_port
 from test_teacher_store_training import fit_recorded
 from test_trainer import PLUGIN
 
@@ -155,7 +155,7 @@ def test_a_store_fed_run_with_mixing_equals_one_without_and_a_warm_store_runs_no
         student("other", "--teacher_store", str(tmp_path / "store"), "--mixup", "0.5")
 
 
-def test_two_gloo_processes_mix_as_one_process(tmp_path):
+def test_two_gloo_processes_mix_as_one_process_and_resume_bit_for_bit(tmp_path):
     common = ["--dataset", "synthetic", "--data_opt", "train_size=128", "--data_opt", "test_size=32",
               "--data_opt", "augment=false", "--batch_size", "32", "--num_workers", "0", "--no_tensorboard",
               "--model", "test_nobn", "--plugin", PLUGIN, "--epochs", "2", "--device", "cpu", "--ema", "0.9",
@@ -172,3 +172,18 @@ def test_two_gloo_processes_mix_as_one_process(tmp_path):
             assert torch.allclose(a[key], b[key], atol=1e-5, rtol=1e-4), (part, key)
     assert not torch.allclose(one["model"]["fc.weight"], one["ema"]["weights"]["fc.weight"])
     assert two["epoch"] == 3 and one["ema"]["last"]["top1"] == pytest.approx(two["ema"]["last"]["top1"])
+    # stopped in the middle of the warm-up epoch (only rank 1 signalled), resumed on two processes: the same run
+    argv = common + ["--save_dir", str(tmp_path / "cut"), "--nprocs", "2"]
+    code, _, err = child("train_teacher.py", argv + ["--dist-url", f"tcp://127.0.0.1:{free_port()}"],
+                         "SIGTERM:train_step:1:2:1")
+    assert code == 143, err
+    assert (load(tmp_path / "cut/latest.pth")["epoch"], load(tmp_path / "cut/latest.pth")["step"]) == (1, 2)
+    code, _, err = child("train_teacher.py", argv + ["--resume", "--dist-url", f"tcp://127.0.0.1:{free_port()}"])
+    assert code == 0, err
+    cut = load(tmp_path / "cut/latest.pth")
+    for key in two["model"]:
+        assert torch.equal(two["model"][key], cut["model"][key]), key
+        assert torch.equal(two["ema"]["weights"][key], cut["ema"]["weights"][key]), key
+    for key, value in two["optimizer"]["state"].items():
+        assert all(torch.equal(t, cut["optimizer"]["state"][key][n]) for n, t in value.items()), key
+    assert two["scheduler"] == cut["scheduler"] and two["ema"]["last"] == cut["ema"]["last"]

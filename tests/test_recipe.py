@@ -156,3 +156,20 @@ def test_the_vit_recipes_are_configs_the_student_parser_reads(name, expected):
         assert args.model_opts == {"img_size": 32, "patch_size": 4} and config.method_options(args)["ofa_eps"] == 1.0
     else:
         assert config.method_options(args)["distillation_type"] == "hard"
+
+
+def test_mixing_and_label_smoothing_are_refused_for_a_task_without_class_targets():
+    from argparse import Namespace
+
+    from engine.data_setup import mixing_requests
+    from engine.metric_learning_task import MetricTask
+    from engine.tasks import ClassificationTask
+
+    args = Namespace(mixup=0.8, cutmix=0.0, mixup_switch_prob=0.5, label_smoothing=0.0, dataset="cub200")
+    assert [type(r).__name__ for r in mixing_requests(args, ClassificationTask())] == ["Mixing"]
+    with pytest.raises(config.ConfigError, match="--mixup/--cutmix: the cub200 task has no class targets"):
+        mixing_requests(args, MetricTask())
+    args.mixup, args.label_smoothing = 0.0, 0.1
+    assert mixing_requests(args, ClassificationTask()) == []
+    with pytest.raises(config.ConfigError, match="--label_smoothing: the cub200 task"):
+        mixing_requests(args, MetricTask())
