@@ -21,6 +21,7 @@ from data.requests import unwrap
 from distillers import ShapeSpec
 from engine.errors import ConfigError
 from engine.objective import Objective
+from engine.store_topk import topk_codecs
 
 
 def seeded_views_of(train_set):
@@ -144,18 +145,25 @@ def open_teacher_store(args, teacher: nn.Module, spec: ShapeSpec, objective: Obj
         return None, f"off: {why}"
     meta = datasets.dataset_info(args.dataset)
     views = {**scheme.description, **({"teacher_input": teacher_input} if teacher_input else {})}
-    key = ts.store_key(teacher, args.dataset, num_samples, meta["mean"], meta["std"], views,
-                       dtype=args.teacher_store_dtype, data_options=args.data_opts)
+    try:  # topk16: the logits as their top k in float16, the other taps in float16 (engine/store_topk.py)
+        codecs = topk_codecs(args.teacher_store_dtype, getattr(args, "teacher_store_topk", 10), spec.teacher)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    dtype = "float16" if args.teacher_store_dtype == "topk16" else args.teacher_store_dtype
+    key = ts.store_key(teacher, args.dataset, num_samples, meta["mean"], meta["std"], views, dtype=dtype,
+                       data_options=args.data_opts, encoding={t: c.describe() for t, c in codecs.items()})
     # the folder that holds run folders: --save_root, or the one holding an explicit --save_dir
     runs_root = os.path.dirname(os.path.abspath(args.save_dir)) if args.save_dir else args.save_root
     folder = args.teacher_store or ts.default_store_dir(runs_root, key)
     try:
         store = ts.TeacherStore.open(folder, key, num_samples, scheme.num_views,
-                                     {tap: spec.teacher[tap] for tap in taps}, ts.DTYPES[args.teacher_store_dtype])
+                                     {tap: codecs[tap].shape if tap in codecs else spec.teacher[tap] for tap in taps},
+                                     ts.DTYPES[dtype])
     except ts.StoreSpaceError as err:
         if args.teacher_store is None:  # the default place is full: the run goes on as without a store
             return None, f"off: {err}"
         raise ConfigError(str(err)) from None
     except ts.StoreError as err:
         raise ConfigError(str(err)) from None
+    store.codecs = codecs  # read by the StoredTeacher in front of it
     return store, ""

@@ -211,8 +211,12 @@ def student_parser() -> Parser:
                             "in --save_root, or beside --save_dir when given); scripts/fill_teacher_store.py "
                             "fills every view once")
     store.add_argument("--no_teacher_store", action="store_true", help="run the teacher on every batch")
-    store.add_argument("--teacher_store_dtype", choices=["float32", "float16"], default="float32",
-                       help="storage of the stored outputs (float16 halves the disk, rounds to ~3 digits)")
+    store.add_argument("--teacher_store_dtype", choices=["float32", "float16", "topk16"], default="float32",
+                       help="storage of the stored outputs (float16 halves the disk, rounds to ~3 digits; topk16, "
+                            "not exact: the logits as their top --teacher_store_topk in float16 plus one logit "
+                            "keeping the rest's probability, its KL bound printed at start: README)")
+    store.add_argument("--teacher_store_topk", type=int, default=10, metavar="K",
+                       help="with --teacher_store_dtype topk16: how many of the largest logits are kept")
     parser.add_argument("--evaluate", action="store_true",
                         help="only evaluate the student checkpoint --path_s (no teacher needed)")
     parser.add_argument("--path_s", default=None, help="student checkpoint for --evaluate")

@@ -40,6 +40,8 @@ def describe_run(run, state, fresh: bool, evaluate: Callable) -> None:
         filled = min(run.store.filled_fraction(t) for t in run.objective.teacher_taps)
         log(f"teacher store {run.store.directory} ({', '.join(run.objective.teacher_taps)}, {s.store_dtype}): "
             f"{filled:.1%} of the views filled; the teacher runs on the others")
+        for codec in (getattr(run.store, "codecs", None) or {}).values():
+            log(codec.summary())
     elif run.store_off:
         log(f"teacher store {run.store_off}")
     if s.kind == "student":
