@@ -187,3 +187,18 @@ def test_two_gloo_processes_mix_as_one_process_and_resume_bit_for_bit(tmp_path):
     for key, value in two["optimizer"]["state"].items():
         assert all(torch.equal(t, cut["optimizer"]["state"][key][n]) for n, t in value.items()), key
     assert two["scheduler"] == cut["scheduler"] and two["ema"]["last"] == cut["ema"]["last"]
+
+
+def test_ofa_reads_the_mixed_targets_as_its_reference_does():
+    from distillers.base import ShapeSpec, build_distiller
+
+    spec = ShapeSpec({"stages": [(4, 8, 8)] * 3, "pooled": (8,), "logits": (5,)}, {"pooled": (8,), "logits": (5,)})
+    ofa = build_distiller("ofa", spec, ofa_eps=1.5)  # at eps 1 the labels do not count
+    s = {"stages": [torch.randn(6, 4, 8, 8) for _ in range(3)], "pooled": torch.randn(6, 8),
+         "logits": torch.randn(6, 5)}
+    t = {"pooled": torch.randn(6, 8), "logits": torch.randn(6, 5)}
+    hard = torch.tensor([0, 1, 2, 3, 4, 0])
+    targets = mixed_targets(hard, MixPlan(torch.tensor([3, 4, 5, 0, 1, 2]), 0.3), 5)  # the partner's label wins
+    mixed = ofa.total(ofa(s, t, {"labels": hard, "targets": targets}))
+    assert torch.equal(mixed, ofa.total(ofa(s, t, {"labels": targets.argmax(1)})))
+    assert not torch.equal(mixed, ofa.total(ofa(s, t, {"labels": hard})))
