@@ -6,8 +6,9 @@ passes them on: it never names a method or looks for a method's attributes.
 
 Built-in kinds: :class:`SampleIndex` (memory banks), :class:`ContrastSampling` (CRD's
 positive and negatives), :class:`ExtraView` (a further augmented view of each image, MLKD's
-strong view). A plugin defines a new kind by subclassing :class:`DataRequest` and registering
-its server with ``data.register_request_server`` in its own file.
+strong view), :class:`Mixing` (mixup and cutmix of each batch: the run's flags add it, not a method).
+A plugin defines a new kind by subclassing :class:`DataRequest` and registering its server with
+``data.register_request_server`` in its own file.
 """
 from __future__ import annotations
 
@@ -71,6 +72,30 @@ class ExtraView(DataRequest):
             raise ValueError(f"two terms ask for a view named '{self.name}' with different augmentations: "
                              f"{self.augment!r} and {other.augment!r}")
         return self
+
+
+@dataclass(frozen=True)
+class Mixing(DataRequest):
+    """Mixup and CutMix of each training batch (the ViT recipes: DeiT, OFA-KD), served once for every
+    loader by :mod:`data.mixing`: each image mixed with a partner of its batch, the same lambda (or box)
+    for the whole batch, cutmix instead of mixup with ``switch_prob`` when both alphas are set. The plan is
+    a function of (seed, epoch, batch index); ``batch.mix`` holds it, ``batch.targets`` the mixed soft
+    targets ([B, classes]); ``batch.labels`` stay the hard labels of each image's own sample. Teacher and
+    student see the same mixed images."""
+
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    switch_prob: float = 0.5
+
+    def __post_init__(self):
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            value = getattr(self, name)
+            if not value >= 0:
+                raise ValueError(f"mixing: {name} {value} must be 0 (off) or positive")
+        if not self.mixup_alpha > 0 and not self.cutmix_alpha > 0:
+            raise ValueError("mixing needs mixup_alpha or cutmix_alpha above 0")
+        if not 0 <= self.switch_prob <= 1:
+            raise ValueError(f"mixing: switch_prob {self.switch_prob} must be in [0, 1]")
 
 
 def merge_requests(requests: Iterable[DataRequest]) -> List[DataRequest]:

@@ -19,6 +19,7 @@ from data.registry import (DATASETS, BadImageError, DataError, check_data_option
                            register_dataset)
 from data import cifar, folder, imagenet, metric_learning, synthetic  # noqa: F401  (register the plugins)
 from data.requests import RequestServer, register_request_server
+from data import mixing  # noqa: F401,E402  (registers the Mixing server)
 
 __all__ = ["DATASETS", "register_dataset", "build_dataset", "dataset_info", "default_data_root", "dataset_options",
            "check_data_options",

@@ -24,14 +24,16 @@ from core.taps import standard_taps
 from data.requests import served_dataset
 from distillers import DISTILLERS, Distiller, FeatureTaps, ShapeSpec
 from engine import checkpoint as ckpt
-from engine.data_setup import loader_kind, open_teacher_store, seeded_views_of, train_loader, with_seeded_views
+from engine.data_setup import (loader_kind, mixing_requests, open_teacher_store, seeded_views_of, train_loader,
+                               with_seeded_views)
 from engine.distributed import DistInfo
+from engine.ema import ModelEma
 from engine.errors import ConfigError
 from engine.objective import Objective, build_distillation
 from engine.optim import (OPTIMIZERS, SCHEDULERS, OptimizerSettings, ScheduleSettings, build_optimizer,
                           build_schedule, takes_two_gradients)
 from engine.precision import Precision
-from engine.recipes import apply_recipe, validate_numbers
+from engine.recipes import apply_drop_path, apply_recipe, validate_numbers
 from engine.run_folder import check_run_folder, run_name
 from engine.run_log import Logger
 from engine.recipes import apply_lr_rule
@@ -63,6 +65,7 @@ class RunSettings:
     lr_decay_epochs: tuple
     overwrite: bool
     resume: Optional[str]
+    clip_grad: Optional[float] = None  # --clip_grad: the global gradient norm before each optimiser step
 
 
 @dataclass
@@ -100,6 +103,7 @@ class Run:
     code_version: str = ""                          # read once at start (never a subprocess at stop time)
 
     teacher_sha256: str = ""                        # the loaded teacher's weights (engine.teacher_store.teacher_fingerprint)
+    ema: Optional[ModelEma] = None                  # --ema: the weights' moving average (engine/ema.py)
 
     @property
     def two_gradients(self) -> bool:
@@ -133,6 +137,8 @@ class Run:
                  Part("scaler", self.precision.state_dict, self.precision.load_state_dict)]
         if self.method is not None:
             parts.append(Part("distiller", self.method.state_dict, self.method.load_state_dict))
+        if self.ema is not None:
+            parts.append(Part("ema", self.ema.state_dict, self.ema.load_state_dict))
         return parts
 
     def _load_model(self, weights: Dict[str, torch.Tensor]) -> None:
@@ -156,6 +162,7 @@ def assemble(args, info: DistInfo, kind: str) -> Run:
     lr_rule = apply_lr_rule(args, family, info.world_size)
     batch_per_rank = args.batch_size // info.world_size
     args.data_opts = datasets.check_data_options(args.dataset, args.data_opts)  # typed, one line if bad
+    apply_drop_path(args)  # --drop_path: a model option of the trained network
     found = None
     if kind == "student":  # the teacher's file is found and read before any data is (zoo names download)
         if not args.path_t:
@@ -173,7 +180,8 @@ def assemble(args, info: DistInfo, kind: str) -> Run:
                              **task.model_kwargs(args, "student" if kind == "student" else "model"),
                              **args.model_opts, family=None if ":" in model_name else family).to(info.device)
     except ValueError as err:  # an option the architecture does not take (models.options.ModelOptionError)
-        raise ConfigError(f"--model_opt: {err}") from None
+        flag = f"--drop_path {args.drop_path}" if "'drop_path_rate'" in str(err) else "--model_opt"
+        raise ConfigError(f"{flag}: {err}") from None
     example = torch.zeros((2,) + tuple(test_set[0][0].shape))
     teacher = teacher_card = None
     teacher_note = teacher_sha256 = ""
@@ -192,7 +200,8 @@ def assemble(args, info: DistInfo, kind: str) -> Run:
         args.save_root, f"{kind}s", run_name(args, kind, getattr(teacher, "arch", ""), weights))
     check_run_folder(run_dir, args.resume, args.overwrite)
     log = Logger(info, run_dir, not args.no_tensorboard)
-    requests = merge_requests(objective.data_requests() + ([SampleIndex()] if seeded_views_of(train_set) else []))
+    requests = merge_requests(objective.data_requests() + ([SampleIndex()] if seeded_views_of(train_set) else [])
+                              + mixing_requests(args, task))
     served = served_dataset(with_seeded_views(train_set, views_of(requests), args.seed, args.dali), requests,
                             args.seed)
     kind_of_loader = loader_kind(args, served, requests)
@@ -211,12 +220,14 @@ def assemble(args, info: DistInfo, kind: str) -> Run:
     settings = RunSettings(kind, args.epochs, args.eval_freq, args.log_every, args.seed, args.batch_size,
                            batch_per_rank, bool(args.compile), args.distill if kind == "student" else "",
                            args.dataset, kind_of_loader, getattr(args, "teacher_store_dtype", "float32"),
-                           args.lr_decay_rate, tuple(args.lr_decay_epochs or ()), bool(args.overwrite), args.resume)
+                           args.lr_decay_rate, tuple(args.lr_decay_epochs or ()), bool(args.overwrite), args.resume,
+                           getattr(args, "clip_grad", None))
     return Run(info, settings, task, dict(vars(args)), train_set, test_set, num_classes, model, teacher, spec,
                method, added, weights, objective, train, test, store, store_off, precision, optimizer_settings,
                schedule_settings, optimizer, scheduler, run_dir, log, teacher_card=teacher_card,
                teacher_note=teacher_note, lr_rule=lr_rule, code_version=ckpt.code_version(),
-               teacher_sha256=teacher_sha256)
+               teacher_sha256=teacher_sha256,
+               ema=ModelEma(model, args.ema) if getattr(args, "ema", None) is not None else None)
 
 
 def _check_optimiser(args, kind: str, name: str) -> None:

@@ -9,17 +9,19 @@ stage when the loader names its views (:attr:`data.loaders.TrainLoader.view_sche
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 from torch import nn
 
 import data as datasets
-from core.requests import DataRequest
+from core.requests import DataRequest, Mixing
 from data.loaders import ViewScheme, eval_loader
+from data.mixing import with_mixing
 from data.requests import unwrap
 from distillers import ShapeSpec
 from engine.errors import ConfigError
 from engine.objective import Objective
+from engine.store_topk import topk_codecs
 
 
 def seeded_views_of(train_set):
@@ -41,6 +43,19 @@ def with_seeded_views(train_set, extra_views: Sequence[str], seed: int, dali: Op
         return train_set
     from data.seeded_views import WithSeededViews
     return WithSeededViews(train_set, seed)
+
+
+def mixing_requests(args, task) -> List[DataRequest]:
+    """``--mixup``/``--cutmix``: the :class:`~core.requests.Mixing` request every loader serves (data/mixing.py),
+    for a task whose loss reads soft targets (classification's cross-entropy); none without the flags."""
+    mixup, cutmix = getattr(args, "mixup", 0.0) or 0.0, getattr(args, "cutmix", 0.0) or 0.0
+    if not (mixup > 0 or cutmix > 0) and not getattr(args, "label_smoothing", 0.0):
+        return []
+    if not getattr(task, "soft_targets", False):
+        flag = "--mixup/--cutmix" if mixup > 0 or cutmix > 0 else "--label_smoothing"
+        raise ConfigError(f"{flag}: the {args.dataset} task has no class targets for a cross-entropy to read "
+                          "(mixing and label smoothing apply to classification)")
+    return [Mixing(mixup, cutmix, args.mixup_switch_prob)] if mixup > 0 or cutmix > 0 else []
 
 
 def loader_kind(args, served, requests: Sequence[DataRequest]) -> str:
@@ -96,7 +111,8 @@ def train_loader(args, info, task, kind: str, served, test_set, batch_per_rank: 
     if len(train) == 0:
         raise ConfigError(f"the training set ({len(served)} samples) is smaller than one batch "
                           f"({batch_per_rank} per process)")
-    return train, test
+    # --mixup/--cutmix: every loader's batches mixed on the device, once (data/mixing.py)
+    return with_mixing(train, unwrap(served)[1], info.device, args.epochs, info.world_size), test
 
 
 def open_teacher_store(args, teacher: nn.Module, spec: ShapeSpec, objective: Objective, train_loader,
@@ -129,17 +145,24 @@ def open_teacher_store(args, teacher: nn.Module, spec: ShapeSpec, objective: Obj
         return None, f"off: {why}"
     meta = datasets.dataset_info(args.dataset)
     views = {**scheme.description, **({"teacher_input": teacher_input} if teacher_input else {})}
-    key = ts.store_key(teacher, args.dataset, num_samples, meta["mean"], meta["std"], views,
-                       dtype=args.teacher_store_dtype, data_options=args.data_opts)
+    try:  # topk16: the logits as their top k in float16, the other taps in float16 (engine/store_topk.py)
+        codecs = topk_codecs(args.teacher_store_dtype, getattr(args, "teacher_store_topk", 10), spec.teacher)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    dtype = "float16" if args.teacher_store_dtype == "topk16" else args.teacher_store_dtype
+    key = ts.store_key(teacher, args.dataset, num_samples, meta["mean"], meta["std"], views, dtype=dtype,
+                       data_options=args.data_opts, encoding={t: c.describe() for t, c in codecs.items()})
     # one rule, whatever the run folder: <--save_root>/teacher_store/<key> (the fill script's too)
     folder = args.teacher_store or ts.default_store_dir(args.save_root, key)
     try:
         store = ts.TeacherStore.open(folder, key, num_samples, scheme.num_views,
-                                     {tap: spec.teacher[tap] for tap in taps}, ts.DTYPES[args.teacher_store_dtype])
+                                     {tap: codecs[tap].shape if tap in codecs else spec.teacher[tap] for tap in taps},
+                                     ts.DTYPES[dtype])
     except ts.StoreSpaceError as err:
         if args.teacher_store is None:  # the default place is full: the run goes on as without a store
             return None, f"off: {err}"
         raise ConfigError(str(err)) from None
     except ts.StoreError as err:
         raise ConfigError(str(err)) from None
+    store.codecs = codecs  # read by the StoredTeacher in front of it
     return store, ""

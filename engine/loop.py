@@ -231,6 +231,9 @@ class Trainer:
                 state.last_acc, state.last_top5 = acc[key], acc.get("top5", float("nan"))
                 run.log.scalars("test", acc, state.epoch)
                 run.log(epoch_line(run, state, lr, metrics, acc))
+                if run.ema is not None:  # the weights' moving average, scored beside them (engine/ema.py)
+                    run.ema.report(self.evaluate, run.method.inference_head() if run.method is not None else None,
+                                   key, run.log, state.epoch, run.task.describe)
             improved = evaluated and acc[key] > state.best_acc
             if improved:
                 state.best_acc = acc[key]

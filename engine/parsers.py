@@ -69,6 +69,22 @@ def _common(parser: argparse.ArgumentParser, model_flag: str) -> None:
     opt.add_argument("--min_lr", type=float, default=0.0, metavar="LR", help="cosine: the final lr")
     opt.add_argument("--seed", type=int, default=0, help="random seed")
 
+    vit = parser.add_argument_group("the ViT recipe (README: The ViT recipe; all off by default)")
+    vit.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+                     help="mix batches, lambda ~ Beta(ALPHA, ALPHA) (DeiT 0.8); teacher and student alike")
+    vit.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA",
+                     help="cutmix, lambda ~ Beta(ALPHA, ALPHA) (DeiT 1.0); with --mixup, one of them per batch")
+    vit.add_argument("--mixup_switch_prob", type=float, default=0.5, metavar="P",
+                     help="with both: the probability that a batch is cut-mixed")
+    vit.add_argument("--label_smoothing", type=float, default=0.0, metavar="EPS",
+                     help="of the cross-entropy term, mixed targets too (DeiT 0.1)")
+    vit.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                     help="also keep and evaluate an EMA of the weights (e.g. 0.99996), saved under 'ema'")
+    vit.add_argument("--drop_path", type=float, default=None, metavar="RATE",
+                     help="stochastic depth: --model_opt drop_path_rate=RATE (timm models)")
+    vit.add_argument("--clip_grad", type=float, default=None, metavar="NORM",
+                     help="clip the gradient norm before each step (not with --dot)")
+
     run = parser.add_argument_group("run")
     run.add_argument("--trial", default="0", help="trial id, part of the run name")
     run.add_argument("--save_root", default=os.environ.get("DISTILLERS_SAVE_ROOT", "save"),
@@ -156,8 +172,11 @@ def student_parser() -> Parser:
     store.add_argument("--teacher_store", default=None, metavar="DIR",
                        help="its folder (default: <save_root>/teacher_store/<hash>)")
     store.add_argument("--no_teacher_store", action="store_true", help="run the teacher on every batch")
-    store.add_argument("--teacher_store_dtype", choices=["float32", "float16"], default="float32",
-                       help="float16 halves the disk, rounds to ~3 digits")
+    store.add_argument("--teacher_store_dtype", choices=["float32", "float16", "topk16"], default="float32",
+                       help="float16 halves the disk, rounds to ~3 digits; topk16 is lossy: the top K logits "
+                            "(README)")
+    store.add_argument("--teacher_store_topk", type=int, default=10, metavar="K",
+                       help="topk16: how many of the largest logits are kept")
     parser.add_argument("--evaluate", action="store_true", help="evaluate the student --path_s and exit")
     parser.add_argument("--path_s", default=None, metavar="CKPT", help="student checkpoint for --evaluate")
     _common(parser, "--model_s")

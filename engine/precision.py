@@ -56,8 +56,15 @@ class Precision:
         """Backward of the (scaled, with fp16) loss."""
         self.scaler.scale(loss).backward()
 
-    def step(self, optimizer: torch.optim.Optimizer) -> None:
-        """The optimizer step (skipped by the fp16 scaler when a gradient overflowed)."""
+    def step(self, optimizer: torch.optim.Optimizer, clip_grad: Optional[float] = None) -> None:
+        """The optimizer step (skipped by the fp16 scaler when a gradient overflowed); ``clip_grad``: the
+        global norm of the optimiser's gradients clipped to it first (``--clip_grad``), unscaled first
+        under fp16 (a non-finite norm leaves the step to the scaler, which skips it)."""
+        if clip_grad:
+            if self.scales_loss:
+                self.scaler.unscale_(optimizer)
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, clip_grad)
         if self.scales_loss:
             self.scaler.step(optimizer)
             self.scaler.update()

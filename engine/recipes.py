@@ -66,13 +66,49 @@ def validate_numbers(args: argparse.Namespace, world_size: int = 1, log=print) -
         raise bad("--num_workers", args.num_workers, "must be 0 (load in the main process) or more")
     if getattr(args, "nprocs", None) is not None and args.nprocs < 1:
         raise bad("--nprocs", args.nprocs, "must be a positive integer")
+    check_vit_recipe(args, bad)
     milestones = list(args.lr_decay_epochs or [])
     if any(m < 1 for m in milestones) or milestones != sorted(set(milestones)):
         raise bad("--lr_decay_epochs", ",".join(map(str, milestones)),
                   "must be increasing positive epoch numbers, e.g. 150,180,210")
     late = [m for m in milestones if m > args.epochs]
-    if late:
+    if late and getattr(args, "scheduler", "step") == "step":
         log(f"note: lr decay epochs {late} lie beyond --epochs {args.epochs} and are never reached")
+
+
+def check_vit_recipe(args: argparse.Namespace, bad) -> None:
+    """The ViT recipe's flags (``--mixup``, ``--cutmix``, ``--ema``, ...): each in its range, one line if not."""
+    for flag in ("mixup", "cutmix"):
+        if not getattr(args, flag, 0.0) >= 0:
+            raise bad(f"--{flag}", getattr(args, flag), "must be 0 (off) or a positive Beta alpha, e.g. 0.8 or 1.0")
+    if not 0 <= getattr(args, "mixup_switch_prob", 0.5) <= 1:
+        raise bad("--mixup_switch_prob", args.mixup_switch_prob, "must be a probability in [0, 1]")
+    if not 0 <= getattr(args, "label_smoothing", 0.0) < 1:
+        raise bad("--label_smoothing", args.label_smoothing, "must be in [0, 1), e.g. 0.1")
+    ema = getattr(args, "ema", None)
+    if ema is not None and not 0 < ema < 1:
+        raise bad("--ema", ema, "must be a decay in (0, 1), e.g. 0.9999 (leave it out for no EMA)")
+    drop = getattr(args, "drop_path", None)
+    if drop is not None and not 0 <= drop < 1:
+        raise bad("--drop_path", drop, "must be a rate in [0, 1), e.g. 0.1")
+    clip = getattr(args, "clip_grad", None)
+    if clip is not None and not clip > 0:
+        raise bad("--clip_grad", clip, "must be a positive gradient norm, e.g. 1.0 (leave it out for no clipping)")
+    if clip is not None and (args.optimizer == "dot" or getattr(args, "dot", False)):
+        raise ConfigError(f"--clip_grad {clip} and --dot: DOT steps with the task's and the distillation's gradients "
+                          "apart, and clipping their sum is not DOT's step; drop one of the two")
+
+
+def apply_drop_path(args: argparse.Namespace) -> None:
+    """``--drop_path RATE`` is ``--model_opt drop_path_rate=RATE`` of the trained network (recorded with it)."""
+    rate = getattr(args, "drop_path", None)
+    if rate is None:
+        return
+    given = args.model_opts.get("drop_path_rate")
+    if given is not None and given != rate:
+        raise ConfigError(f"--drop_path {rate} and --model_opt drop_path_rate={given} contradict each other: "
+                          "give one of them")
+    args.model_opts["drop_path_rate"] = rate
 
 
 LR_RULES = ("keep", "linear")

@@ -29,6 +29,9 @@ def describe_run(run, state, fresh: bool, evaluate: Callable) -> None:
         f"{run.optimizer_settings.name} lr {run.optimizer_settings.lr}, {schedule}, "
         f"wd {run.optimizer_settings.weight_decay}, momentum {run.optimizer_settings.momentum}, {s.epochs} epochs")
     log(f"loss = {run.objective.describe()}")
+    recipe = vit_recipe(run.config)
+    if recipe:
+        log(f"recipe: {recipe}")
     compute = [f"--amp {run.precision.amp}" if run.precision.amp else "",
                "--channels_last" if run.precision.channels_last else "", "--compile" if s.compile else ""]
     if any(compute):
@@ -37,6 +40,8 @@ def describe_run(run, state, fresh: bool, evaluate: Callable) -> None:
         filled = min(run.store.filled_fraction(t) for t in run.objective.teacher_taps)
         log(f"teacher store {run.store.directory} ({', '.join(run.objective.teacher_taps)}, {s.store_dtype}): "
             f"{filled:.1%} of the views filled; the teacher runs on the others")
+        for codec in (getattr(run.store, "codecs", None) or {}).values():
+            log(codec.summary())
     elif run.store_off:
         log(f"teacher store {run.store_off}")
     if s.kind == "student":
@@ -52,6 +57,20 @@ def describe_run(run, state, fresh: bool, evaluate: Callable) -> None:
                 log(f"teacher {getattr(run.teacher, 'arch', '')} test {run.task.describe(acc)} (not compared: {why})")
             else:
                 check_teacher(run, evaluate, run.config.get("teacher_tolerance", 0.5), log=log)
+
+
+def vit_recipe(config: Dict) -> str:
+    """The ViT recipe's flags a run uses (``--mixup``, ``--ema``, ...), in one line ('' when none)."""
+    parts = []
+    if config.get("mixup") or config.get("cutmix"):
+        parts.append(f"mixup {config.get('mixup') or 0:g}, cutmix {config.get('cutmix') or 0:g} (per batch, "
+                     f"cutmix with p {config.get('mixup_switch_prob', 0.5):g} when both; the cross-entropy reads the "
+                     "mixed targets, a method reading labels gets each image's own)")
+    for key, name in (("label_smoothing", "label smoothing"), ("ema", "EMA decay"), ("clip_grad", "clip grad norm"),
+                      ("drop_path", "drop path")):
+        if config.get(key):
+            parts.append(f"{name} {config[key]:g}")
+    return "; ".join(parts)
 
 
 def epoch_line(run, state, lr: float, metrics: Dict[str, float], acc: Dict[str, float]) -> str:

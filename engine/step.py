@@ -143,6 +143,7 @@ class Stepper:
                 self.check_finite()
             if two:
                 self._two_gradient_step(result.terms, optimizer)
+                self._follow()
                 return result
         optimizer.zero_grad(set_to_none=True)
         self.precision.backward(result.loss)
@@ -150,8 +151,14 @@ class Stepper:
             self._warn_untrained_parameters()
         if self.method is not None:
             average_gradients([p for p in self.method.parameters() if p.requires_grad])
-        self.precision.step(optimizer)
+        self.precision.step(optimizer, self.run.settings.clip_grad)
+        self._follow()
         return result
+
+    def _follow(self) -> None:
+        """After an optimiser step: the weights' moving average (``--ema``, engine/ema.py) follows them."""
+        if self.run.ema is not None:
+            self.run.ema.update(self.model)
 
     def _two_gradient_step(self, terms: Dict[str, torch.Tensor], optimizer) -> None:
         """DOT: the gradients of the task's own terms and of the distillation terms, each averaged

@@ -34,11 +34,20 @@ class ClassificationTask:
 
     score_key = "top1"
     train_accuracy = True
+    soft_targets = True  # its cross-entropy reads mixing's soft targets (--mixup/--cutmix)
+    label_smoothing = 0.0  # --label_smoothing, set by configure
 
     def own_terms(self, weights: Dict[str, float]) -> Dict[str, Any]:
-        """The task's terms of the objective: cross-entropy of the prediction, weighted by gamma."""
-        return {"ce": (weights.get("gamma", 1.0), lambda prediction, batch: F.cross_entropy(prediction,
-                                                                                              batch["labels"]))}
+        """The task's terms of the objective: cross-entropy of the prediction, weighted by gamma. It reads
+        the batch's mixed soft ``targets`` when it has them (--mixup/--cutmix), else the hard labels, with
+        --label_smoothing applied to either (torch's own smoothing, equal to timm's mixup_target's)."""
+        smoothing = self.label_smoothing
+
+        def cross_entropy(prediction, batch):
+            target = batch["targets"] if batch.get("targets") is not None else batch["labels"]
+            return F.cross_entropy(prediction, target, label_smoothing=smoothing)
+
+        return {"ce": (weights.get("gamma", 1.0), cross_entropy)}
 
     def check_weights(self, weights: Dict[str, float]) -> None:
         """Every weight (gamma, alpha, beta) has a term here."""
@@ -81,7 +90,9 @@ class ClassificationTask:
 
     def configure(self, args, kind: str, log=print) -> None:
         """Task defaults filled into ``args`` before anything is built (kind: 'teacher', 'student' or
-        'eval'); classification has none (its recipe comes from the dataset family)."""
+        'eval'); classification has none (its recipe comes from the dataset family); it keeps the
+        cross-entropy's --label_smoothing."""
+        self.label_smoothing = float(getattr(args, "label_smoothing", 0.0) or 0.0)
 
     def model_kwargs(self, args, role: str) -> Dict[str, Any]:
         """Extra ``create_model`` arguments for ``role`` ('model', 'student' or 'teacher')."""

@@ -49,7 +49,8 @@ def teacher_fingerprint(model: nn.Module) -> str:
 
 def store_key(teacher: nn.Module, dataset_name: str, num_samples: int, mean: Sequence[float],
               std: Sequence[float], scheme: Dict[str, Any], dtype: str = "float32",
-              data_options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+              data_options: Optional[Dict[str, Any]] = None,
+              encoding: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Everything a stored value depends on: the teacher's weights and architecture, the
     images (dataset, its size and options such as ``synthetic``'s seed), how a view is
     rendered (padding, crop size, flip, normalisation) and the storage dtype.
@@ -58,8 +59,10 @@ def store_key(teacher: nn.Module, dataset_name: str, num_samples: int, mean: Seq
     store filled offline is found and accepted by the run that reads it. ``scheme`` is the
     loader's description of its view ids (:attr:`data.loaders.ViewScheme.description`: CIFAR's
     padding, size and flip; ImageNet's seeded random-resized crops: seed, size, scale, ratio).
+    ``encoding``: how a tap's rows are encoded when not as they are (engine/store_topk.py), by tap.
     """
-    return json_roundtrip({
+    extra = {"encoding": dict(encoding)} if encoding else {}  # absent for exact stores: their keys unchanged
+    return json_roundtrip({**extra,
         "teacher": teacher_fingerprint(teacher),
         "teacher_arch": str(getattr(teacher, "arch", type(teacher).__name__)),
         "dataset": dataset_name,
@@ -119,6 +122,9 @@ class StoredTeacher:
     float32 on ``x``'s device. Missed rows are returned as stored (rounded through the
     storage dtype), so a run sees the same value for an entry whether it computed or read it.
 
+    A tap with a codec in ``store.codecs`` (engine/store_topk.py: top-k logits) is stored encoded and
+    returned decoded, computed rows included.
+
     Results equal a direct teacher forward within float tolerance, not bitwise: a conv
     over a sub-batch (or on another rank) may pick other kernels and summation orders, and
     float16 storage rounds to ~3 significant digits.
@@ -132,6 +138,7 @@ class StoredTeacher:
     def __init__(self, teacher_forward: Callable[[torch.Tensor], Dict[str, torch.Tensor]],
                  store: TeacherStore, taps: Sequence[str], log: Optional[Callable[[str], Any]] = None):
         self.teacher_forward, self.store, self.taps = teacher_forward, store, tuple(taps)
+        self.codecs = dict(getattr(store, "codecs", None) or {})
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.off_reason = ""
 
@@ -146,18 +153,24 @@ class StoredTeacher:
             fresh = self.teacher_forward(x)
             return {tap: fresh[tap] for tap in self.taps}
         hit, values = self.store.lookup(self.taps, index, view)
-        values = {tap: v.to(x.device) for tap, v in values.items()}
+        values = {tap: self._decoded(tap, v.to(x.device)) for tap, v in values.items()}
         missed = torch.nonzero(~hit.cpu()).squeeze(1)
         if len(missed):
             fresh = self.teacher_forward(x[missed.to(x.device)])
-            rows = {tap: fresh[tap].to(self.store.dtype).float() for tap in self.taps}
+            rows = {tap: self._encoded(tap, fresh[tap]).to(self.store.dtype).float() for tap in self.taps}
             try:
                 self.store.write(torch.as_tensor(index).cpu()[missed], torch.as_tensor(view).cpu()[missed], rows)
             except StoreError as err:
                 self.turn_off(str(err))
             for tap in self.taps:
-                values[tap][missed.to(x.device)] = rows[tap].to(x.device)
+                values[tap][missed.to(x.device)] = self._decoded(tap, rows[tap]).to(x.device)
         return values
+
+    def _encoded(self, tap: str, value: torch.Tensor) -> torch.Tensor:
+        return self.codecs[tap].encode(value) if tap in self.codecs else value
+
+    def _decoded(self, tap: str, rows: torch.Tensor) -> torch.Tensor:
+        return self.codecs[tap].decode(rows) if tap in self.codecs else rows
 
     def turn_off(self, why: str) -> None:
         """Stop using the store for the rest of the run, saying so in one line."""

@@ -178,7 +178,8 @@ class OFA(Distiller):
 
     Terms: ``ofa_logits`` = OFA loss on the student's own logits (the reference's ``loss_kd``,
     weight 1 there), ``ofa_stageK`` = ``ofa_loss_weight`` x OFA loss on stage K's head. The loss needs
-    ``batch["labels"]``; soft or mixed labels ``[B, C]`` count as their argmax, as in the reference.
+    ``batch["labels"]``; soft or mixed labels ``[B, C]`` count as their argmax, as in the reference (under
+    ``--mixup``/``--cutmix`` the batch's mixed ``targets``, which the reference hands its loss).
     ``student_kind`` auto: token heads when a stage comes as tokens (L, C) or the student is a
     ``timm:`` transformer/MLP (:data:`TOKEN_MODULES`), separable-conv heads otherwise.
     """
@@ -240,7 +241,8 @@ class OFA(Distiller):
         if batch is None or "labels" not in batch:
             raise ValueError("ofa needs the labels (batch['labels'])")
         logit_s, logit_t = s["logits"], t["logits"].detach()  # the teacher is a fixed target
-        mask = target_mask(batch["labels"], logit_s.shape[1], logit_s)
+        labels = batch["targets"] if batch.get("targets") is not None else batch["labels"]  # mixed: the reference's
+        mask = target_mask(labels, logit_s.shape[1], logit_s)
         terms = {"ofa_logits": ofa_loss(logit_s, logit_t, mask, self.ofa_eps, self.ofa_temperature)}
         for k in self.stage_ids:
             logits = self.heads[str(k)](s["stages"][k - 1])
