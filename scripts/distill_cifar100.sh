@@ -14,8 +14,9 @@
 # ICKD, MGD, SRD: no published cell in results.md §1-2), "+kd" adds the KD term with -a 1, and any
 # other "+row" is skipped with a note (no published recipe for that pair). Every checkpoint
 # records its weights and options; scripts/collect_results.py prints them per cell.
-# MLKD and MLKD+LS read a weak and a strong view of each image (the data path serves both; not
-# with --dali). KD+DOT's config sets the DOT optimiser (--dot).
+# MLKD, MLKD+LS and CRLD read a weak and a strong view of each image (the data path serves both; not
+# with --dali). KD+DOT's config sets the DOT optimiser (--dot). DeiT and ViTKD are left out: they
+# need timm ViT students (ViTKD ViTs on both sides), which no CIFAR pair here has.
 #
 # Environment (all optional):
 #   DATA_ROOT     CIFAR-100 folder (default: $DISTILLERS_DATA or ~/.cache/distillers/data)
@@ -50,7 +51,7 @@ DATASET=${DATASET:-cifar100}
 TRIALS=${TRIALS:-3}
 PAIRS=${PAIRS:-"resnet32x4:resnet8x4"}
 CONFIG_ROOT=${CONFIG_ROOT:-configs/cifar100}
-METHODS=${METHODS:-"kd kd+ls kd+dot fitnet at sp cc vid rkd pkt ab ft fsp nst crd crd+kd crd_queue dcd dcd+kd rrd rrd+kd kdsvd ofd reviewkd dkd dkd+ls ctkd ctkd+ls dist mlkd mlkd+ls wsld nkd ickd catkd mgd itrd srd fcfd ofa srrl semckd simkd ttm wttm sdd_kd sdd_dkd sdd_nkd kdpp dkdpp"}
+METHODS=${METHODS:-"kd kd+ls kd+dot fitnet at sp cc vid rkd pkt ab ft fsp nst crd crd+kd crd_queue dcd dcd+kd rrd rrd+kd kdsvd ofd reviewkd dkd dkd+ls ctkd ctkd+ls dist mlkd mlkd+ls crld wsld nkd ickd catkd mgd itrd srd fcfd ofa srrl semckd simkd ttm wttm sdd_kd sdd_dkd sdd_nkd kdpp dkdpp"}
 
 common=(--dataset "$DATASET")
 [[ -n "${DATA_ROOT:-}" ]] && common+=(--data_root "$DATA_ROOT")

@@ -10,7 +10,8 @@
 # resnet32x4->ShuffleV1 (it needs chained stage modules and a last stage the classifier pools;
 # run it there with METHODS=fcfd PAIRS=resnet32x4:ShuffleV1). SemCKD with the ResNet50 teacher
 # builds ~0.85 billion extra parameters (its per-stage-pair regressors are 2x the teacher's 2048
-# channels wide): it needs a GPU with >= 24 GB, or drop it with METHODS=...
+# channels wide): it needs a GPU with >= 24 GB, or drop it with METHODS=... DeiT and ViTKD need timm ViT
+# students (ViTKD ViTs on both sides): no pair here.
 #
 #   bash scripts/distill_cifar100_cross.sh [extra train_student.py flags...]
 #
@@ -23,5 +24,5 @@ export PAIRS=${PAIRS:-"vgg13:MobileNetV2 ResNet50:MobileNetV2 ResNet50:vgg8 resn
 # KD+LS, DKD+LS and MLKD+LS are published on three of these pairs (vgg13->MobileNetV2, ResNet50->MobileNetV2,
 # resnet32x4->ShuffleV2); on the others they are skipped with a note. wrn_40_2:MobileNetV2 (KD, DKD
 # published by L) has configs too: add it to PAIRS.
-export METHODS=${METHODS:-"kd kd+ls kd+dot fitnet at sp cc vid rkd pkt ab ft nst crd crd+kd crd_queue dcd dcd+kd rrd rrd+kd ofd reviewkd dkd dkd+ls ctkd dist mlkd mlkd+ls wsld nkd ickd catkd mgd itrd srd ofa srrl semckd simkd ttm wttm sdd_kd sdd_dkd sdd_nkd kdpp dkdpp"}
+export METHODS=${METHODS:-"kd kd+ls kd+dot fitnet at sp cc vid rkd pkt ab ft nst crd crd+kd crd_queue dcd dcd+kd rrd rrd+kd ofd reviewkd dkd dkd+ls ctkd dist mlkd mlkd+ls crld wsld nkd ickd catkd mgd itrd srd ofa srrl semckd simkd ttm wttm sdd_kd sdd_dkd sdd_nkd kdpp dkdpp"}
 exec bash "$(dirname "$0")/distill_cifar100.sh" "$@"

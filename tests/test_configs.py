@@ -87,7 +87,7 @@ def test_every_published_cell_has_a_config_or_a_reason():
     # minus Teacher/Student, §1.2's implemented rows, §2 and the two side lines
     assert written >= 250
     blocked = {label for label, _ in left_out}
-    assert blocked <= {"KD+DOT"}
+    assert blocked <= {"KD+DOT", "ViTKD"}  # ViTKD's cells are ImageNet-1k ones, with a recipe the trainer lacks
     # new methods with a published CIFAR-100 cell
     for label in ("OFD", "DIST", "KD+CTKD", "KD+LS", "DKD+LS", "CTKD+LS", "MLKD", "MLKD+LS"):
         assert any(os.path.isfile(make_configs.config_path(label, p)) for p in published.PUBLISHED[label])

@@ -16,8 +16,8 @@ METHODS = DISTILLERS.names()
 BUILD_WITH = {"metric": {"triplet_ratio": 1.0}}
 
 
-def _shapes(arch):
-    model = create_model(arch, num_classes=10)
+def _shapes(arch, **model_options):
+    model = create_model(arch, num_classes=10, **model_options)
     with FeatureTaps(model, standard_taps(model)) as taps:
         return taps.shapes(torch.zeros(2, 3, 32, 32))
 
@@ -45,6 +45,10 @@ def _spec(specs, method):
         return ShapeSpec({**spec.student, "head:output": (classes,), "head_dist:output": (classes,)}, spec.teacher,
                          num_classes=classes, num_data=spec.num_data, batch_size=spec.batch_size,
                          extra={**spec.extra, "student_arch": "timm:deit_tiny_distilled_patch16_224"})
+    if method == "vitkd":  # token features on both sides: a small timm ViT pair (tests/plugins/tiny_timm.py's)
+        vit = _shapes("timm:vit_tiny_patch16_224", img_size=32, patch_size=4, depth=4)
+        return ShapeSpec(vit, vit, num_classes=spec.num_classes, extra={"student_arch": "test_vit_t4",
+                                                                        "teacher_arch": "test_vit_t4"})
     return spec
 
 

@@ -146,6 +146,15 @@ RUN_HEAVY = os.environ.get("DISTILLERS_SMOKE_HEAVY", "") not in ("", "0")
 # DeiT's token method trains a DeiT student's distillation head, which no pair's student has
 INAPPLICABLE.update({("deit", t, s): "deit needs a student with a distillation head (module 'head_dist')"
                      for t, s in PAIRS + CROSS_PAIRS})
+# ViTKD mimics and regenerates ViT token features, one token to one: both networks must be token models with
+# equal patch grids (the distilled DeiT-S has a 4x4 grid, the ViT-T an 8x8 one)
+_VITKD = "vitkd needs ViT token features on both sides (the raw outputs of blocks 0 and 1 and the final patch tokens "
+_TOKEN_MODELS = ("test_vit_t4", "test_deit_s8", "test_mixer")  # the student is checked first
+INAPPLICABLE.update({("vitkd", t, s): _VITKD + "of a timm ViT/DeiT); the " + (
+    f"teacher {t} has none" if s in _TOKEN_MODELS else f"student {s} has none") for t, s in PAIRS + CROSS_PAIRS
+    if (t, s) != ("test_deit_s8", "test_vit_t4")})
+INAPPLICABLE[("vitkd", "test_deit_s8", "test_vit_t4")] = ("vitkd compares tokens one to one: the student has a 8x8 "
+                                                          "patch grid, the teacher 4x4")
 # FCFD bridges stage K of one network into stage K+1 of the other: equal stage counts only
 INAPPLICABLE.update({
     ("fcfd", "resnet56", "test_vit_t4"): "fcfd pairs stages one to one: the student has 4 stages, the teacher 3",
