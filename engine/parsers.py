@@ -38,13 +38,11 @@ def _common(parser: argparse.ArgumentParser, model_flag: str) -> None:
                       metavar="KEY=VALUE", help="dataset option, repeatable (synthetic: train_size=2000)")
     data.add_argument("--num_workers", type=int, default=2, metavar="N", help="DataLoader workers per process")
     data.add_argument("--skip_bad_images", action="store_true",
-                      help="image folders: replace undecodable files by the next sample (warned, counted) "
-                           "instead of stopping")
+                      help="image folders: skip undecodable files (counted)")
     data.add_argument("--loader", choices=["auto", "device", "dataloader"], default="auto",
-                      help="device: in-memory sets augmented on the device (views a function of seed, epoch, "
-                           "sample); dataloader: torch DataLoader; auto: device where it applies (README: Loaders)")
+                      help="auto: device where it applies, else the DataLoader (README: Loaders)")
     data.add_argument("--dali", choices=["cpu", "gpu"], default=None,
-                      help="read ImageNet-style folders with NVIDIA DALI (pip install -e .[dali])")
+                      help="ImageNet-style folders through NVIDIA DALI")
 
     opt = parser.add_argument_group("optimisation (unset values come from the dataset's recipe)")
     opt.add_argument("--batch_size", "--batch", dest="batch_size", type=int, default=None,
@@ -71,19 +69,19 @@ def _common(parser: argparse.ArgumentParser, model_flag: str) -> None:
 
     vit = parser.add_argument_group("the ViT recipe (README: The ViT recipe; all off by default)")
     vit.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
-                     help="mix batches, lambda ~ Beta(ALPHA, ALPHA) (DeiT 0.8); teacher and student alike")
+                     help="mixup, lambda ~ Beta(ALPHA, ALPHA) (DeiT 0.8)")
     vit.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA",
-                     help="cutmix, lambda ~ Beta(ALPHA, ALPHA) (DeiT 1.0); with --mixup, one of them per batch")
+                     help="cutmix, lambda ~ Beta(ALPHA, ALPHA) (DeiT 1.0)")
     vit.add_argument("--mixup_switch_prob", type=float, default=0.5, metavar="P",
-                     help="with both: the probability that a batch is cut-mixed")
+                     help="with both: P(cutmix) per batch")
     vit.add_argument("--label_smoothing", type=float, default=0.0, metavar="EPS",
-                     help="of the cross-entropy term, mixed targets too (DeiT 0.1)")
+                     help="of the cross-entropy (DeiT 0.1)")
     vit.add_argument("--ema", type=float, default=None, metavar="DECAY",
-                     help="also keep and evaluate an EMA of the weights (e.g. 0.99996), saved under 'ema'")
+                     help="also keep and evaluate an EMA of the weights")
     vit.add_argument("--drop_path", type=float, default=None, metavar="RATE",
-                     help="stochastic depth: --model_opt drop_path_rate=RATE (timm models)")
+                     help="stochastic depth (timm models)")
     vit.add_argument("--clip_grad", type=float, default=None, metavar="NORM",
-                     help="clip the gradient norm before each step (not with --dot)")
+                     help="clip the gradient norm (not with --dot)")
 
     run = parser.add_argument_group("run")
     run.add_argument("--trial", default="0", help="trial id, part of the run name")
@@ -93,14 +91,14 @@ def _common(parser: argparse.ArgumentParser, model_flag: str) -> None:
     run.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
                      help="continue the run exactly, from CKPT or <run folder>/latest.pth")
     run.add_argument("--overwrite", action="store_true",
-                     help="start over in a run folder that holds a run (its checkpoints and logs are deleted)")
+                     help="delete the run already in the run folder")
     run.add_argument("--config", default=None, metavar="YAML", help="flag values by name; the command line wins")
     run.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="FILE.py",
-                     help="a file or module registering your method, model or dataset (repeatable)")
+                     help="your method, model or dataset (repeatable)")
     run.add_argument("--no_tensorboard", action="store_true", help="do not write TensorBoard logs")
     run.add_argument("--eval_freq", type=int, default=1, metavar="N", help="evaluate every N epochs and at the end")
     run.add_argument("--log_every", type=int, default=0, metavar="STEPS",
-                     help="TensorBoard curves within the epoch every STEPS steps (0: per epoch only)")
+                     help="TensorBoard points every STEPS steps too")
 
     compute = parser.add_argument_group("how a step computes")
     compute.add_argument("--amp", choices=["bf16", "fp16"], default=None,
@@ -173,8 +171,7 @@ def student_parser() -> Parser:
                        help="its folder (default: <save_root>/teacher_store/<hash>)")
     store.add_argument("--no_teacher_store", action="store_true", help="run the teacher on every batch")
     store.add_argument("--teacher_store_dtype", choices=["float32", "float16", "topk16"], default="float32",
-                       help="float16 halves the disk, rounds to ~3 digits; topk16 is lossy: the top K logits "
-                            "(README)")
+                       help="float16: half the disk, ~3 digits; topk16: lossy, the top K logits")
     store.add_argument("--teacher_store_topk", type=int, default=10, metavar="K",
                        help="topk16: how many of the largest logits are kept")
     parser.add_argument("--evaluate", action="store_true", help="evaluate the student --path_s and exit")

@@ -19,7 +19,7 @@ def test_plain_help_fits_a_screenful_or_two(capsys):
     lines = out.splitlines()
     assert code == 0
     assert lines[0].startswith("usage: ") and len(lines[0]) < 100, lines[0]
-    assert len(lines) < 175, f"--help is {len(lines)} lines"
+    assert len(lines) < 150, f"--help is {len(lines)} lines"
     assert max(len(line) for line in lines) <= 100
     assert "--list-methods" in out
 
