@@ -196,7 +196,8 @@ def load_yaml(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
             names = sorted(d.replace(FLAT, "") for d in dests if d != "config" and not d.startswith(SPACED))
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
-            owners = parser._owners(f"unrecognized arguments: --{key}") if isinstance(parser, Parser) else ""
+            elsewhere = getattr(parser, "flags_elsewhere", {}).get(f"--{key}")
+            owners = f"; --{key} is {elsewhere}" if elsewhere else ""
             raise ConfigError(f"--config {path}: unknown key '{key}'{owners}.{hint} Known keys: {', '.join(names)}")
         out[dest] = value
     return out
