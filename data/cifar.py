@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 import pickle
-from typing import List, Sequence, Tuple, Type
+import shutil
+from typing import List, Optional, Sequence, Tuple, Type
 
 import numpy as np
 from PIL import Image
@@ -92,6 +93,7 @@ class CifarPickles(Dataset):
             return
         reason = "download=False"
         if download:
+            made = _outermost_missing(os.path.expanduser(root))
             try:
                 download_and_extract_archive(tv_class.url, download_root=root,
                                              filename=tv_class.filename, md5=tv_class.tgz_md5)
@@ -99,6 +101,8 @@ class CifarPickles(Dataset):
                 reason = "the downloaded archive did not contain them"
             except Exception as err:  # offline, proxy, checksum: all end the same way
                 reason = f"the download failed ({type(err).__name__}: {err})"
+                if made:  # the folder this attempt made, with any partial archive in it
+                    shutil.rmtree(made, ignore_errors=True)
         if missing:
             raise FileNotFoundError(
                 f"{self.name} not found under root '{root}': expected the files "
@@ -144,3 +148,11 @@ def cifar10(root: str, split: str, augment: bool, download: bool = True) -> Cifa
 def cifar100(root: str, split: str, augment: bool, download: bool = True) -> CifarPickles:
     return CifarPickles(tvd.CIFAR100, "fine_labels", 100, root, split, augment,
                         CIFAR100_MEAN, CIFAR100_STD, download)
+
+
+def _outermost_missing(path: str) -> Optional[str]:
+    """The outermost folder of ``path`` that does not exist yet (what a download would create), or None."""
+    path, missing = os.path.abspath(path), None
+    while not os.path.exists(path):
+        path, missing = os.path.dirname(path), path
+    return missing

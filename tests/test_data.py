@@ -129,6 +129,22 @@ def test_missing_cifar_offline_names_expected_files(tmp_path, monkeypatch):
         build_dataset("cifar10", str(tmp_path), "test", download=False)
 
 
+def test_failed_download_leaves_no_folder_behind(tmp_path, monkeypatch):
+    """torchvision's real download path creates the root first; a failed attempt must not leave
+    an empty data folder that looks like a dataset the next time."""
+    import urllib.request
+    monkeypatch.setattr(urllib.request, "urlopen", _offline)
+    with pytest.raises(FileNotFoundError, match="download failed"):
+        build_dataset("cifar100", str(tmp_path / "new" / "deeper"), "train")
+    assert not (tmp_path / "new").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    with pytest.raises(FileNotFoundError, match="download failed"):
+        build_dataset("cifar100", str(kept), "train")
+    assert sorted(p.name for p in kept.iterdir()) == ["notes.txt"]
+
+
 def test_malformed_cifar_is_a_value_error(tmp_path, monkeypatch):
     monkeypatch.setattr(cifar_mod, "download_and_extract_archive", _offline)
     _cifar100_tree(tmp_path)
