@@ -158,7 +158,8 @@ def assemble(args, info: DistInfo, kind: str) -> Run:
     apply_recipe(args, family, model_name, log=log)
     optimizer_name = args.optimizer or task.default_optimizer
     _check_optimiser(args, kind, optimizer_name)
-    validate_numbers(args, info.world_size, log=log)  # before any data is read or folder made
+    notes: List[str] = []  # said once the run is built: never before another error
+    validate_numbers(args, info.world_size, log=notes.append)  # before any data is read or folder made
     lr_rule = apply_lr_rule(args, family, info.world_size)
     batch_per_rank = args.batch_size // info.world_size
     args.data_opts = datasets.check_data_options(args.dataset, args.data_opts)  # typed, one line if bad
@@ -208,7 +209,8 @@ def assemble(args, info: DistInfo, kind: str) -> Run:
     train, test = train_loader(args, info, task, kind_of_loader, served, test_set, batch_per_rank)
     store, store_off = (None, "")
     if kind == "student":
-        store, store_off = open_teacher_store(args, teacher, spec, objective, train, len(train_set), teacher_note)
+        store, store_off = open_teacher_store(args, teacher, spec, objective, train, served, len(train_set),
+                                              teacher_note)
     optimizer_settings = OptimizerSettings(optimizer_name, args.learning_rate, args.momentum, args.weight_decay,
                                            {"delta": args.dot_delta} if optimizer_name == "dot" else {})
     schedule_settings = ScheduleSettings(args.scheduler, args.epochs, task.milestones(args.lr_decay_epochs or ()),
@@ -222,6 +224,8 @@ def assemble(args, info: DistInfo, kind: str) -> Run:
                            args.dataset, kind_of_loader, getattr(args, "teacher_store_dtype", "float32"),
                            args.lr_decay_rate, tuple(args.lr_decay_epochs or ()), bool(args.overwrite), args.resume,
                            getattr(args, "clip_grad", None))
+    for note in notes:
+        log(note)
     return Run(info, settings, task, dict(vars(args)), train_set, test_set, num_classes, model, teacher, spec,
                method, added, weights, objective, train, test, store, store_off, precision, optimizer_settings,
                schedule_settings, optimizer, scheduler, run_dir, log, teacher_card=teacher_card,

@@ -67,11 +67,20 @@ def loader_kind(args, served, requests: Sequence[DataRequest]) -> str:
         return "dali"
     if args.loader != "auto":
         return args.loader
+    return "dataloader" if why_not_device(served) else "device"
+
+
+def why_not_device(served) -> str:
+    """Why the device loader cannot serve ``served`` ("" when it can): its items need the image (an
+    extra view), or the set is not an in-memory CIFAR-style one."""
     from data.device_loader import DeviceTrainLoader
     _, servers = unwrap(served)
-    if any(not s.from_index for s in servers) or not DeviceTrainLoader.serves(served):
-        return "dataloader"
-    return "device"
+    needs_image = [type(s.request).__name__ for s in servers if not s.from_index]
+    if needs_image:
+        return f"the method's {', '.join(needs_image)} request needs each image on the DataLoader path"
+    if not DeviceTrainLoader.serves(served):
+        return "the set is not an in-memory CIFAR-style one"
+    return ""
 
 
 def seeded_scheme(args, train) -> Optional[ViewScheme]:
@@ -115,7 +124,7 @@ def train_loader(args, info, task, kind: str, served, test_set, batch_per_rank: 
     return with_mixing(train, unwrap(served)[1], info.device, args.epochs, info.world_size), test
 
 
-def open_teacher_store(args, teacher: nn.Module, spec: ShapeSpec, objective: Objective, train_loader,
+def open_teacher_store(args, teacher: nn.Module, spec: ShapeSpec, objective: Objective, train_loader, served,
                        num_samples: int, teacher_input: str = ""):
     """(the run's :class:`~engine.teacher_store.TeacherStore` or None, why it is off).
 
@@ -135,10 +144,12 @@ def open_teacher_store(args, teacher: nn.Module, spec: ShapeSpec, objective: Obj
         return None, "off (--no_teacher_store)" if taps else ""
     scheme = getattr(train_loader, "view_scheme", None)
     if scheme is None:
-        return None, ("off: the DataLoader path draws each augmentation at random (as DALI's random "
-                      "crop does), so a view cannot be named again; --loader device (in-memory CIFAR-style "
-                      "sets) or --data_opt seeded_views=true (image folders) make views a function of "
-                      "(seed, epoch, sample) that the store can key")
+        blocked = why_not_device(served) if served is not None else ""
+        remedy = (f"the device loader cannot serve this run ({blocked}): the teacher runs on every batch" if blocked
+                  else "--loader device (in-memory CIFAR-style sets) or --data_opt seeded_views=true (image "
+                       "folders) make views a function of (seed, epoch, sample) that the store can key")
+        return None, ("off: on this loader a view is not named by (seed, epoch, sample) (the DataLoader's "
+                      f"views, DALI's random crops); {remedy}")
     modules = [name for name, point in tap_points_of(teacher).items() if point.io == "module"]
     ok, why = ts.storable_taps(spec.teacher, taps, modules=modules, reader=f"--distill {args.distill}")
     if not ok:

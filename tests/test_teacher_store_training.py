@@ -110,7 +110,15 @@ def test_the_log_reports_hits_size_and_why_the_store_is_off(tmp_path, teacher, c
     assert "teacher store off: --distill fitnet reads the teacher's feature map" in capsys.readouterr().out
     dataloader = [a if a != "device" else "dataloader" for a in base]  # --loader dataloader
     assert cli.student(dataloader + ["--save_dir", str(tmp_path / "d")]) == 0
-    assert "teacher store off: the DataLoader path draws each augmentation at random" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "teacher store off: on this loader a view is not named by (seed, epoch, sample)" in out
+    assert "--loader device (in-memory CIFAR-style sets)" in out
+    # MLKD's strong view needs the image: the device loader cannot serve it, and the log does not suggest it
+    auto = [a for a in base if a not in ("--loader", "device")]
+    assert cli.student(auto + ["--save_dir", str(tmp_path / "e"), "--distill", "mlkd"]) == 0
+    out = capsys.readouterr().out
+    assert "the device loader cannot serve this run (the method's ExtraView request" in out
+    assert "--loader device" not in out
     state = load(tmp_path / "b/latest.pth")
     assert state["epoch"] == 2  # a store run writes ordinary checkpoints
 
