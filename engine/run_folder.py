@@ -5,14 +5,14 @@ anyone noticing. :class:`RunFolder` takes ``<run>/.lock`` with ``flock`` (releas
 the kernel even when the holder is SIGKILLed) and writes the holder's pid, host and
 start time into it, so a refusal can say who holds the folder. A lock file left by a
 dead process (its holder line is still in the file, yet the lock is free) is
-taken over with a message; a clean exit empties the file. A fresh run refuses a folder that already
-holds a run unless ``--resume`` continues it or ``--overwrite`` starts it over.
+taken over with a message; a clean exit removes it (see :mod:`engine.file_lock`).
+A fresh run refuses a folder that already holds a run unless ``--resume`` continues
+it or ``--overwrite`` starts it over.
 A folder this run created is removed again if the run ends before its first
 checkpoint, so failed starts leave nothing behind (nor in TensorBoard).
 """
 from __future__ import annotations
 
-import fcntl
 import glob
 import os
 import shutil
@@ -20,6 +20,7 @@ import socket
 import time
 from typing import Callable, Optional
 
+from engine import file_lock
 from engine.errors import ConfigError
 
 LOCK = ".lock"
@@ -66,12 +67,10 @@ class RunFolder:
         except OSError as err:
             raise ConfigError(f"cannot create run folder '{self.path}': {err.strerror}") from None
         lock_path = os.path.join(self.path, LOCK)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = _read(fd)
-            os.close(fd)
+            fd = file_lock.acquire(lock_path, blocking=False)
+        except BlockingIOError:
+            holder = _read_file(lock_path)
             raise ConfigError(f"run folder '{self.path}' is in use by another run ({holder or 'unknown holder'}); "
                               "wait for it, or give this run another --save_dir / --trial / --seed") from None
         previous = _read(fd)
@@ -88,8 +87,7 @@ class RunFolder:
         """Unlock; remove the folder when this run created it and wrote no checkpoint."""
         if self._fd is None:
             return
-        os.ftruncate(self._fd, 0)  # an empty lock file means "free" (never unlinked: that races)
-        os.close(self._fd)
+        file_lock.release(os.path.join(self.path, LOCK), self._fd)
         self._fd = None
         if not keep and self.created and not self.holds_run():
             shutil.rmtree(self.path, ignore_errors=True)
@@ -114,6 +112,14 @@ class RunFolder:
 def _read(fd: int) -> str:
     try:
         return os.pread(fd, 512, 0).decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _read_file(path: str) -> str:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(512).decode(errors="replace").strip()
     except OSError:
         return ""
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import glob
 import json
 import math
@@ -25,6 +24,8 @@ from typing import Any, Dict, Tuple
 
 import numpy as np
 import torch
+
+from engine import file_lock
 
 FORMAT = "distillers/teacher-store/2"
 #: Formats of earlier versions: their entries carry no checksum, so they cannot be verified.
@@ -98,17 +99,9 @@ def _free_bytes(directory: str) -> int:
     return stat.f_bavail * stat.f_frsize
 
 
-@contextlib.contextmanager
 def locked(directory: str):
-    """Hold an exclusive flock on ``<directory>.lock`` (the lock file is left in place:
-    removing it would let a waiting process lock an unlinked file)."""
-    os.makedirs(os.path.dirname(directory), exist_ok=True)
-    fd = os.open(directory + ".lock", os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
+    """Hold an exclusive lock on ``<directory>.lock`` for the block (removed on release)."""
+    return file_lock.locked(directory + ".lock")
 
 
 def _umask() -> int:

@@ -48,6 +48,7 @@ def test_a_live_run_holds_its_folder(tmp_path, capsys):
     finally:
         holder.release()
     assert cli.teacher(TEACHER + ["--save_dir", str(tmp_path / "run")]) == 0
+    assert not (tmp_path / "run" / ".lock").exists()  # a finished run leaves no lock file
 
 
 def test_a_stale_lock_is_taken_over(tmp_path, capsys):
@@ -56,6 +57,7 @@ def test_a_stale_lock_is_taken_over(tmp_path, capsys):
     (folder / ".lock").write_text("pid 999999 on elsewhere since 2026-01-01 00:00:00\n")
     assert cli.teacher(TEACHER + ["--save_dir", str(folder)]) == 0
     assert "taking over the lock of a run that is no longer alive (pid 999999" in capsys.readouterr().out
+    assert not (folder / ".lock").exists()
 
 
 def test_a_finished_run_is_never_overwritten_silently(finished, capsys):

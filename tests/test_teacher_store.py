@@ -302,6 +302,7 @@ def test_fill_script_stores_the_teachers_outputs_and_resumes(tmp_path, teacher):
     second = run(str(REPO / "scripts" / "fill_teacher_store.py"))
     assert second.returncode == 0, second.stderr
     assert "filled 0 entries (36/36 requested entries present)" in second.stdout
+    assert not list(tmp_path.rglob("*.lock"))  # the fill's locks are gone once it is done
 
 
 def test_concurrent_creators_and_tap_adders_meet_one_store(tmp_path):
@@ -325,3 +326,4 @@ def test_concurrent_creators_and_tap_adders_meet_one_store(tmp_path):
     assert not errors, errors
     assert set(open_store(tmp_path / "s").shapes) == {"logits", "pooled", "tap0", "tap1"}
     assert not list(tmp_path.glob("s.tmp-*")) and not list((tmp_path / "s").glob(".tmp-*"))
+    assert not (tmp_path / "s.lock").exists()

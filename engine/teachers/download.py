@@ -13,8 +13,6 @@ lab server is gone; a mirror may serve another file under the same name). So a d
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import http.client
 import json
@@ -29,6 +27,8 @@ import urllib.request
 from typing import Dict, Optional
 
 from tqdm import tqdm
+
+from engine.file_lock import locked
 
 CHUNK = 1 << 16
 HASHES = "hashes.json"
@@ -87,20 +87,10 @@ class HashBook:
 
     def record(self, key: str, sha256: str, size: int) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        with _locked(self.path + ".lock"):
+        with locked(self.path + ".lock"):
             values = self._read()
             values[key] = {"sha256": sha256, "bytes": int(size), "recorded": time.strftime("%Y-%m-%dT%H:%M:%S")}
             _write_json(self.path, values)
-
-
-@contextlib.contextmanager
-def _locked(path: str):
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _write_json(path: str, values) -> None:

@@ -12,8 +12,6 @@ run of the user finds it whatever folder it writes to::
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import re
 import tempfile
@@ -21,6 +19,7 @@ from typing import Any, Dict, Mapping, Optional
 
 import yaml
 
+from engine.file_lock import locked
 from engine.teachers.card import CardError, check_card
 
 FORMAT = "distillers/local-zoo/1"
@@ -54,17 +53,6 @@ def local_entries(zoo_file: Optional[str] = None) -> Dict[str, Dict[str, Dict[st
     return _read(zoo_file or local_zoo_path())["teachers"]
 
 
-@contextlib.contextmanager
-def _locked(path: str):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def register_local(card: Mapping[str, Any], path: str, *, name: Optional[str] = None,
                    zoo_file: Optional[str] = None, overwrite: bool = False) -> str:
     """Record the teacher at ``path`` under ``name`` (default ``<arch>-<8 hex of its hash>``) for
@@ -87,7 +75,7 @@ def register_local(card: Mapping[str, Any], path: str, *, name: Optional[str] = 
     if not os.path.isfile(path):
         raise ZooError(f"register_local: '{path}' does not exist")
     zoo_file = zoo_file or local_zoo_path()
-    with _locked(zoo_file):
+    with locked(zoo_file + ".lock"):
         values = _read(zoo_file)
         known = values["teachers"].setdefault(dataset, {})
         old = known.get(name)
