@@ -162,6 +162,8 @@ class Trainer:
                 self.resume(path)
                 if self.state.phase == "main" and self.state.epoch > run.settings.epochs:
                     return self._finished()
+                run.log(f"resumed from {path}: {self.state.phase} epoch {self.state.epoch}"
+                        + (f", batch {self.state.step}" if self.state.step else ", from its start"))
             describe_run(run, self.state, fresh=self.resumed is None, evaluate=self.evaluate)
             if STOP.agreed():  # asked to stop before the first step: nothing to save
                 raise RunInterrupted(f"stopped by {STOP.signal} before the first step; nothing was trained",

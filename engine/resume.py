@@ -153,5 +153,4 @@ def restore(run, path: str, enter_main: Callable[[], Any]) -> Tuple[RunState, Di
     ckpt.set_rng_state(mine["rng"])
     position = RunState.from_record(state, mine.get("epoch_totals") or {})
     run.log.purge_step = position.epoch  # TensorBoard drops events written after this checkpoint
-    run.log(f"resumed from {path}: {position.phase} epoch {position.epoch}, batch {position.step}")
     return position, state

@@ -127,10 +127,15 @@ def _read_file(path: str) -> str:
 def check_run_folder(run_dir: str, resume, overwrite: bool) -> None:
     """Refuse, before any data loader starts, a folder that cannot take this run."""
     RunFolder.check_writable(run_dir)
-    holds_run = os.path.isfile(os.path.join(run_dir, "latest.pth"))
-    if holds_run and not resume and not overwrite:
-        raise ConfigError(f"run folder '{run_dir}' already holds a run (latest.pth): continue it with "
-                          "--resume, start it over with --overwrite, or choose another --save_dir / --trial")
+    latest, best = (os.path.isfile(os.path.join(run_dir, name)) for name in ("latest.pth", "best.pth"))
+    if (latest or best) and not resume and not overwrite:
+        raise ConfigError(f"run folder '{run_dir}' already holds a run ({'latest.pth' if latest else 'best.pth'}): "
+                          "continue it with --resume, start it over with --overwrite, or choose another "
+                          "--save_dir / --trial")
+    if resume == "auto" and best and not latest:  # starting afresh would replace best.pth
+        path = os.path.join(run_dir, "best.pth")
+        raise ConfigError(f"--resume: '{run_dir}' holds best.pth but no latest.pth, where a run continues from: "
+                          f"continue from the best epoch with --resume {path}, or start over with --overwrite")
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other: continue the run, or start it over")
 

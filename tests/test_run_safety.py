@@ -1,5 +1,6 @@
 """Run folders, resume checks and user errors: one clear line, never a traceback, nothing lost."""
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -107,6 +108,21 @@ def test_resume_of_a_finished_run_reports_it(finished, capsys):
     out = capsys.readouterr().out
     acc = load(finished / "latest.pth")["acc"]
     assert "is finished (1 epochs)" in out and f"final test top1 {acc:.2f}" in out and "nan" not in out
+    assert "resumed from" not in out  # no "main epoch 2" for a run that has only one
+
+
+def test_resume_with_only_best_pth_refuses_to_start_over(finished, tmp_path, capsys):
+    folder = tmp_path / "only_best"
+    os.makedirs(folder)
+    shutil.copy(finished / "best.pth", folder / "best.pth")
+    line = error_line(capsys, cli.teacher, TEACHER + ["--save_dir", str(folder), "--resume"])
+    assert "holds best.pth but no latest.pth" in line and f"--resume {folder / 'best.pth'}" in line
+    assert "--overwrite" in line
+    line = error_line(capsys, cli.teacher, TEACHER + ["--save_dir", str(folder)])
+    assert "already holds a run (best.pth)" in line
+    assert cli.teacher(TWO_EPOCHS + ["--save_dir", str(folder), "--resume", str(folder / "best.pth")]) == 0
+    assert "resumed from" in capsys.readouterr().out and (folder / "latest.pth").exists()
+    assert load(folder / "latest.pth")["epoch"] == 3  # continued from best.pth's epoch 1, not from scratch
 
 
 def test_resume_with_more_epochs_continues_with_a_warning(finished, tmp_path, capsys):
