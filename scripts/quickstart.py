@@ -19,13 +19,19 @@ from engine.checkpoint import load  # noqa: E402
 TEACHER, STUDENT = "resnet20", "resnet8"
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive number of epochs")
+    return int(text)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=4, help="epochs of each of the three runs")
+    parser.add_argument("--epochs", type=_positive, default=4, help="epochs of each of the three runs")
     parser.add_argument("--save_root", default="save/quickstart", help="where the three run folders go")
     parser.add_argument("--num_workers", type=int, default=0, help="DataLoader workers")
     args = parser.parse_args()
-    common = ["--dataset", "synthetic", "--epochs", str(args.epochs), "--lr_decay_epochs", str(args.epochs * 2 // 3),
+    common = ["--dataset", "synthetic", "--epochs", str(args.epochs), "--lr_decay_epochs", str(max(1, args.epochs * 2 // 3)),
               "--num_workers", str(args.num_workers), "--save_root", args.save_root,
               "--overwrite"]  # a demo: running it again starts the three runs over
     teacher_dir = os.path.join(args.save_root, "teacher")
@@ -50,7 +56,8 @@ def main() -> int:
     print("\nsynthetic test top-1 after", args.epochs, "epochs each:")
     for label, acc in results:
         print(f"  {label:<20} {acc:6.2f}%")
-    print(f"wall time {minutes:.1f} min; run folders under {args.save_root}/")
+    print(f"wall time {minutes:.1f} min; run folders under {args.save_root}/ "
+          f"(tables: distillers-collect '{args.save_root}/*')")
     return 0
 
 

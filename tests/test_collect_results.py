@@ -413,3 +413,42 @@ def test_launchers_cover_every_method_with_seeded_trials(tmp_path):
     models = [c[c.index("--model") + 1] for c in teachers]
     assert models[:6] == ["resnet56", "resnet110", "resnet32x4", "wrn_40_2", "vgg13", "ResNet50"]
     assert len(models) == 6 + 9 * 2 and all("--gpu_id" in c for c in teachers)
+
+
+def test_plot_picks_the_pairs_present_and_errors_name_the_flags(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    s = tmp_path / "students"
+    for seed, last in enumerate([70.0, 71.0]):
+        fake_run(s, f"dkd_{seed}", arch="vgg8", teacher="ResNet50", method="dkd", seed=seed,
+                 weights=(1.0, 0.0, 1.0), last=last, best=last + 1, path_t="/ckpt/ResNet50.pth")
+    cost = write_cost_csv(tmp_path / "cost.csv", COST)
+    png = tmp_path / "p.png"
+    assert main([str(s / "*"), "--plot", str(png), "--cost-table", str(cost)]) == 0  # the default pair is absent
+    assert png.is_file() and "drew 1 methods of ResNet50→vgg8 on cifar100" in capsys.readouterr().err
+
+    fake_run(s, "kd_syn", arch="resnet8", teacher="resnet20", method="kd", dataset="synthetic",
+             weights=(0.1, 0.9, 0.0), last=80.0, best=81.0)
+    assert main([str(s / "*"), "--plot", str(png), "--cost-table", str(cost)]) == 0
+    assert (tmp_path / "p_ResNet50_vgg8.png").is_file() and (tmp_path / "p_resnet20_resnet8.png").is_file()
+    assert "resnet20→resnet8 on synthetic" in capsys.readouterr().err
+
+    assert main([str(s / "*"), "--plot", str(png), "--plot-pair", "vgg13:vgg8", "--cost-table", str(cost)]) == 1
+    err = capsys.readouterr().err
+    assert "no run of vgg13→vgg8 on cifar100" in err
+    assert "--plot-pair ResNet50:vgg8 --compare-dataset cifar100" in err
+    assert "--plot-pair resnet20:resnet8 --compare-dataset synthetic" in err
+
+
+def test_compare_says_when_no_run_matches(tmp_path, capsys):
+    s = tmp_path / "students"
+    fake_run(s, "kd_syn", arch="resnet8", teacher="resnet20", method="kd", dataset="synthetic",
+             weights=(0.1, 0.9, 0.0), last=80.0, best=81.0)
+    assert main([str(s / "*"), "--compare", "-o", str(tmp_path / "t.md")]) == 0
+    err = capsys.readouterr().err
+    assert "--compare: no run on cifar100 (the runs are on synthetic)" in err and "--compare-dataset" in err
+    fake_run(s, "dkd_odd", arch="resnet8x4", method="dkd", weights=(1.0, 0.0, 3.0), last=70.0, best=71.0)
+    assert main([str(s / "*"), "--compare", "-o", str(tmp_path / "t.md")]) == 0
+    assert "no run on cifar100 matches a published cell" in capsys.readouterr().err
+    fake_run(s, "dkd_ref", arch="resnet8x4", method="dkd", weights=(1.0, 0.0, 1.0), last=76.0, best=76.5)
+    assert main([str(s / "*"), "--compare", "-o", str(tmp_path / "t.md")]) == 0
+    assert "--compare:" not in capsys.readouterr().err

@@ -50,3 +50,27 @@ def test_collect_command_reads_the_command_line(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(sys, "argv", ["distillers-collect", str(tmp_path / "*")])
     assert target(EXPECTED["distillers-collect"])() == 1  # the console wrapper exits with it
     assert f"no finished run under {tmp_path / '*'}" in capsys.readouterr().err
+
+
+def test_quick_start_then_collect_its_runs(tmp_path):
+    """The README's first command (with one epoch instead of four), then its collecting command on
+    the three run folders: two scripts, one workflow, as a user runs them."""
+    import subprocess
+
+    save = tmp_path / "quickstart"
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "quickstart.py"), "--epochs", "1",
+                           "--save_root", str(save)], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "synthetic test top-1 after 1 epochs each" in done.stdout
+    assert f"distillers-collect '{save}/*'" in done.stdout
+    for run in ("teacher", "vanilla", "kd"):
+        assert (save / run / "latest.pth").is_file() and (save / run / "tb").is_dir()
+    collected = subprocess.run([sys.executable, str(REPO / "scripts" / "collect_results.py"), f"{save}/*"],
+                               capture_output=True, text=True, timeout=300)
+    assert collected.returncode == 0, collected.stderr
+    table = collected.stdout.split("## synthetic, same architecture family: top-1 (%), last epoch")[1]
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in table.splitlines()
+            if line.startswith("| ") and "---" not in line}
+    assert "resnet20→resnet8" in rows["method"] and {"Teacher", "Student", "KD"} <= set(rows)
+    for label in ("Teacher", "Student", "KD"):
+        assert 0.0 <= float(rows[label]) <= 100.0

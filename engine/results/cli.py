@@ -5,6 +5,7 @@
     distillers-collect --compare ../shared/reference/results.md
     distillers-collect --compare          # the built-in copy of results.md §1-2
     distillers-collect --plot accuracy_vs_cost.png [--plot-pair resnet32x4:resnet8x4]
+    distillers-collect 'save/quickstart/*'   # the quick start's three runs
     distillers-collect --json > cells.jsonl   # one JSON line per cell: everything needed to rerun it
 
 (``python scripts/collect_results.py ...`` from a checkout is the same command.)
@@ -48,13 +49,15 @@ import argparse
 import csv
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from engine.results.cells import collect
 from engine.results.plot import DEFAULT_COST_TABLE, plot_accuracy_vs_cost, read_cost_table
 from engine.results.published import PUBLISHED, read_reference
 from engine.results.records import json_lines
 from engine.results.tables import Tables, pair_header
+
+DEFAULT_PAIR = ("resnet32x4", "resnet8x4")  # the pair of the published accuracy-vs-cost picture
 
 
 def parser() -> argparse.ArgumentParser:
@@ -71,15 +74,17 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--compare", nargs="?", const="builtin", default=None, metavar="RESULTS_MD",
                         help="add a side-by-side table with the published numbers of this results.md "
                              "(without a file: the built-in copy of results.md §1-2, engine/results/published.py)")
-    parser.add_argument("--compare-dataset", default="cifar100",
-                        help="the dataset whose runs --compare sets beside the published numbers (default cifar100)")
+    parser.add_argument("--compare-dataset", default=None, metavar="DATASET",
+                        help="the dataset whose runs --compare sets beside the published numbers and --plot draws "
+                             "(default cifar100; for --plot, the dataset of the pairs drawn)")
     parser.add_argument("--include-unfinished", action="store_true",
                         help="count runs that did not reach their last epoch (their latest accuracy)")
     parser.add_argument("--plot", default=None, metavar="PNG",
                         help="also draw top-1 against training cost for --plot-pair into this PNG (needs "
                              "matplotlib: pip install -e .[plot])")
-    parser.add_argument("--plot-pair", default="resnet32x4:resnet8x4", metavar="TEACHER:STUDENT",
-                        help="the pair of the picture (default resnet32x4:resnet8x4)")
+    parser.add_argument("--plot-pair", default=None, metavar="TEACHER:STUDENT",
+                        help=f"the pair of the picture (default {DEFAULT_PAIR[0]}:{DEFAULT_PAIR[1]} when it has runs, "
+                             "else one picture per distilled pair, named <PNG stem>_<teacher>_<student>.png)")
     parser.add_argument("--plot-epoch", choices=["last", "best"], default="last",
                         help="which top-1 the picture shows (default last)")
     parser.add_argument("--cost-table", default=DEFAULT_COST_TABLE, metavar="CSV",
@@ -92,24 +97,72 @@ def _write(path: str, text: str) -> None:
         fh.write(text)
 
 
+def _distilled_pairs(cells) -> List[Tuple[str, Tuple[str, str]]]:
+    """(dataset, (teacher, student)) of every distilled cell, in order."""
+    return sorted({(c.dataset, c.pair) for c in cells if c.teacher})
+
+
+def _plot_targets(args, cells) -> List[Tuple[str, Tuple[str, str], str]]:
+    """(dataset, pair, PNG path) of each picture: --plot-pair when given; else the default pair when it
+    has runs; else every distilled pair present (one PNG each, or the given name when there is one)."""
+    if args.plot_pair:
+        teacher, _, student = args.plot_pair.partition(":")
+        return [(args.compare_dataset or "cifar100", (teacher, student), args.plot)]
+    present = [(d, p) for d, p in _distilled_pairs(cells) if args.compare_dataset in (None, d)]
+    default = [(d, p) for d, p in present if p == DEFAULT_PAIR]
+    targets = default[:1] or present
+    if len(targets) == 1:
+        return [(targets[0][0], targets[0][1], args.plot)]
+    stem, ext = os.path.splitext(args.plot)
+    return [(d, p, f"{stem}_{p[0]}_{p[1]}{ext or '.png'}") for d, p in targets]
+
+
+def _pairs_hint(cells) -> str:
+    present = ", ".join(f"--plot-pair {t}:{s} --compare-dataset {d}" for d, (t, s) in _distilled_pairs(cells))
+    return f"; the runs hold: {present}" if present else "; no run here is a distilled pair"
+
+
 def _plot(args, cells) -> int:
-    """--plot: draw the picture, report what was drawn and left out; 1 if it could not be drawn."""
-    teacher, _, student = args.plot_pair.partition(":")
+    """--plot: draw the picture(s), report what was drawn and left out; 1 if one could not be drawn."""
+    targets = _plot_targets(args, cells)
+    if not targets:
+        print(f"collect_results: --plot: no distilled run on {args.compare_dataset}{_pairs_hint(cells)}",
+              file=sys.stderr)
+        return 1
     try:
         cost = read_cost_table(args.cost_table)
-        drawn = plot_accuracy_vs_cost(cells, cost, (teacher, student), args.plot, args.plot_epoch,
-                                      args.compare_dataset)
-    except ImportError:
-        print("collect_results: --plot needs matplotlib: pip install -e .[plot]", file=sys.stderr)
-        return 1
     except (OSError, ValueError, KeyError) as err:
         print(f"collect_results: --plot: {err}", file=sys.stderr)
         return 1
-    print(f"collect_results: drew {len(drawn['points'])} methods of {pair_header(teacher, student)} into "
-          f"{args.plot}", file=sys.stderr)
-    for label, why in drawn["skipped"]:
-        print(f"  left out {label}: {why}", file=sys.stderr)
+    for dataset, (teacher, student), path in targets:
+        try:
+            drawn = plot_accuracy_vs_cost(cells, cost, (teacher, student), path, args.plot_epoch, dataset)
+        except ImportError:
+            print("collect_results: --plot needs matplotlib: pip install -e .[plot]", file=sys.stderr)
+            return 1
+        except (OSError, ValueError, KeyError) as err:
+            print(f"collect_results: --plot: {err}{_pairs_hint(cells)}", file=sys.stderr)
+            return 1
+        print(f"collect_results: drew {len(drawn['points'])} methods of {pair_header(teacher, student)} on "
+              f"{dataset} into {path}", file=sys.stderr)
+        for label, why in drawn["skipped"]:
+            print(f"  left out {label}: {why}", file=sys.stderr)
     return 0
+
+
+def _compare_note(tables: Tables, reference: Dict, reference_name: str, dataset: str) -> Optional[str]:
+    """Why the side-by-side table would be empty, or None when some run has a published number."""
+    on = [c for c in tables.students if c.dataset == dataset]
+    if not on:
+        elsewhere = ", ".join(tables.datasets()) or "none"
+        return (f"--compare: no run on {dataset} (the runs are on {elsewhere}): nothing to set beside "
+                f"{reference_name}; --compare-dataset names the dataset of the published numbers")
+    pairs = sorted({c.pair for c in on})
+    if not any(reference.get(label, {}).get(p) is not None for label, by_pair in tables.rows(dataset, pairs)
+               for p in by_pair):
+        return (f"--compare: no run on {dataset} matches a published cell of {reference_name} (same row "
+                f"and pair): the side-by-side table shows only ours")
+    return None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -128,7 +181,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         reference = read_reference(args.compare) if args.compare else None
         reference_name = os.path.basename(args.compare or "")
-    text = tables.markdown(reference, reference_name, args.compare_dataset)
+    compare_dataset = args.compare_dataset or "cifar100"
+    note = _compare_note(tables, reference, reference_name, compare_dataset) if reference is not None else None
+    if note:
+        print(f"collect_results: {note}", file=sys.stderr)
+    text = tables.markdown(reference, reference_name, compare_dataset)
     if skipped:
         text += "\nSkipped run folders:\n\n" + "".join(f"- `{s.folder}`: {s.reason}\n" for s in skipped)
     if args.output:
