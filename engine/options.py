@@ -15,6 +15,7 @@ temperatures.
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
@@ -130,6 +131,13 @@ def term_options(args: argparse.Namespace, method: str, added: Optional[str]) ->
     return mine, (kd if added else {})
 
 
+def first_sentence(doc: Optional[str]) -> str:
+    """The first sentence of a docstring's first paragraph, however many lines it spans."""
+    paragraph = " ".join((doc or "").strip().split("\n\n")[0].split())
+    end = re.search(r"(?<!e\.g)(?<!i\.e)(?<!et al)\.(\s|$)", paragraph)
+    return paragraph[:end.start() + 1] if end else paragraph
+
+
 def describe_methods(width: int = 0) -> str:
     """``train_student.py --list-methods``: one line per method, wrapped to the terminal; metric-learning
     methods marked (they train embedding networks on metric datasets)."""
@@ -141,10 +149,9 @@ def describe_methods(width: int = 0) -> str:
     width = width or max(60, min(120, shutil.get_terminal_size((100, 20)).columns))
     lines = []
     for name in DISTILLERS.names():
-        doc = (DISTILLERS.get(name).__doc__ or "").strip().splitlines()
         mark = "[metric learning] " if DISTILLERS.meta(name).get("task") == "metric" else ""
-        lines += textwrap.wrap(f"{name:<14} {mark}{doc[0] if doc else ''}", width, initial_indent="  ",
-                               subsequent_indent=" " * 17)
+        lines += textwrap.wrap(f"{name:<14} {mark}{first_sentence(DISTILLERS.get(name).__doc__)}", width,
+                               initial_indent="  ", subsequent_indent=" " * 17)
     return "methods (train_student.py --distill NAME --help shows a method's options):\n" + "\n".join(lines)
 
 

@@ -39,6 +39,14 @@ def test_list_methods_names_every_registered_method(capsys):
     missing = [name for name in DISTILLERS.names() if name not in listed]
     assert not missing, f"--list-methods leaves out {missing}"
     assert max(len(line) for line in out.splitlines()) <= 100
+    entries = []
+    for line in out.splitlines()[1:]:
+        if line.startswith("  ") and line[2] != " ":
+            entries.append(line.strip())
+        elif line.strip():
+            entries[-1] += " " + line.strip()
+    cut = [e for e in entries if not e.endswith((".", ")"))]
+    assert not cut, f"summaries cut mid-sentence: {cut}"  # a docstring's sentence spans lines
 
 
 @pytest.mark.parametrize("typed,meant", [("--learning-rate", "--learning_rate"),
