@@ -148,8 +148,8 @@ def open_teacher_store(args, teacher: nn.Module, spec: ShapeSpec, objective: Obj
         remedy = (f"the device loader cannot serve this run ({blocked}): the teacher runs on every batch" if blocked
                   else "--loader device (in-memory CIFAR-style sets) or --data_opt seeded_views=true (image "
                        "folders) make views a function of (seed, epoch, sample) that the store can key")
-        return None, ("off: on this loader a view is not named by (seed, epoch, sample) (the DataLoader's "
-                      f"views, DALI's random crops); {remedy}")
+        return None, ("off: this loader gives its views no id the store can key (the DataLoader's "
+                      f"augmentations, DALI's random crops); {remedy}")
     modules = [name for name, point in tap_points_of(teacher).items() if point.io == "module"]
     ok, why = ts.storable_taps(spec.teacher, taps, modules=modules, reader=f"--distill {args.distill}")
     if not ok:

@@ -111,7 +111,7 @@ def test_the_log_reports_hits_size_and_why_the_store_is_off(tmp_path, teacher, c
     dataloader = [a if a != "device" else "dataloader" for a in base]  # --loader dataloader
     assert cli.student(dataloader + ["--save_dir", str(tmp_path / "d")]) == 0
     out = capsys.readouterr().out
-    assert "teacher store off: on this loader a view is not named by (seed, epoch, sample)" in out
+    assert "teacher store off: this loader gives its views no id the store can key" in out
     assert "--loader device (in-memory CIFAR-style sets)" in out
     # MLKD's strong view needs the image: the device loader cannot serve it, and the log does not suggest it
     auto = [a for a in base if a not in ("--loader", "device")]
