@@ -3,7 +3,7 @@
 
     python benchmarks/teacher_store.py [--rounds 7] [--steps 2] [--threads 1] [--out benchmarks/results]
 
-Three tables, CPU, batch 64, CIFAR-100-shaped in-memory data (``storerandom``: 50,000 random
+Four tables, CPU, batch 64, CIFAR-100-shaped in-memory data (``storerandom``: 50,000 random
 uint8 images, 100 classes, registered here), served by ``--loader device``, random teachers:
 
 1. **Step cost**, resnet32x4 -> resnet8x4 and resnet56 -> resnet20: a vanilla student step, a
