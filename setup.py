@@ -10,6 +10,7 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["core*", "distillers*", "models*", "data*", "engine*"]),
     py_modules=["train_teacher", "train_student"],
+    package_data={"engine.teachers": ["manifest.yaml"]},  # the teacher zoo, read at run time
     entry_points={"console_scripts": [
         "distillers-train-teacher = engine.cli:teacher_main",
         "distillers-train-student = engine.cli:student_main",

@@ -65,8 +65,9 @@ def test_quick_start_then_collect_its_runs(tmp_path):
     assert f"distillers-collect '{save}/*'" in done.stdout
     for run in ("teacher", "vanilla", "kd"):
         assert (save / run / "latest.pth").is_file() and (save / run / "tb").is_dir()
-    collected = subprocess.run([sys.executable, str(REPO / "scripts" / "collect_results.py"), f"{save}/*"],
-                               capture_output=True, text=True, timeout=300)
+    cells = tmp_path / "cells.jsonl"
+    collected = subprocess.run([sys.executable, str(REPO / "scripts" / "collect_results.py"), f"{save}/*",
+                                "--json", str(cells)], capture_output=True, text=True, timeout=300)
     assert collected.returncode == 0, collected.stderr
     table = collected.stdout.split("## synthetic, same architecture family: top-1 (%), last epoch")[1]
     rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in table.splitlines()
@@ -74,3 +75,27 @@ def test_quick_start_then_collect_its_runs(tmp_path):
     assert "resnet20→resnet8" in rows["method"] and {"Teacher", "Student", "KD"} <= set(rows)
     for label in ("Teacher", "Student", "KD"):
         assert 0.0 <= float(rows[label]) <= 100.0
+    import json
+
+    from engine.checkpoint import load
+    kd = next(r for r in map(json.loads, cells.read_text().splitlines()) if r["method"] == "kd")
+    teacher_hash = load(save / "teacher" / "latest.pth")["card"]["weights_sha256"]
+    assert (kd["world_sizes"], kd["lr_rules"], kd["teacher_sha256"]) == ([1], ["keep"], [teacher_hash])
+    assert f"(sha256 {teacher_hash[:12]})" in collected.stdout  # the protocol table names the teacher's weights
+
+
+def test_every_data_file_of_the_packages_is_installed():
+    """A non-editable install carries only what package_data names: a file the code reads at run
+    time (the teacher manifest) must be in it."""
+    tree = ast.parse((REPO / "setup.py").read_text(encoding="utf-8"))
+    call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
+    declared = ast.literal_eval(next(k.value for k in call.keywords if k.arg == "package_data"))
+    found = {}
+    for top in ("core", "distillers", "models", "data", "engine"):
+        for path in (REPO / top).rglob("*"):
+            if path.is_file() and path.suffix not in (".py", ".pyc") and "__pycache__" not in path.parts:
+                package = ".".join(path.parent.relative_to(REPO).parts)
+                found.setdefault(package, []).append(path.name)
+    assert found, "no data file found: the walk is wrong"
+    for package, names in found.items():
+        assert sorted(names) == sorted(declared.get(package, [])), (package, names)

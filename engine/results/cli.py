@@ -18,7 +18,8 @@ options set on the command line); each cell reports, over its trials, mean ± sa
 * the **best-epoch** top-1: ``best.pth['acc']`` (= ``latest.pth['best_acc']``; mdistiller's),
 
 and a protocol table records per cell the weight convention (γ·CE + α·KD + β·method), the
-number of trials and their seeds, the schedule, and the teacher checkpoint(s). Vanilla runs
+number of trials and their seeds, the schedule (global batch), the teacher checkpoint(s) with the
+sha256 of their weights, and the number of processes (from each checkpoint's ``record``). Vanilla runs
 (``train_teacher.py``) fill the Teacher and Student rows.
 
 Row labels are those of results.md: a method option at its registry default, or at the value of
@@ -40,7 +41,8 @@ still in their initialisation stage) are left out and listed. Checkpoints are re
 
 ``--json`` prints one JSON line per cell (to stdout, or to a file given after it): dataset, teacher
 arch and checkpoint(s), student, method, weights, options, the row's reference settings, seeds,
-trials, epochs, batch size, learning rate, code versions, last/best mean ± std and the published
+trials, epochs, batch size, learning rate, process counts, learning-rate rule, teacher weights' sha256,
+code versions, last/best mean ± std and the published
 number. With ``--json`` to stdout the markdown goes only to ``--output``.
 """
 from __future__ import annotations

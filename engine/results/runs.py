@@ -41,6 +41,10 @@ class Run:
     teacher_checkpoint: str
     code_version: str
     recorded: Tuple[Tuple[str, str], ...] = ()  # options as recorded (before dropping reference values)
+    # the checkpoint's reproduction record (engine.resume.record); None / "" for runs written before it
+    world_size: Optional[int] = None
+    lr_rule: str = ""
+    teacher_sha256: str = ""
 
 
 @dataclass
@@ -124,13 +128,17 @@ def read_run(folder: str, include_unfinished: bool = False):
     if method != VANILLA:
         options = canonical_options(method, (teacher, student), w, options)
     seed = config.get("seed")
+    record = state.get("record") or {}
+    world_size = record.get("world_size", state.get("world_size"))
     return Run(folder=folder, dataset=str(state.get("dataset", config.get("dataset", "?"))),
                teacher=teacher, student=student, method=method, weights=w, options=options,
                last=last, best=best, seed=int(seed) if seed is not None else None,
                trial=str(config.get("trial", "")), epochs=epochs, batch_size=config.get("batch_size"),
                learning_rate=config.get("learning_rate"),
                teacher_checkpoint=str(config.get("path_t") or ""), code_version=str(state.get("code_version", "")),
-               recorded=recorded)
+               recorded=recorded, world_size=int(world_size) if world_size is not None else None,
+               lr_rule=str(config.get("lr_rule") or ""),  # the rule's name; the record says what it did
+               teacher_sha256=str(record.get("teacher_sha256") or state.get("teacher_sha256") or ""))
 
 
 def find_run_folders(patterns: Sequence[str]) -> List[str]:

@@ -122,20 +122,24 @@ class Tables:
 
     def protocol(self) -> List[str]:
         out = ["## Protocol per cell", "",
-               "| dataset | method | pair | weights | trials (seeds) | epochs | batch | lr | teacher checkpoint "
-               "| options |", "|---|---|---|---|---|---|---|---|---|---|"]
+               "| dataset | method | pair | weights | trials (seeds) | epochs | global batch | lr | teacher checkpoint "
+               "| processes | options |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         cells = sorted(self.students, key=lambda c: (c.dataset, c.pair, c.sort_key()))
         vanilla = sorted(self.vanilla_all, key=lambda c: (c.dataset, c.student, str(c.schedule)))
         for cell in vanilla + cells:
             seeds = ",".join(str(r.seed) for r in sorted(cell.runs, key=lambda r: (r.seed is None, r.seed)))
             teachers = "; ".join(sorted({r.teacher_checkpoint for r in cell.runs})) if cell.teacher else "–"
+            hashes = sorted({r.teacher_sha256[:12] for r in cell.runs if r.teacher_sha256})
+            if cell.teacher and hashes:
+                teachers += f" (sha256 {', '.join(hashes)})"
+            worlds = _join({r.world_size for r in cell.runs})
             pair = pair_header(cell.teacher, cell.student) if cell.teacher else f"{cell.student} (vanilla)"
             label = cell.label() if cell.method != VANILLA else "vanilla"
             recorded = sorted({o for r in cell.runs for o in r.recorded} | set(cell.options))
             options = ", ".join(f"{k}={v}" for k, v in recorded) or "defaults"
             out.append(f"| {cell.dataset} | {label} | {pair} | {cell.convention()} | {len(cell.runs)} ({seeds}) | "
                        f"{_join({r.epochs for r in cell.runs})} | {_join({r.batch_size for r in cell.runs})} | "
-                       f"{_join({r.learning_rate for r in cell.runs})} | {teachers} | {options} |")
+                       f"{_join({r.learning_rate for r in cell.runs})} | {teachers} | {worlds} | {options} |")
         return out + [""]
 
     def csv_rows(self) -> List[Dict[str, str]]:
