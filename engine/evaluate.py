@@ -48,8 +48,9 @@ def evaluate_checkpoint(args, info: DistInfo) -> Dict[str, float]:
             raise
         raise ConfigError(f"{dataset}: {err} (data options {_show(options)})") from None
     arch = state["arch"]
+    built_with = state.get("model_options") if isinstance(state.get("model_options"), dict) else {}
     model = create_model(arch, num_classes=state["num_classes"], family=None if ":" in arch else meta["family"],
-                         **task.eval_model_kwargs(args, state)).to(info.device)
+                         **{**built_with, **task.eval_model_kwargs(args, state)}).to(info.device)
     ckpt.load_weights(model, state["model"], f"student checkpoint '{args.path_s}'")
     head = None
     if state.get("distiller_name") and state.get("shape_spec"):

@@ -173,3 +173,27 @@ def test_mixing_and_label_smoothing_are_refused_for_a_task_without_class_targets
     assert mixing_requests(args, ClassificationTask()) == []
     with pytest.raises(config.ConfigError, match="--label_smoothing: the cub200 task"):
         mixing_requests(args, MetricTask())
+
+
+def test_a_vit_student_learns_from_a_resnet_teacher_by_fitnet_from_the_command_line(tmp_path, capsys):
+    """Issue 21's command: an unmodified timm ViT-Tiny (patch 4 on 32x32 images) distilled by FitNet
+    from a CIFAR ResNet, then evaluated from its checkpoint alone (its model options recorded)."""
+    import models
+
+    teacher = tmp_path / "t"
+    assert cli.teacher(TINY + ["--epochs", "1", "--save_dir", str(teacher)]) == 0
+    vit = ["--model_s", "timm:vit_tiny_patch16_224", "--model_opt", "img_size=32", "--model_opt", "patch_size=4"]
+    student = tmp_path / "s"
+    assert cli.student(TINY[:-2] + vit + ["--path_t", str(teacher / "latest.pth"), "--distill", "fitnet",
+                                          "--epochs", "2", "--save_dir", str(student)]) == 0
+    out = capsys.readouterr().out
+    assert "fitnet(" in out and "nan" not in out.split("loss =")[-1].split("\n")[0]
+    state = load(student / "latest.pth")
+    assert state["arch"] == "timm:vit_tiny_patch16_224" and state["model_options"] == {"img_size": 32, "patch_size": 4}
+    torch.manual_seed(0)
+    fresh = models.create_model("timm:vit_tiny_patch16_224", num_classes=10, img_size=32, patch_size=4)
+    fresh.load_state_dict(state["model"])  # rebuilt from what the checkpoint records
+    hint = [k for k in state["distiller"] if "weight" in k]
+    assert hint and all(torch.isfinite(state["distiller"][k]).all() for k in hint)  # FitNet's regressor trained
+    assert cli.student(["--evaluate", "--path_s", str(student / "latest.pth")] + TINY[:-2]) == 0
+    assert f"{state['acc']:.2f}" in capsys.readouterr().out
