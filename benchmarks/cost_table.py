@@ -59,7 +59,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
-from data.registry import DATASETS, register_dataset  # noqa: E402
+from data.registry import DATASETS, DataError, register_dataset  # noqa: E402
 from distillers import list_distillers  # noqa: E402
 from distillers.base import DISTILLERS, Distiller, NotApplicable  # noqa: E402
 from engine import config  # noqa: E402
@@ -79,18 +79,26 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131
 
 
 class RandomCifar(Dataset):
-    """N random normalised 3x32x32 images with balanced labels, generated from the index."""
+    """N random 32x32 RGB images with balanced labels, generated from the index as PIL images and
+    read through a torchvision ``transform`` as CIFAR's are (so a method's extra augmented view,
+    MLKD's and CRLD's, can be served)."""
 
     def __init__(self, size: int, num_classes: int, seed: int):
+        import torchvision.transforms as T
+
         self.size, self.num_classes, self.seed = size, num_classes, seed
         self.targets = torch.arange(size) % num_classes
+        self.transform = T.Compose([T.ToTensor(), T.Normalize((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))])
 
     def __len__(self):
         return self.size
 
     def __getitem__(self, i):
+        from PIL import Image
+
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(i))
-        return torch.randn(3, 32, 32, generator=g), int(self.targets[i])
+        pixels = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8, generator=g)
+        return self.transform(Image.fromarray(pixels.numpy())), int(self.targets[i])
 
 
 if "costrandom" not in DATASETS:
@@ -354,7 +362,7 @@ def main(argv=None) -> int:
                 continue
             try:
                 variants[name] = build_variant(name, args.batch, teacher_path, os.path.join(tmp, "runs", name))
-            except (ConfigError, NotApplicable) as err:  # e.g. DeiT and ViTKD need token students
+            except (ConfigError, DataError, NotApplicable) as err:  # e.g. DeiT and ViTKD need token students
                 skipped[name] = str(err).splitlines()[0]
                 print(f"  not timed: {name}: {skipped[name]}", flush=True)
         names = [n for n in names if n not in skipped]
