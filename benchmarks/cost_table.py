@@ -1,7 +1,9 @@
 #!/usr/bin/env python
-"""Per-method training cost on resnet32x4 -> resnet8x4, batch 64, CPU (a benchmark, not a test).
+"""Per-method training cost on resnet32x4 -> resnet8x4 (or ``--pair``), batch 64, CPU (a benchmark, not a test).
 
     python benchmarks/cost_table.py [--rounds 7] [--steps 2] [--readme benchmarks/README.md]
+    python benchmarks/cost_table.py --pair resnet32x4 timm:vit_tiny_patch16_224 \
+        --student_opt img_size=32 --student_opt patch_size=4      # another pair, e.g. a ViT student
 
 For every classification method: the median milliseconds of one training step, its ratio
 to a vanilla resnet8x4 step and to a KD step, the peak memory of a step, and the method's
@@ -51,7 +53,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -60,6 +63,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
+from core.batch import Batch  # noqa: E402
 from data.registry import DATASETS, DataError, register_dataset  # noqa: E402
 from distillers import list_distillers  # noqa: E402
 from distillers.base import DISTILLERS, Distiller, NotApplicable  # noqa: E402
@@ -68,9 +72,43 @@ from engine.checkpoint import save_atomic  # noqa: E402
 from engine.distributed import DistInfo  # noqa: E402
 from engine.errors import ConfigError  # noqa: E402
 from engine.loop import Trainer  # noqa: E402
+from engine.parsers import key_value  # noqa: E402
 from models import create_model  # noqa: E402
 
-TEACHER, STUDENT = "resnet32x4", "resnet8x4"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """The teacher and student timed, with their network options (a ViT on 32x32 needs img_size/patch_size)."""
+    teacher: str = "resnet32x4"
+    student: str = "resnet8x4"
+    teacher_opts: Tuple[Tuple[str, object], ...] = ()
+    student_opts: Tuple[Tuple[str, object], ...] = ()
+
+    @property
+    def label(self) -> str:  # "resnet32x4 → timm:vit_tiny_patch16_224 (img_size=32, patch_size=4)"
+        def name(arch, opts):
+            return arch + (f" ({', '.join(f'{k}={v}' for k, v in opts)})" if opts else "")
+        return f"{name(self.teacher, self.teacher_opts)} → {name(self.student, self.student_opts)}"
+
+    def student_argv(self) -> List[str]:
+        return [a for k, v in self.student_opts for a in ("--model_opt", f"{k}={v}")]
+
+    @property
+    def stem(self) -> str:
+        """Output file stem: cost_table for the default pair, else cost_table_<teacher>_<student>."""
+        if (self.teacher, self.student) == (DEFAULT_PAIR.teacher, DEFAULT_PAIR.student):
+            return "cost_table"
+        return "cost_table_" + "_".join(re.sub(r"[^A-Za-z0-9_.-]", "-", a) for a in (self.teacher, self.student))
+
+    def argv(self) -> List[str]:
+        """This pair as this script's flags (for the memory probes' child processes)."""
+        return (["--pair", self.teacher, self.student]
+                + [a for k, v in self.teacher_opts for a in ("--teacher_opt", f"{k}={v}")]
+                + [a for k, v in self.student_opts for a in ("--student_opt", f"{k}={v}")])
+
+
+DEFAULT_PAIR = Pair()
 NUM_CLASSES, NUM_DATA = 100, 50_000
 METRIC_LEARNING = {"aomd", "contrastive", "darkrank", "metric", "metric_at", "metric_fitnet", "metric_rkd",
                    "metric_sp", "triplet"}
@@ -114,9 +152,9 @@ def classification_methods() -> List[str]:
             and DISTILLERS.meta(n).get("task", "classification") == "classification"]
 
 
-def make_teacher(path: str) -> str:
+def make_teacher(pair: Pair, path: str) -> str:
     torch.manual_seed(1)
-    model = create_model(TEACHER, num_classes=NUM_CLASSES)
+    model = create_model(pair.teacher, num_classes=NUM_CLASSES, **dict(pair.teacher_opts))
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.reset_running_stats()
@@ -124,7 +162,8 @@ def make_teacher(path: str) -> str:
     model.train()
     with torch.no_grad():
         model(torch.randn(64, 3, 32, 32))
-    save_atomic({"arch": TEACHER, "model": model.state_dict()}, path)
+    save_atomic({"arch": pair.teacher, "model": model.state_dict(), "model_options": dict(pair.teacher_opts)},
+                path)
     return path
 
 
@@ -162,16 +201,16 @@ def _argv(batch: int, save_dir: str) -> List[str]:
 
 
 class TrainerVariant(Variant):
-    def __init__(self, name: str, method: Optional[str], batch: int, teacher_path: str, save_dir: str,
+    def __init__(self, name: str, method: Optional[str], pair: Pair, batch: int, teacher_path: str, save_dir: str,
                  init_stage: bool = False):
         self.name = name
-        argv = _argv(batch, save_dir)
+        argv = _argv(batch, save_dir) + pair.student_argv()
         if method is None:
-            trainer = Trainer(config.parse(config.teacher_parser(), argv + ["--model", STUDENT]), DistInfo(),
+            trainer = Trainer(config.parse(config.teacher_parser(), argv + ["--model", pair.student]), DistInfo(),
                               "teacher")
         else:
             method, _, optimizer = method.partition("+")  # "kd+dot": KD stepped by the DOT optimiser
-            argv += ["--model_s", STUDENT, "--path_t", teacher_path, "--distill", method]
+            argv += ["--model_s", pair.student, "--path_t", teacher_path, "--distill", method]
             argv += ["--optimizer", optimizer] if optimizer else []
             import warnings
             with warnings.catch_warnings():
@@ -215,12 +254,12 @@ class TrainerVariant(Variant):
 class HandVariant(Variant):
     """The same architectures in a plain PyTorch loop: no taps, no distiller, no bookkeeping."""
 
-    def __init__(self, name: str, kd: bool, batches, teacher_path: str):
+    def __init__(self, name: str, kd: bool, pair: Pair, batches, teacher_path: str):
         self.name = name
-        self.student = create_model(STUDENT, num_classes=NUM_CLASSES)
+        self.student = create_model(pair.student, num_classes=NUM_CLASSES, **dict(pair.student_opts))
         self.teacher = None
         if kd:
-            self.teacher = create_model(TEACHER, num_classes=NUM_CLASSES)
+            self.teacher = create_model(pair.teacher, num_classes=NUM_CLASSES, **dict(pair.teacher_opts))
             self.teacher.load_state_dict(torch.load(teacher_path, weights_only=True)["model"])
             self.teacher.eval().requires_grad_(False)
         self.optimizer = torch.optim.SGD(self.student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
@@ -246,14 +285,14 @@ class HandVariant(Variant):
         return (time.perf_counter() - started) / steps
 
 
-def build_variant(name: str, batch: int, teacher_path: str, save_dir: str, kd_batches=None) -> Variant:
+def build_variant(name: str, pair: Pair, batch: int, teacher_path: str, save_dir: str, kd_batches=None) -> Variant:
     if name == VANILLA:
-        return TrainerVariant(name, None, batch, teacher_path, save_dir)
+        return TrainerVariant(name, None, pair, batch, teacher_path, save_dir)
     if name in (HAND_VANILLA, HAND_KD):
-        return HandVariant(name, name == HAND_KD, kd_batches, teacher_path)
+        return HandVariant(name, name == HAND_KD, pair, kd_batches, teacher_path)
     if name.endswith(INIT):
-        return TrainerVariant(name, name[:-len(INIT)], batch, teacher_path, save_dir, init_stage=True)
-    return TrainerVariant(name, name, batch, teacher_path, save_dir)
+        return TrainerVariant(name, name[:-len(INIT)], pair, batch, teacher_path, save_dir, init_stage=True)
+    return TrainerVariant(name, name, pair, batch, teacher_path, save_dir)
 
 
 def variant_names(methods: List[str]) -> List[str]:
@@ -269,13 +308,14 @@ def _status() -> Dict[str, int]:
     return {k: int(re.search(k + r":\s+(\d+)", text).group(1)) * 1024 for k in ("VmRSS", "VmHWM")}
 
 
-def memory_probe(name: str, batch: int, teacher_path: str) -> Dict[str, float]:
+def memory_probe(name: str, pair: Pair, batch: int, teacher_path: str) -> Dict[str, float]:
     """In a child process with MALLOC_ENV: the peak RSS increase during one steady-state step."""
     with tempfile.TemporaryDirectory() as tmp:
         kd_batches = None
         if name in (HAND_VANILLA, HAND_KD):
-            kd_batches = [(torch.randn(batch, 3, 32, 32), torch.randint(0, NUM_CLASSES, (batch,))) for _ in range(2)]
-        variant = build_variant(name, batch, teacher_path, tmp, kd_batches)
+            kd_batches = [Batch(torch.randn(batch, 3, 32, 32), torch.randint(0, NUM_CLASSES, (batch,)))
+                          for _ in range(2)]
+        variant = build_variant(name, pair, batch, teacher_path, tmp, kd_batches)
         variant.run(2)
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")  # reset the peak-RSS mark
@@ -285,12 +325,12 @@ def memory_probe(name: str, batch: int, teacher_path: str) -> Dict[str, float]:
     return {"step_peak_bytes": peak - before, "rss_before_bytes": before}
 
 
-def measure_memory(names: List[str], batch: int, teacher_path: str) -> Dict[str, Dict[str, float]]:
+def measure_memory(names: List[str], pair: Pair, batch: int, teacher_path: str) -> Dict[str, Dict[str, float]]:
     out = {}
     env = {**os.environ, **MALLOC_ENV, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     for name in names:
         cmd = [sys.executable, os.path.abspath(__file__), "--memory-probe", name, "--batch", str(batch),
-               "--teacher", teacher_path]
+               "--teacher", teacher_path] + pair.argv()
         result = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if result.returncode != 0:
             print(f"memory probe {name} failed:\n{result.stderr[-2000:]}", file=sys.stderr)
@@ -340,12 +380,22 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the per-round visiting order")
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--teacher", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--pair", nargs=2, metavar=("TEACHER", "STUDENT"), default=None,
+                        help=f"the architectures (default: {DEFAULT_PAIR.teacher} {DEFAULT_PAIR.student}); results go "
+                             "to cost_table_<teacher>_<student>.{md,csv} unless it is the default pair")
+    parser.add_argument("--teacher_opt", action="append", type=key_value("--teacher_opt"), default=[],
+                        metavar="KEY=VALUE", help="teacher network option, repeatable")
+    parser.add_argument("--student_opt", action="append", type=key_value("--student_opt"), default=[],
+                        metavar="KEY=VALUE", help="student network option, repeatable (a ViT-Tiny on 32x32: "
+                                                  "img_size=32 patch_size=4)")
     args = parser.parse_args(argv)
+    teacher, student = args.pair or (DEFAULT_PAIR.teacher, DEFAULT_PAIR.student)
+    pair = Pair(teacher, student, tuple(args.teacher_opt), tuple(args.student_opt))
     if args.threads:
         torch.set_num_threads(args.threads)
 
     if args.memory_probe:
-        print(json.dumps(memory_probe(args.memory_probe, args.batch, args.teacher)))
+        print(json.dumps(memory_probe(args.memory_probe, pair, args.batch, args.teacher)))
         return 0
 
     methods = args.methods or classification_methods() + ["kd+dot"]  # DOT is an optimiser: timed on KD
@@ -353,8 +403,8 @@ def main(argv=None) -> int:
     load_start = os.getloadavg()
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        teacher_path = make_teacher(os.path.join(tmp, "teacher.pth"))
-        print(f"building {len(names)} variants ({TEACHER} -> {STUDENT}, batch {args.batch}, "
+        teacher_path = make_teacher(pair, os.path.join(tmp, "teacher.pth"))
+        print(f"building {len(names)} variants ({pair.label}, batch {args.batch}, "
               f"{torch.get_num_threads()} threads)", flush=True)
         variants: Dict[str, Variant] = {}
         skipped: Dict[str, str] = {}
@@ -362,14 +412,15 @@ def main(argv=None) -> int:
             if name in (HAND_VANILLA, HAND_KD):
                 continue
             try:
-                variants[name] = build_variant(name, args.batch, teacher_path, os.path.join(tmp, "runs", name))
+                variants[name] = build_variant(name, pair, args.batch, teacher_path,
+                                               os.path.join(tmp, "runs", name))
             except (ConfigError, DataError, NotApplicable) as err:  # e.g. DeiT and ViTKD need token students
                 skipped[name] = str(err).splitlines()[0]
                 print(f"  not timed: {name}: {skipped[name]}", flush=True)
         names = [n for n in names if n not in skipped]
         kd_batches = variants["kd"].batches if "kd" in variants else variants[VANILLA].batches
         for name in (HAND_VANILLA, HAND_KD):
-            variants[name] = build_variant(name, args.batch, teacher_path, tmp, kd_batches)
+            variants[name] = build_variant(name, pair, args.batch, teacher_path, tmp, kd_batches)
         variants = {n: variants[n] for n in names}
 
         order_rng = random.Random(args.seed)
@@ -383,7 +434,7 @@ def main(argv=None) -> int:
                     times[name].append(seconds)
             print(f"round {r}/{args.rounds}{' (warm-up)' if not r else ''} done, "
                   f"load average {os.getloadavg()[0]:.1f}", flush=True)
-        memory = {} if args.no_memory else measure_memory(names, args.batch, teacher_path)
+        memory = {} if args.no_memory else measure_memory(names, pair, args.batch, teacher_path)
     load_end = os.getloadavg()
 
     def ratios(name, base):
@@ -414,26 +465,26 @@ def main(argv=None) -> int:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    header = (f"{TEACHER} → {STUDENT}, batch {args.batch}, CPU ({cpu}, {torch.get_num_threads()} torch threads, "
+    header = (f"{pair.label}, batch {args.batch}, CPU ({cpu}, {torch.get_num_threads()} torch threads, "
               f"torch {torch.__version__}), {args.rounds} interleaved rounds × {args.steps} steps after one "
               f"warm-up round; load average {load_start[0]:.1f} at start, {load_end[0]:.1f} at end; "
               f"{datetime.date.today().isoformat()}, {(time.time() - started) / 60:.0f} min.")
-    md = markdown(rows, header, times, skipped)
+    md = markdown(rows, header, times, pair, skipped)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "cost_table.md"), "w", encoding="utf-8") as fh:
+    with open(os.path.join(args.out, pair.stem + ".md"), "w", encoding="utf-8") as fh:
         fh.write(md)
-    with open(os.path.join(args.out, "cost_table.csv"), "w", newline="", encoding="utf-8") as fh:
+    with open(os.path.join(args.out, pair.stem + ".csv"), "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         for row in rows:
             writer.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items()})
     if args.readme:
-        update_readme(args.readme, md)
+        update_readme(args.readme, md, pair.stem)
     print(md)
     return 0
 
 
-def markdown(rows, header: str, times, skipped: Optional[Dict[str, str]] = None) -> str:
+def markdown(rows, header: str, times, pair: Pair, skipped: Optional[Dict[str, str]] = None) -> str:
     lines = [header, "",
              "| method | ms / step | × vanilla step | × KD step | step peak MiB | × vanilla memory | "
              "extra trainable params | persistent extra MiB | note |",
@@ -460,7 +511,7 @@ def markdown(rows, header: str, times, skipped: Optional[Dict[str, str]] = None)
               "SGD momentum, plus its buffers (memory banks, queues).", "",
               "Overhead of the taps and the method bookkeeping:", ""] + overhead
     if skipped:
-        lines += ["", f"Not timed on {TEACHER} → {STUDENT} (the method does not apply to the pair):", ""]
+        lines += ["", f"Not timed on {pair.label} (the method does not apply to the pair):", ""]
         lines += [f"- {name}: {why}" for name, why in skipped.items()]
     return "\n".join(lines) + "\n"
 
@@ -470,8 +521,11 @@ def _or_dash(value: float, spec: str) -> str:
     return "–" if math.isnan(value) else format(value, spec)
 
 
-def update_readme(path: str, md: str) -> None:
-    start, end = "<!-- cost-table:start -->", "<!-- cost-table:end -->"
+def update_readme(path: str, md: str, stem: str = "cost_table") -> None:
+    """Replace the block between this pair's markers (``<!-- cost-table:start -->`` for the default pair,
+    ``<!-- cost_table_<teacher>_<student>:start -->`` for another), or append it."""
+    key = "cost-table" if stem == "cost_table" else stem
+    start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
     text = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
     block = f"{start}\n{md}{end}"
     if start in text and end in text:

@@ -6,7 +6,8 @@
 Four tables, CPU, batch 64, CIFAR-100-shaped in-memory data (``storerandom``: 50,000 random
 uint8 images, 100 classes, registered here), served by ``--loader device``, random teachers:
 
-1. **Step cost**, resnet32x4 -> resnet8x4 and resnet56 -> resnet20: a vanilla student step, a
+1. **Step cost**, resnet32x4 -> resnet8x4, resnet56 -> resnet20 and resnet32x4 -> a timm ViT-Tiny
+   (``img_size=32, patch_size=4``): a vanilla student step, a
    KD and a CRD step with the teacher run on every batch (``--no_teacher_store``), and with a
    filled store (every view of the timed batches stored before timing). Each step is the
    trainer's own loop body (``Trainer.train_epoch`` over replayed batches: taps, teacher or
@@ -56,6 +57,9 @@ from cost_table import fmt_ratio  # noqa: E402  (benchmarks/, this script's fold
 
 NUM_CLASSES, NUM_DATA = 100, 50_000
 PAIRS = [("resnet32x4", "resnet8x4"), ("resnet56", "resnet20")]
+#: the step table's pairs: these, and a timm ViT-Tiny student on 32x32 images (4x4 patches, an 8x8 grid)
+VIT_TINY = ("timm:vit_tiny_patch16_224", "--model_opt", "img_size=32", "--model_opt", "patch_size=4")
+STEP_PAIRS = [(t, s) for t, s in PAIRS] + [("resnet32x4", *VIT_TINY)]
 
 
 class RandomUint8:
@@ -143,15 +147,20 @@ class StepVariant:
 
 def step_table(args, tmp: str) -> List[str]:
     lines = ["| teacher → student | step | ms / step | × vanilla step |", "|---|---|---:|---:|"]
-    for teacher, student in PAIRS:
+    for teacher, student, *model_opts in STEP_PAIRS:
         path = make_teacher(teacher, os.path.join(tmp, f"{teacher}.pth"))
-        store = os.path.join(tmp, f"store_{teacher}")
-        variants = [StepVariant("vanilla", trainer_for(teacher, student, path, None, os.path.join(tmp, "v")))]
+        store = os.path.join(tmp, f"store_{teacher}_{len(model_opts)}")
+        variants = [StepVariant("vanilla", trainer_for(teacher, student, path, None, os.path.join(tmp, "v"),
+                                                       *model_opts))]
         for method in ("kd", "crd"):
             variants.append(StepVariant(f"{method}, teacher on every batch", trainer_for(
-                teacher, student, path, method, os.path.join(tmp, f"{method}_off"), "--no_teacher_store")))
+                teacher, student, path, method, os.path.join(tmp, f"{method}_off"), "--no_teacher_store",
+                *model_opts)))
             variants.append(StepVariant(f"{method}, filled store", trainer_for(
-                teacher, student, path, method, os.path.join(tmp, f"{method}_on"), "--teacher_store", store)))
+                teacher, student, path, method, os.path.join(tmp, f"{method}_on"), "--teacher_store", store,
+                *model_opts)))
+        if model_opts:  # "timm:vit_tiny_patch16_224 (img_size=32, patch_size=4)"
+            student = f"{student} ({', '.join(model_opts[1::2])})"
         times: Dict[str, List[float]] = {v.name: [] for v in variants}
         ratios: Dict[str, List[float]] = {v.name: [] for v in variants}
         order = random.Random(args.seed)

@@ -109,7 +109,7 @@ class Trainer:
                 window = [0.0, 0.0]
             if show and (self.stepper.watch.every == 1 or log_every and step % log_every == 0):
                 bar.set_postfix(loss=f"{loss.item():.3f}")
-            progress.step(name, state.step, loss, run.log)
+            progress.step(name, state.step, loss.detach(), run.log)
             fault_point("init_step" if stage else "train_step", state.epoch, state.step, self.info.rank)
             if STOP.agreed():  # a safe point: the step is complete
                 self._stop(f"{'init ' if stage else ''}epoch {state.epoch}, batch {state.step}")

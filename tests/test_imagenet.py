@@ -344,3 +344,35 @@ def test_pretrained_weights_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torchvision.models, "get_model", offline)
     with pytest.raises(RuntimeError, match="offline"):
         create_model("ResNet34", num_classes=1000, pretrained=True)
+
+
+def _subset(*args):
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "subset_folder.py"), *map(str, args)],
+                          capture_output=True, text=True)
+
+
+def test_subset_folder_links_the_first_classes_and_images_and_trains_as_an_imagefolder(tmp_path):
+    """scripts/subset_folder.py on a Tiny-ImageNet-style tree (flat val/ sorted first): the first
+    classes and files in sorted order, as links, read by ``imagefolder`` with their own labels."""
+    root = make_tree(tmp_path / "tiny", n_train=6, n_val=4, flat_val=True)
+    unsorted = _subset(root, tmp_path / "early", "--classes", 2)
+    assert unsorted.returncode != 0 and "scripts/sort_val.py" in unsorted.stderr
+    assert sort_val(root).returncode == 0
+    dest = tmp_path / "sub"
+    done = _subset(root, dest, "--classes", 2, "--train-per-class", 3, "--test-per-class", 2)
+    assert done.returncode == 0 and "2 classes, 6 train images, 4 val images" in done.stdout
+    wnids = sorted(COLOURS)[:2]
+    assert sorted(os.listdir(dest / "train")) == wnids
+    first = sorted(os.listdir(dest / "train" / wnids[0]))
+    assert first == sorted(p.name for p in (root / "train" / wnids[0]).rglob("*.JPEG"))[:3]
+    assert all((dest / "train" / wnids[0] / f).is_symlink() for f in first)
+    test = data.build_dataset("imagefolder", str(dest), "test")
+    assert (len(test), test.num_classes) == (4, 2)
+    images = torch.stack([test[i][0] for i in range(4)])
+    assert list(COLOURS)[:2] == wnids  # so a label id is its colour's index
+    assert (nearest_class(images) == np.array(test.targets)).all()
+    again = _subset(root, dest, "--classes", 2)
+    assert again.returncode != 0 and "is not empty" in again.stderr
+    too_many = _subset(root, tmp_path / "big", "--classes", 9)
+    assert too_many.returncode != 0 and "--classes 9" in too_many.stderr and "only 3 classes" in too_many.stderr
+
