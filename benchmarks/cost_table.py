@@ -54,7 +54,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -202,9 +202,9 @@ def _argv(batch: int, save_dir: str) -> List[str]:
 
 class TrainerVariant(Variant):
     def __init__(self, name: str, method: Optional[str], pair: Pair, batch: int, teacher_path: str, save_dir: str,
-                 init_stage: bool = False):
+                 init_stage: bool = False, extra: Sequence[str] = ()):
         self.name = name
-        argv = _argv(batch, save_dir) + pair.student_argv()
+        argv = _argv(batch, save_dir) + pair.student_argv() + list(extra)
         if method is None:
             trainer = Trainer(config.parse(config.teacher_parser(), argv + ["--model", pair.student]), DistInfo(),
                               "teacher")
@@ -290,9 +290,16 @@ def build_variant(name: str, pair: Pair, batch: int, teacher_path: str, save_dir
         return TrainerVariant(name, None, pair, batch, teacher_path, save_dir)
     if name in (HAND_VANILLA, HAND_KD):
         return HandVariant(name, name == HAND_KD, pair, kd_batches, teacher_path)
-    if name.endswith(INIT):
-        return TrainerVariant(name, name[:-len(INIT)], pair, batch, teacher_path, save_dir, init_stage=True)
-    return TrainerVariant(name, name, pair, batch, teacher_path, save_dir)
+    method, init_stage = (name[:-len(INIT)], True) if name.endswith(INIT) else (name, False)
+    try:
+        return TrainerVariant(name, method, pair, batch, teacher_path, save_dir, init_stage)
+    except (ConfigError, NotApplicable) as err:
+        if "--adapter auto" not in str(err):
+            raise
+    # stages or shapes the reference cannot connect (a ViT pair): timed with the generic adapter, and said so
+    variant = TrainerVariant(name, method, pair, batch, teacher_path, save_dir, init_stage, ("--adapter", "auto"))
+    variant.note = "; ".join(filter(None, ["--adapter auto", variant.note]))
+    return variant
 
 
 def variant_names(methods: List[str]) -> List[str]:
