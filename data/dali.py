@@ -70,6 +70,10 @@ class _Samples:
         self.servers = index_servers(servers, "--dali")
         if not hasattr(folder, "geometry") or not hasattr(folder, "samples"):
             raise DataError("--dali reads ImageNet-style folders: use it with --dataset imagenet")
+        extra = getattr(folder, "extra", None)
+        if extra is not None and extra.active:
+            raise DataError(f"--dali renders the crop and flip only, not {extra.describe()}: drop --dali to train "
+                            f"with them on the torchvision path")
         self.paths = [path for path, _ in folder.samples]
         self.labels = torch.as_tensor(folder.targets, dtype=torch.long)
         self.geometry = folder.geometry

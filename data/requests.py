@@ -8,9 +8,11 @@ items through the dataset (the device loader, DALI) call the servers whose field
 the sample index alone (``from_index``); a request that needs the image (an extra view) is
 served by the DataLoader path only, and the other loaders refuse it by name.
 
-Each sample's augmentation on the DataLoader path is drawn from a generator seeded by (seed,
+Each sample's augmentation on the DataLoader path is drawn from generators seeded by (seed,
 epoch, sample index), so it is the same with any number of worker processes, in any order,
-and after a resume in the middle of an epoch.
+and after a resume in the middle of an epoch. All three generators a transform may draw from
+are seeded (torch's, which torchvision uses, and Python's ``random`` and NumPy's, which timm's
+RandAugment, random erasing and crop use) and restored afterwards.
 
 A plugin adds a kind in its own file::
 
@@ -25,7 +27,9 @@ A plugin adds a kind in its own file::
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import random
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Type
 
 import numpy as np
@@ -152,6 +156,22 @@ def _insert_before_tensor(transform: T.Compose, augment) -> T.Compose:
     return T.Compose(steps[:at] + [augment] + steps[at:])
 
 
+@contextlib.contextmanager
+def draws_from(key: int):
+    """Seed torch's, Python's and NumPy's global generators with ``key`` for one sample's draws,
+    and give the caller its own streams back afterwards."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(key)
+        random.seed(key)
+        np.random.seed(key % 2**32)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
 @register_request_server(ExtraView)
 class ExtraViewServer(RequestServer):
     """A further view of the sample: a copy of the dataset whose transform adds ``augment``,
@@ -170,9 +190,10 @@ class ExtraViewServer(RequestServer):
         self.stream = int.from_bytes(request.name.encode()[:7].ljust(7, b"\0"), "little")
 
     def fields(self, index: int, image=None, key: Optional[int] = None) -> Dict[str, Any]:
-        if key is not None:
-            torch.manual_seed((key ^ self.stream) & 0x7FFF_FFFF_FFFF_FFFF)
-        return {"views": {self.request.name: self.view[index][0]}}
+        if key is None:
+            return {"views": {self.request.name: self.view[index][0]}}
+        with draws_from((key ^ self.stream) & 0x7FFF_FFFF_FFFF_FFFF):
+            return {"views": {self.request.name: self.view[index][0]}}
 
 
 class Served(Wrapper):
@@ -196,8 +217,7 @@ class Served(Wrapper):
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
         key = self.sample_key(index)
-        with torch.random.fork_rng(devices=[]):  # the caller's stream is left as it was
-            torch.manual_seed(key)
+        with draws_from(key):  # the caller's streams are left as they were
             image, label = self.dataset[index]
             item: Dict[str, Any] = {"images": image, "labels": label}
             for server in self.servers:

@@ -31,7 +31,7 @@ from engine.ema import ModelEma
 from engine.errors import ConfigError
 from engine.objective import Objective, build_distillation
 from engine.optim import (OPTIMIZERS, SCHEDULERS, OptimizerSettings, ScheduleSettings, build_optimizer,
-                          build_schedule, takes_two_gradients)
+                          build_schedule, takes_two_gradients, trainable_groups)
 from engine.precision import Precision
 from engine.recipes import apply_drop_path, apply_recipe, validate_numbers
 from engine.run_folder import check_run_folder, run_name
@@ -110,11 +110,9 @@ class Run:
         """Whether the optimiser takes the task's and the distillation's gradients apart (DOT)."""
         return takes_two_gradients(self.optimizer_settings.name)
 
-    def main_parameters(self) -> List[nn.Parameter]:
-        params = list(self.model.parameters())
-        if self.method is not None:
-            params += [p for p in self.method.parameters() if p.requires_grad]
-        return params
+    def main_parameters(self):
+        """What the main stage's optimiser trains: the student and the method's own trainable parts."""
+        return trainable_groups([self.model, self.method], self.optimizer_settings)
 
     def main_optimizer(self):
         """(optimiser, schedule) of the main stage, built anew (after an initialisation stage, over the
@@ -212,11 +210,11 @@ def assemble(args, info: DistInfo, kind: str) -> Run:
         store, store_off = open_teacher_store(args, teacher, spec, objective, train, served, len(train_set),
                                               teacher_note)
     optimizer_settings = OptimizerSettings(optimizer_name, args.learning_rate, args.momentum, args.weight_decay,
-                                           {"delta": args.dot_delta} if optimizer_name == "dot" else {})
+                                           {"delta": args.dot_delta} if optimizer_name == "dot" else {},
+                                           bool(getattr(args, "no_wd_bias_norm", False)))
     schedule_settings = ScheduleSettings(args.scheduler, args.epochs, task.milestones(args.lr_decay_epochs or ()),
                                          args.lr_decay_rate, args.warmup_epochs, args.min_lr)
-    params = list(model.parameters()) + ([p for p in method.parameters() if p.requires_grad] if method else [])
-    optimizer = build_optimizer(params, optimizer_settings)
+    optimizer = build_optimizer(trainable_groups([model, method], optimizer_settings), optimizer_settings)
     scheduler = build_schedule(optimizer, schedule_settings)
     seed_everything(args.seed + info.rank)  # distinct augmentation streams per rank
     settings = RunSettings(kind, args.epochs, args.eval_freq, args.log_every, args.seed, args.batch_size,

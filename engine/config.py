@@ -188,6 +188,8 @@ def load_yaml(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
         dest = dest if dest in dests or dest.startswith(SPACED) else f"{FLAT}{dest}"
         if dest == "plugins" and isinstance(value, str):
             value = [value]
+        if dest in ("data_opts", "model_opts", "model_t_opts") and isinstance(value, dict):
+            value = list(value.items())  # as repeated KEY=VALUE flags: the command line's add to them, key by key
         if dest.startswith(SPACED) and dest not in dests:
             method = dest[len(SPACED):].split("__")[0]
             raise ConfigError(f"--config {path}: options of {method} are given, but the run's method is "

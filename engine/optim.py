@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -33,6 +33,7 @@ class OptimizerSettings:
     momentum: float = 0.9
     weight_decay: float = 0.0
     options: Dict[str, Any] = field(default_factory=dict)  # e.g. DOT's delta, AdamW's betas
+    no_wd_bias_norm: bool = False  # --no_wd_bias_norm: timm's filter_bias_and_bn (trainable_groups)
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,24 @@ def _cosine(optimizer, s: ScheduleSettings):
 
     rules: List[Callable[[int], float]] = [lambda e, b=b: multiplier(e, b) for b in base]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, rules)
+
+
+def trainable_groups(modules: Sequence[Optional[torch.nn.Module]], settings: OptimizerSettings):
+    """The trainable parameters of ``modules`` (the student, the method's own parts): one list, or with
+    ``no_wd_bias_norm`` two param groups split by timm's rule (biases, 1-d weights such as norms, and a
+    model's ``no_weight_decay()`` names such as a ViT's pos_embed and cls_token get no weight decay), as
+    DeiT's and mmcls's ViT recipes train."""
+    modules = [m for m in modules if m is not None]
+    if not settings.no_wd_bias_norm:
+        return [p for m in modules for p in m.parameters() if p.requires_grad]
+    from timm.optim import param_groups_weight_decay
+
+    merged = [{"params": [], "weight_decay": 0.0}, {"params": [], "weight_decay": settings.weight_decay}]
+    for module in modules:
+        skip = module.no_weight_decay() if hasattr(module, "no_weight_decay") else ()
+        for group in param_groups_weight_decay(module, settings.weight_decay, no_weight_decay_list=skip):
+            merged[1 if group["weight_decay"] else 0]["params"] += group["params"]
+    return [g for g in merged if g["params"]]
 
 
 def build_optimizer(params: Sequence[torch.nn.Parameter], settings: OptimizerSettings):

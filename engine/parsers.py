@@ -68,6 +68,8 @@ def _common(parser: argparse.ArgumentParser, model_flag: str) -> None:
     opt.add_argument("--seed", type=int, default=0, help="random seed")
 
     vit = parser.add_argument_group("the ViT recipe (README: The ViT recipe; all off by default)")
+    vit.add_argument("--no_wd_bias_norm", action="store_true",
+                     help="no weight decay on biases, norm weights and the model's no_weight_decay() (DeiT, mmcls)")
     vit.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
                      help="mixup, lambda ~ Beta(ALPHA, ALPHA) (DeiT 0.8)")
     vit.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA",

@@ -376,3 +376,97 @@ def test_subset_folder_links_the_first_classes_and_images_and_trains_as_an_image
     too_many = _subset(root, tmp_path / "big", "--classes", 9)
     assert too_many.returncode != 0 and "--classes 9" in too_many.stderr and "only 3 classes" in too_many.stderr
 
+
+
+# ------------------------------------------------------------------ the ViT recipes' augmentations (timm's)
+DEIT_AUG = {"rand_augment": "rand-m9-mstd0.5-inc1", "random_erasing": 0.25, "interpolation": "bicubic"}
+
+
+def test_deit_augmentations_are_timms_and_replay_per_sample_with_any_workers(tree):
+    """rand_augment / random_erasing / interpolation build timm's train transform, and each sample's
+    draws (timm's use Python's random and NumPy's generator, not torch's) come from (seed, epoch, index):
+    the same item twice, the same batches with 0 and 2 workers, other draws in another epoch."""
+    import random
+    from timm.data.auto_augment import RandAugment
+    from timm.data.random_erasing import RandomErasing
+    from torch.utils.data import DataLoader
+
+    from data.loaders import collate
+
+    train = build(tree, "train", crop=32, **DEIT_AUG)
+    kinds = [type(t) for t in train.transform.transforms]
+    assert RandAugment in kinds and RandomErasing in kinds
+    assert build(tree, "test", interpolation="bicubic").transform.transforms[0].interpolation.value == "bicubic"
+    served = indexed(train)
+    served.set_epoch(1)
+    first = served[5]["images"]
+    random.random(), np.random.rand(), torch.rand(1)  # the caller's streams move on ...
+    assert torch.equal(served[5]["images"], first)  # ... the sample's draws do not
+    state = random.getstate()
+    served[6]
+    assert random.getstate() == state  # and the caller's stream is given back
+    served.set_epoch(2)
+    assert not torch.equal(served[5]["images"], first)
+    served.set_epoch(1)
+    order = list(range(len(served)))
+
+    def batches(workers):
+        loader = DataLoader(served, batch_size=6, sampler=order, num_workers=workers, collate_fn=collate)
+        return [b.images for b in loader]
+
+    assert all(torch.equal(a, b) for a, b in zip(batches(0), batches(2)))
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"rand_augment": "augmix-m3"}, r"rand_augment must be a timm RandAugment string such as rand-m9-mstd0.5-inc1"),
+    ({"rand_augment": "rand-q9"}, r"rand_augment 'rand-q9' is not a timm RandAugment string"),
+    ({"random_erasing": 1.5}, r"random_erasing is a probability in \[0, 1\], got 1.5"),
+    ({"interpolation": "nearest"}, r"interpolation must be one of bilinear, bicubic; got 'nearest'"),
+    ({"seeded_views": True, "random_erasing": 0.25}, r"seeded_views .* cannot be combined with random_erasing=0.25"),
+])
+def test_bad_deit_augmentation_options_are_named(tree, options, match):
+    with pytest.raises(ValueError, match=match):
+        build(tree, "train", **options)
+
+
+@needs_dali
+def test_dali_refuses_the_deit_augmentations_in_one_line(tree):
+    from data.dali import dali_loaders
+
+    with pytest.raises(DataError, match=r"--dali renders the crop and flip only, not rand_augment=rand-m9"):
+        dali_loaders(*DALI, DistInfo(), 4, build(tree, "train", **DEIT_AUG), build(tree, "test"))
+
+
+def test_a_vit_student_trains_with_the_deit_augmentations_from_the_command_line(tree, tmp_path, capsys):
+    """The options as a user passes them (--data_opt), on the DataLoader path; a bad one is one line."""
+    argv = ["--dataset", "imagenet", "--data-root", str(tree), "--data_opt", "crop=32",
+            "--model", "timm:vit_tiny_patch16_224", "--model_opt", "img_size=32", "--model_opt", "patch_size=8",
+            "--epochs", "1", "--batch_size", "8", "--num_workers", "1", "--device", "cpu", "--no_tensorboard"]
+    deit = [a for k, v in DEIT_AUG.items() for a in ("--data_opt", f"{k}={v}")]
+    assert cli.teacher(argv + deit + ["--save_dir", str(tmp_path / "run")]) == 0
+    state = torch.load(tmp_path / "run" / "latest.pth", weights_only=True)
+    assert state["epoch"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values())
+    capsys.readouterr()
+    assert cli.teacher(argv + ["--data_opt", "random_erasing=2", "--save_dir", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "random_erasing is a probability in [0, 1], got 2.0" in err[0]
+
+
+def test_the_vitkd_config_trains_on_image_files_with_its_whole_recipe(tree, tmp_path):
+    """configs/vit/vitkd_deit_tiny.yaml as published (DeiT III-Small -> DeiT-Tiny, RandAugment, random erasing,
+    bicubic, no decay on biases and norms, mixup/cutmix, clipping, warm-up), shrunk to 32 px with 8 px patches
+    on the generated JPEG tree: the teacher from train_teacher.py, then one epoch of the student."""
+    small = ["--data-root", str(tree), "--data_opt", "crop=32", "--batch_size", "8", "--num_workers", "0",
+             "--device", "cpu", "--no_tensorboard", "--epochs", "1"]
+    patches = ["--model_opt", "img_size=32", "--model_opt", "patch_size=8"]
+    assert cli.teacher(["--dataset", "imagenet", "--model", "timm:deit3_small_patch16_224"] + patches + small
+                       + ["--save_dir", str(tmp_path / "teacher")]) == 0
+    config_file = str(REPO / "configs" / "vit" / "vitkd_deit_tiny.yaml")
+    assert cli.student(["--config", config_file, "--path_t", str(tmp_path / "teacher")] + patches + small
+                       + ["--warmup_epochs", "0", "--save_dir", str(tmp_path / "student")]) == 0
+    state = torch.load(tmp_path / "student" / "latest.pth", weights_only=True)
+    assert state["arch"] == "timm:deit_tiny_patch16_224" and state["distiller_name"] == "vitkd"
+    assert state["config"]["data_opts"] == {**DEIT_AUG, "crop": 32}  # the config's options and the command line's
+    groups = state["optimizer"]["param_groups"]
+    assert sorted(g["weight_decay"] for g in groups) == [0.0, 0.05]
+    assert all(torch.isfinite(v).all() for v in state["model"].values())

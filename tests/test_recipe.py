@@ -148,14 +148,26 @@ def test_clip_grad_with_dot_is_refused(tmp_path, capsys):
     ("ofa_cifar100.yaml", dict(distill="ofa", optimizer="adamw", learning_rate=5e-4, scheduler="cosine",
                                warmup_epochs=20, min_lr=1e-5, mixup=0.8, cutmix=1.0, label_smoothing=0.1, ema=None,
                                clip_grad=5.0, weight_decay=0.05, epochs=300, batch_size=128, gamma=1.0, beta=1.0)),
+    *[(f"vitkd_deit_{size}.yaml", dict(
+        distill="vitkd", model_s=f"timm:deit_{size}_patch16_224", model_t=f"timm:deit3_{teacher}_patch16_224",
+        optimizer="adamw", learning_rate=1e-3, weight_decay=0.05, no_wd_bias_norm=True, scheduler="cosine",
+        warmup_epochs=20, min_lr=1e-5, clip_grad=5.0, mixup=0.8, cutmix=1.0, mixup_switch_prob=0.5,
+        label_smoothing=0.1, epochs=300, batch_size=1024, gamma=1.0, alpha=0.0, beta=1.0,
+        ema=0.99996 if size == "base" else None, drop_path=0.1 if size == "base" else None))
+      for size, teacher in (("tiny", "small"), ("small", "base"), ("base", "large"))],
 ])
 def test_the_vit_recipes_are_configs_the_student_parser_reads(name, expected):
     args = config.parse(config.student_parser(), ["--config", str(REPO / "configs" / "vit" / name)])
     assert {k: getattr(args, k) for k in expected} == expected
+    deit_augmentation = {"rand_augment": "rand-m9-mstd0.5-inc1", "random_erasing": 0.25, "interpolation": "bicubic"}
     if name.startswith("ofa"):
         assert args.model_opts == {"img_size": 32, "patch_size": 4} and config.method_options(args)["ofa_eps"] == 1.0
+    elif name.startswith("vitkd"):  # cls_KD's weights, on mmcls's DeiT recipe
+        assert config.method_options(args) == {"alpha_vitkd": 3e-5, "beta_vitkd": 3e-6, "lambda_vitkd": 0.5}
+        assert args.data_opts == deit_augmentation
     else:
         assert config.method_options(args)["distillation_type"] == "hard"
+        assert args.data_opts == deit_augmentation and args.no_wd_bias_norm
 
 
 def test_mixing_and_label_smoothing_are_refused_for_a_task_without_class_targets():
@@ -197,3 +209,45 @@ def test_a_vit_student_learns_from_a_resnet_teacher_by_fitnet_from_the_command_l
     assert hint and all(torch.isfinite(state["distiller"][k]).all() for k in hint)  # FitNet's regressor trained
     assert cli.student(["--evaluate", "--path_s", str(student / "latest.pth")] + TINY[:-2]) == 0
     assert f"{state['acc']:.2f}" in capsys.readouterr().out
+
+
+def test_no_wd_bias_norm_spares_biases_norms_and_the_vits_tokens_as_deit_does(tmp_path):
+    """--no_wd_bias_norm: biases, norm weights and the ViT's no_weight_decay() set (pos_embed, cls_token) get no
+    weight decay, the student's and the method's matrices do; one AdamW step on zero gradients moves only those."""
+    teacher = tmp_path / "t"
+    assert cli.teacher(TINY + ["--epochs", "1", "--save_dir", str(teacher)]) == 0
+    vit = ["--model_s", "timm:vit_tiny_patch16_224", "--model_opt", "img_size=32", "--model_opt", "patch_size=8"]
+    argv = TINY[:-2] + vit + ["--path_t", str(teacher / "latest.pth"), "--distill", "fitnet", "--adapter", "auto",
+                              "--optimizer", "adamw", "--learning_rate", "0.1", "--weight_decay", "0.5",
+                              "--epochs", "1", "--save_dir", str(tmp_path / "s")]
+    plain = Trainer(config.parse(config.student_parser(), argv), DistInfo(), "student").run
+    assert [g["weight_decay"] for g in plain.optimizer.param_groups] == [0.5]
+    run = Trainer(config.parse(config.student_parser(), argv + ["--no_wd_bias_norm", "--overwrite"]), DistInfo(),
+                  "student").run
+    spared, decayed = run.optimizer.param_groups
+    assert (spared["weight_decay"], decayed["weight_decay"]) == (0.0, 0.5)
+    names = {id(p): f"model.{n}" for n, p in run.model.named_parameters()}
+    names.update({id(p): f"method.{n}" for n, p in run.method.named_parameters()})
+    spared_names = {names[id(p)] for p in spared["params"]}
+    decayed_names = {names[id(p)] for p in decayed["params"]}
+    assert {"model.pos_embed", "model.cls_token", "model.norm.weight", "model.head.bias",
+            "model.blocks.0.attn.qkv.bias"} <= spared_names
+    assert {"model.patch_embed.proj.weight", "model.blocks.0.attn.qkv.weight", "model.head.weight"} <= decayed_names
+    assert any(n.startswith("method.") and n.endswith("weight") for n in decayed_names)  # FitNet's regressor
+    assert len(spared_names) + len(decayed_names) == len(names)  # every trainable parameter, once
+    before = {id(p): p.detach().clone() for g in run.optimizer.param_groups for p in g["params"]}
+    for group in run.optimizer.param_groups:
+        for p in group["params"]:
+            p.grad = torch.zeros_like(p)
+    run.optimizer.step()
+    assert all(torch.equal(p, before[id(p)]) for p in spared["params"])
+    assert all(torch.allclose(p, before[id(p)] * (1 - 0.1 * 0.5)) for p in decayed["params"])
+
+
+def test_key_value_options_of_a_config_and_the_command_line_merge_key_by_key():
+    """A config's model_opt/data_opt mapping and repeated --model_opt/--data_opt flags: both apply, and where
+    both set a key the command line wins (a mapping once made argparse's append fail)."""
+    ofa = ["--config", str(REPO / "configs" / "vit" / "ofa_cifar100.yaml")]
+    args = config.parse(config.student_parser(), ofa + ["--model_opt", "patch_size=8", "--model_opt", "depth=6"])
+    assert args.model_opts == {"img_size": 32, "patch_size": 8, "depth": 6}
+    assert config.parse(config.student_parser(), ofa).model_opts == {"img_size": 32, "patch_size": 4}
