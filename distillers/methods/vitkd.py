@@ -128,10 +128,10 @@ register_golden("vitkd", GoldenEntry(
     task="timm"))  # a second setting is a second file (vitkd_same_width.pt): each records its own rng_state
 
 
-# The published ImageNet-1k cells (yzd-v/cls_KD vitkd.md): the DeiT recipe they need is not the trainer's.
+# The published ImageNet-1k cells (yzd-v/cls_KD vitkd.md), with mmcls's DeiT recipe: configs/vit/vitkd_deit_*.yaml.
 register_row(PublishedRow("ViTKD", "vitkd", "vitkd",
     "yzd-v/cls_KD@1e5d48f configs/distillers/imagenet/deit-*3_distill_deit-*_img.py with nkd off (ViTKD alone: "
     "alpha_vitkd 3e-5, beta_vitkd 3e-6, lambda_vitkd 0.5, CE 1); DeiT III teachers, DeiT students",
-    blocked="ImageNet-1k with mmcls' DeiT recipe (AdamW, 300 epochs, mixup/cutmix, RandAugment, random "
-            "erasing, label smoothing): not the trainer's, and configs/ holds CIFAR-100 cells only",
+    blocked="ImageNet-1k cells: configs/vit/vitkd_deit_tiny.yaml, vitkd_deit_small.yaml and vitkd_deit_base.yaml "
+            "(mmcls's DeiT recipe, written by hand); the generator writes CIFAR-100 cells only",
     published={pair: (top1, "yzd-v/cls_KD vitkd.md (ImageNet-1k)") for pair, top1 in README_TOP1.items()}))
