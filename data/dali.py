@@ -164,14 +164,13 @@ class _Pipelines:
 class DaliTrainLoader(EpochPlan):
     """The training-loader protocol (:mod:`data.loaders`) over DALI pipelines."""
 
-    def __init__(self, pipelines: _Pipelines, dataset, shard, batch_size: int, seed: int):
-        super().__init__(EpochSampler(dataset, shard.rank, shard.world_size, seed=seed), batch_size,
-                         [dataset] + list(pipelines.samples.servers))
+    def __init__(self, pipelines: _Pipelines, dataset, shard, batch_size: int, seed: int, keep_last: bool = False):
+        super().__init__(EpochSampler(dataset, shard.rank, shard.world_size, seed=seed, keep_last=keep_last),
+                         batch_size, [dataset] + list(pipelines.samples.servers))
         self.pipelines, self.dataset, self.seed, self.rank = pipelines, dataset, seed, shard.rank
 
     def __iter__(self):
-        order = np.fromiter(self.sampler, dtype=np.int64)
-        batches = order[:len(self) * self.batch_size].reshape(len(self), self.batch_size)
+        batches = self.batches_of(np.fromiter(self.sampler, dtype=np.int64))
         return self.pipelines.run(batches, train=True, seed=_pass_seed(self.seed, self.epoch, self.rank))
 
 
@@ -192,10 +191,11 @@ class DaliEvalLoader:
 
 
 def dali_loaders(placement: str, threads: int, seed: int, shard, batch_per_rank: int, train_set,
-                 test_set) -> Tuple[DaliTrainLoader, DaliEvalLoader]:
+                 test_set, keep_last: bool = False) -> Tuple[DaliTrainLoader, DaliEvalLoader]:
     """The ``--dali cpu|gpu`` train and test loaders with ``threads`` DALI threads per process.
 
-    ``shard`` is where this process sits: ``.rank``, ``.world_size`` and its ``.device``.
+    ``shard`` is where this process sits: ``.rank``, ``.world_size`` and its ``.device``;
+    ``keep_last``: train on each epoch's last partial batch (one process).
     """
     _dali()
     if placement == "gpu" and shard.device.type != "cuda":
@@ -204,6 +204,6 @@ def dali_loaders(placement: str, threads: int, seed: int, shard, batch_per_rank:
     def pipelines(dataset, batch_size):
         return _Pipelines(_Samples(dataset), placement, shard, batch_size, max(1, threads))
 
-    train = DaliTrainLoader(pipelines(train_set, batch_per_rank), train_set, shard, batch_per_rank, seed)
+    train = DaliTrainLoader(pipelines(train_set, batch_per_rank), train_set, shard, batch_per_rank, seed, keep_last)
     test = DaliEvalLoader(pipelines(test_set, batch_per_rank), test_set, shard, batch_per_rank)
     return train, test

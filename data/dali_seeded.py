@@ -102,10 +102,10 @@ class SeededDaliTrainLoader(DaliTrainLoader):
 
 
 def seeded_dali_loaders(placement: str, threads: int, seed: int, shard, batch_per_rank: int, train_set,
-                        test_set) -> Tuple[SeededDaliTrainLoader, DaliEvalLoader]:
+                        test_set, keep_last: bool = False) -> Tuple[SeededDaliTrainLoader, DaliEvalLoader]:
     """:func:`data.dali.dali_loaders` with seeded train views: ``seed`` seeds the order and the views,
     as ``WithSeededViews(train_set, seed)`` on the torchvision path."""
     _, test = dali_loaders(placement, threads, seed, shard, batch_per_rank, train_set, test_set)
     pipelines = _SeededPipelines(_Samples(train_set), placement, shard, batch_per_rank, max(1, threads), seed)
-    return SeededDaliTrainLoader(pipelines, train_set, shard, batch_per_rank, seed), test
+    return SeededDaliTrainLoader(pipelines, train_set, shard, batch_per_rank, seed, keep_last), test
 

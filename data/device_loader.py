@@ -85,7 +85,7 @@ class DeviceTrainLoader(EpochPlan):
 
     def __init__(self, images, labels, mean: Sequence[float], std: Sequence[float], rank: int,
                  world_size: int, batch_size: int, seed: int, device, padding: int = 4,
-                 flip: bool = True, servers: Sequence[RequestServer] = ()):
+                 flip: bool = True, servers: Sequence[RequestServer] = (), keep_last: bool = False):
         self.device = torch.device(device)
         self.images = _nchw(images).to(self.device).contiguous()
         self.labels = torch.as_tensor(labels, dtype=torch.long).to(self.device)
@@ -96,7 +96,8 @@ class DeviceTrainLoader(EpochPlan):
         self.std = torch.as_tensor(std, dtype=torch.float32, device=self.device).view(channels, 1, 1)
         self.servers = index_servers(servers, "--loader device")
         self.seed, self.padding, self.flip = seed, padding, flip
-        super().__init__(EpochSampler(range(len(self.labels)), rank, world_size, seed=seed), batch_size, self.servers)
+        super().__init__(EpochSampler(range(len(self.labels)), rank, world_size, seed=seed, keep_last=keep_last),
+                         batch_size, self.servers)
         self.view_scheme = ViewScheme(num_views(padding), {"padding": int(padding), "size": int(self.images.shape[-1]),
                                                            "flip": bool(flip)})
         self.last_views = None
@@ -140,11 +141,11 @@ class DeviceTrainLoader(EpochPlan):
 
     def __iter__(self):
         """Plans the pass (order and views, one host-to-device copy), then serves its batches."""
-        batches, size = len(self), self.batch_size
-        order = np.fromiter(self.sampler, dtype=np.int64, count=len(self.sampler))[:batches * size]
+        order = np.fromiter(self.sampler, dtype=np.int64, count=len(self.sampler))
+        order = np.concatenate(self.batches_of(order)) if len(self) else order[:0]
         ids = view_ids(self.seed, self.epoch, order, self.padding, self.flip)
         plan = torch.from_numpy(np.concatenate([order[:, None], decode_views(ids, self.padding)], 1)).to(self.device)
-        return self._serve(plan.view(batches, size, 4), order.reshape(batches, size), ids.reshape(batches, size))
+        return self._serve(self.batches_of(plan), self.batches_of(order), self.batches_of(ids))
 
     def _serve(self, plan: torch.Tensor, order: np.ndarray, ids: np.ndarray):
         for rows, host_index, host_ids in zip(plan, order, ids):

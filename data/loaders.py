@@ -51,7 +51,11 @@ class TrainLoader(Protocol):
 class EpochPlan:
     """The epoch bookkeeping of every training loader, written once: the sampler's (seed, epoch)
     order, the first ``skip`` batches left out when an epoch resumes in the middle, and a new
-    epoch for everything that draws per epoch (``draws``: the dataset, the request servers)."""
+    epoch for everything that draws per epoch (``draws``: the dataset, the request servers).
+
+    The last partial batch of an epoch is dropped (equal batches on every rank), unless the
+    sampler keeps every sample (``--keep_last_batch``, one process: RepDistiller's and mdistiller's
+    CIFAR loaders train on it)."""
 
     view_scheme: Optional[ViewScheme] = None
 
@@ -66,8 +70,18 @@ class EpochPlan:
             if hasattr(thing, "set_epoch"):
                 thing.set_epoch(epoch)
 
+    @property
+    def keep_last(self) -> bool:
+        return not self.sampler.drop_last
+
     def __len__(self) -> int:
+        if self.keep_last:
+            return -(-len(self.sampler) // self.batch_size)
         return len(self.sampler) // self.batch_size
+
+    def batches_of(self, order):
+        """The epoch's remaining ``order`` (sample indices) cut into this plan's batches."""
+        return [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(len(self))]
 
 
 def collate(items) -> Batch:
@@ -90,18 +104,20 @@ def ignore_stop_signals(worker_id: int) -> None:
 
 class DataLoaderTrainLoader(EpochPlan):
     """The torch DataLoader path: a rank-sharded :class:`EpochSampler`, the last partial batch
-    dropped, items served by :class:`data.requests.Served` (named fields, augmentations drawn from
+    dropped (or kept: :class:`EpochPlan`), items served by :class:`data.requests.Served` (named fields, augmentations drawn from
     (seed, epoch, sample)), so a resumed epoch replays its remaining batches exactly with any
     number of workers. With a ``view_scheme`` of one view per epoch (seeded ImageNet views) each
     batch carries its store keys (sample index, epoch slot)."""
 
     def __init__(self, dataset: Dataset, rank: int, world_size: int, batch_size: int, num_workers: int,
-                 seed: int, pin_memory: bool = False, view_scheme: Optional[ViewScheme] = None):
-        super().__init__(EpochSampler(dataset, rank, world_size, seed=seed), batch_size, [dataset])
+                 seed: int, pin_memory: bool = False, view_scheme: Optional[ViewScheme] = None,
+                 keep_last: bool = False):
+        super().__init__(EpochSampler(dataset, rank, world_size, seed=seed, keep_last=keep_last), batch_size,
+                         [dataset])
         self.dataset, self.seed, self.rank, self.view_scheme = dataset, seed, rank, view_scheme
         self.generator = torch.Generator()
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, num_workers=num_workers,
-                                 pin_memory=pin_memory, drop_last=True, generator=self.generator,
+                                 pin_memory=pin_memory, drop_last=not keep_last, generator=self.generator,
                                  collate_fn=collate, worker_init_fn=ignore_stop_signals)
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:

@@ -14,12 +14,16 @@ class EpochSampler(DistributedSampler):
     """DistributedSampler (also on one process) that can resume in the middle of an epoch.
 
     The order of an epoch depends only on (seed, epoch), so skipping the first
-    ``start`` indices after a resume replays exactly the rest of the epoch.
+    ``start`` indices after a resume replays exactly the rest of the epoch. ``keep_last``
+    (one process only) keeps every sample, so the loaders can serve a last partial batch.
     """
 
-    def __init__(self, dataset, rank: int, world_size: int, seed: int, shuffle: bool = True):
+    def __init__(self, dataset, rank: int, world_size: int, seed: int, shuffle: bool = True,
+                 keep_last: bool = False):
+        if keep_last and world_size != 1:
+            raise ValueError(f"keep_last serves an epoch's partial batch on one process, not {world_size}")
         super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle,
-                         seed=seed, drop_last=True)
+                         seed=seed, drop_last=not keep_last)
         self.start = 0
 
     def __iter__(self) -> Iterator[int]:

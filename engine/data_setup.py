@@ -96,21 +96,42 @@ def seeded_scheme(args, train) -> Optional[ViewScheme]:
                                     "ratio": list(geometry.rrc_ratio)})
 
 
+def check_keep_last(args, info, task, num_samples: int, batch_per_rank: int) -> bool:
+    """``--keep_last_batch``, checked: one process (ranks would get unequal batches), a classification
+    task (the metric samplers build their own batches), and, with mixing, an even last batch."""
+    if not getattr(args, "keep_last_batch", False):
+        return False
+    if info.world_size != 1:
+        raise ConfigError(f"--keep_last_batch trains on an epoch's last partial batch on one process; this run has "
+                          f"{info.world_size} (drop the flag: ranks train on equal batches)")
+    if not getattr(task, "keeps_last_batch", False):
+        raise ConfigError(f"--keep_last_batch applies to classification; the {args.dataset} task's sampler builds "
+                          f"its own batches")
+    tail = num_samples % batch_per_rank
+    if tail % 2 and (args.mixup or args.cutmix):
+        raise ConfigError(f"--keep_last_batch with --mixup/--cutmix: the last batch holds {tail} samples "
+                          f"({num_samples} % {batch_per_rank}), and mixing pairs each image with one half a batch "
+                          f"away, so it needs an even batch")
+    return True
+
+
 def train_loader(args, info, task, kind: str, served, test_set, batch_per_rank: int):
     """(train loader, test loader): the device loader, DALI, or the task's DataLoader."""
     pin = info.device.type == "cuda"
     scheme = seeded_scheme(args, served)
+    keep_last = check_keep_last(args, info, task, len(served), batch_per_rank)
     if kind == "device":  # batches augmented on the training device (data/device_loader.py)
         from data.device_loader import DeviceTrainLoader
         meta = datasets.dataset_info(args.dataset)
         train = DeviceTrainLoader.from_dataset(served, meta["mean"], meta["std"], info.rank, info.world_size,
-                                               batch_per_rank, args.seed, info.device)
+                                               batch_per_rank, args.seed, info.device, keep_last=keep_last)
     elif kind == "dali":  # lazily: CIFAR runs never import DALI
         if scheme is not None:
             from data.dali_seeded import seeded_dali_loaders as dali_loaders
         else:
             from data.dali import dali_loaders
-        train, test = dali_loaders(args.dali, args.num_workers, args.seed, info, batch_per_rank, served, test_set)
+        train, test = dali_loaders(args.dali, args.num_workers, args.seed, info, batch_per_rank, served, test_set,
+                                   keep_last)
         train.view_scheme = scheme
     else:
         train = task.train_loader(args, info, served, batch_per_rank, pin, scheme)

@@ -62,6 +62,7 @@ class MetricTask:
     """Retrieval training: metric losses, m-per-class batches, Recall@K (module docstring)."""
 
     train_accuracy = False
+    keeps_last_batch = False  # its m-per-class sampler builds every batch whole
 
     def __init__(self):
         self.ks = metric_data.DEFAULT_KS

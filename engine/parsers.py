@@ -34,6 +34,8 @@ def _common(parser: argparse.ArgumentParser, model_flag: str) -> None:
                       help="cifar100, cifar10, synthetic (no download), imagenet, imagefolder, ...")
     data.add_argument("--data-root", "--data_root", dest="data_root", default=None,
                       metavar="DIR", help="dataset folder (default: $DISTILLERS_DATA or ~/.cache/distillers/data)")
+    data.add_argument("--keep_last_batch", action="store_true",
+                      help="train on each epoch's partial batch too (RepDistiller)")
     data.add_argument("--data_opt", dest="data_opts", action="append", type=key_value("--data_opt"), default=[],
                       metavar="KEY=VALUE", help="dataset option, repeatable (synthetic: train_size=2000)")
     data.add_argument("--num_workers", type=int, default=2, metavar="N", help="DataLoader workers per process")

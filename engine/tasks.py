@@ -35,6 +35,7 @@ class ClassificationTask:
     score_key = "top1"
     train_accuracy = True
     soft_targets = True  # its cross-entropy reads mixing's soft targets (--mixup/--cutmix)
+    keeps_last_batch = True  # its loaders can serve an epoch's last partial batch (--keep_last_batch)
     label_smoothing = 0.0  # --label_smoothing, set by configure
 
     def own_terms(self, weights: Dict[str, float]) -> Dict[str, Any]:
@@ -106,7 +107,7 @@ class ClassificationTask:
         """The DataLoader path over ``dataset`` (the training set serving the run's data requests); called
         while the run is assembled."""
         return DataLoaderTrainLoader(dataset, info.rank, info.world_size, batch_per_rank, args.num_workers,
-                                     args.seed, pin_memory, view_scheme)
+                                     args.seed, pin_memory, view_scheme, bool(getattr(args, "keep_last_batch", False)))
 
     def describe(self, metrics: Dict[str, float]) -> str:
         return f"top-1 {metrics['top1']:.2f}% top-5 {metrics.get('top5', float('nan')):.2f}%"

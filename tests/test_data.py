@@ -306,3 +306,56 @@ def test_contrast_sampling_same_in_workers():
     loader = torch.utils.data.DataLoader(ds, batch_size=8, num_workers=2, collate_fn=collate)
     via_workers = torch.cat([batch.contrast_idx for batch in loader])
     assert torch.equal(direct, via_workers)
+
+
+# ------------------------------------------------------------------ --keep_last_batch
+@pytest.mark.parametrize("kind", ["dataloader", "device"])
+def test_keep_last_serves_the_partial_batch_and_resumes_into_it(kind):
+    """With keep_last an epoch of 70 samples at batch 16 is 4 full batches and one of 6, every sample once;
+    a resume that skips k batches serves exactly the epoch's remaining batches, the partial one last."""
+    from data.device_loader import DeviceTrainLoader
+    from data.loaders import DataLoaderTrainLoader
+
+    dataset = served_dataset(build_dataset("synthetic", "", "train", train_size=70), [SampleIndex()], 5)
+
+    def loader(keep):
+        if kind == "device":
+            return DeviceTrainLoader.from_dataset(dataset, (0.5,) * 3, (0.25,) * 3, 0, 1, 16, 5, "cpu", keep_last=keep)
+        return DataLoaderTrainLoader(dataset, 0, 1, 16, 0, 5, keep_last=keep)
+
+    dropping, keeping = loader(False), loader(True)
+    for plan in (dropping, keeping):
+        plan.set_epoch(3)
+    assert (len(dropping), len(keeping)) == (4, 5)
+    whole = list(keeping)
+    assert [len(b) for b in whole] == [16, 16, 16, 16, 6]
+    assert sorted(torch.cat([b.index for b in whole]).tolist()) == list(range(70))
+    assert all(torch.equal(a.images, b.images) for a, b in zip(list(dropping), whole))  # the same first four
+    for skip in (2, 4):
+        keeping.set_epoch(3, skip=skip)
+        rest = list(keeping)
+        assert len(keeping) == len(rest) == 5 - skip
+        assert all(torch.equal(a.index, b.index) and torch.equal(a.images, b.images) for a, b in zip(rest, whole[skip:]))
+
+
+def test_keep_last_is_refused_where_it_cannot_hold():
+    from argparse import Namespace
+
+    from engine.data_setup import check_keep_last
+    from engine.distributed import DistInfo
+    from engine.errors import ConfigError
+    from engine.metric_learning_task import MetricTask
+    from engine.tasks import ClassificationTask
+
+    args = Namespace(keep_last_batch=True, mixup=0.0, cutmix=0.0, dataset="cifar100")
+    one, two = DistInfo(), DistInfo(rank=0, world_size=2)
+    assert check_keep_last(args, one, ClassificationTask(), 70, 16) is True
+    assert check_keep_last(Namespace(keep_last_batch=False), two, ClassificationTask(), 70, 16) is False
+    with pytest.raises(ConfigError, match="on one process; this run has 2"):
+        check_keep_last(args, two, ClassificationTask(), 70, 16)
+    with pytest.raises(ConfigError, match="the cub200 task's sampler builds its own batches"):
+        check_keep_last(Namespace(**{**vars(args), "dataset": "cub200"}), one, MetricTask(), 70, 16)
+    args.mixup = 0.8
+    assert check_keep_last(args, one, ClassificationTask(), 70, 16)  # a last batch of 6: even, mixing pairs it
+    with pytest.raises(ConfigError, match=r"the last batch holds 5 samples \(69 % 16\)"):
+        check_keep_last(args, one, ClassificationTask(), 69, 16)

@@ -12,6 +12,7 @@ parameters and memories are compared with the reference's; at the end, the param
 A failure names the case, the step and the tensor.
 """
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -309,29 +310,32 @@ def _check_optimizer(case, run, ref):
             _close(where, f"the momentum buffer of {name}", ours["momentum_buffer"][name], value, **tol)
 
 
-#: what RepDistiller's CRD loop does that the project's loaders do not (tests/golden/README.md, "Trajectories")
-PARTIAL_BATCH = ("known deviation: every loader of the project drops an epoch's last partial batch (data/loaders.py, "
-                 "data/device_loader.py, data/dali.py: equal batches on every rank); RepDistiller's CRD loader "
-                 "(dataset/cifar100.py get_cifar100_dataloaders_sample: DataLoader without drop_last) trains on it, so "
-                 "each epoch takes one more step and updates every memory row (CIFAR-100 at batch 64: 782 steps, the "
-                 "project 781, and 16 samples untrained and their rows not updated, other ones each epoch)")
-
-
-@pytest.mark.parametrize("method", [pytest.param("crd", marks=pytest.mark.xfail(strict=True, reason=PARTIAL_BATCH)),
-                                    "rrd"])
+@pytest.mark.parametrize("method, loader, keep", [("crd", "device", True), ("crd", "dataloader", True),
+                                                  ("crd", "dali", True), ("crd", "device", False), ("rrd", "device", False)])
 def test_an_epoch_ending_in_a_partial_batch_takes_the_reference_steps(golden, data_root, tmp_path, one_thread,
-                                                                      method):
+                                                                      method, loader, keep):
     """One epoch on a set whose size is no multiple of the batch: the steps, their batch sizes and (CRD) the
-    memory rows updated are the reference loop's (giakoumoglou's FIFO loader drops the partial batch too)."""
+    memory rows updated are the reference loop's. RepDistiller's CRD loader (a DataLoader without drop_last)
+    trains on the last partial batch: ``--keep_last_batch`` does so on every loader; by default the project
+    drops it, one step fewer, as giakoumoglou's FIFO loader (RRD) does."""
+    if loader == "dali":
+        pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (CI installs it)")
+        _register_cifar_models_for_imagenet(golden)
     tail = golden["last_partial_batch"][method]
     n, classes = int(tail["n"]), golden["hparams"]["classes"]
     images, labels = golden["inputs"]["images"], golden["inputs"]["labels"]
     extra = torch.arange(0, len(images), len(images) // classes)[: n - len(images)]  # one more sample per class
+    images, labels = torch.cat([images, images[extra]]), torch.cat([labels, labels[extra]])
     root = tmp_path / "data"
-    _write_cifar100(root, torch.cat([images, images[extra]]), torch.cat([labels, labels[extra]]),
-                    golden["hparams"]["num_classes"])
-    argv = _argv(golden, method, "device", data_root, tmp_path / "run")
-    argv[argv.index("--data-root") + 1], argv[argv.index("--epochs") + 1] = str(root), "1"
+    _write_cifar100(root, images, labels, golden["hparams"]["num_classes"])
+    for c in range(golden["hparams"]["num_classes"]):  # the same set as an image folder, for DALI
+        (root / "folder" / "train" / f"c{c:03d}").mkdir(parents=True)
+    for i in range(len(images)):
+        Image.fromarray(images[i].numpy()).save(root / "folder" / "train" / f"c{int(labels[i]):03d}" / f"{i:03d}.png")
+    shutil.copytree(data_root / "folder" / "val", root / "folder" / "val")
+    shutil.copy(data_root / "teacher.pth", root / "teacher.pth")
+    argv = _argv(golden, method, loader, root, tmp_path / "run") + (["--keep_last_batch"] if keep else [])
+    argv[argv.index("--epochs") + 1] = "1"
     trainer = Trainer(config.parse(config.student_parser(), argv), DistInfo(), "student")
     sizes, step = [], trainer.train_step
 
@@ -342,9 +346,13 @@ def test_an_epoch_ending_in_a_partial_batch_takes_the_reference_steps(golden, da
     trainer.train_step = recorded
     before = trainer.run.method.state_dict()["contrast.memory_v1"].clone() if method == "crd" else None
     trainer.fit()
-    assert sizes == tail["batch_sizes"].tolist(), (
-        f"{method}: one epoch of {n} samples at batch {golden['hparams']['batch_size']} took steps of "
-        f"{sizes} samples, the reference {tail['batch_sizes'].tolist()}")
+    reference = tail["batch_sizes"].tolist()
+    if method == "crd" and not keep:  # the project's default: the partial batch dropped
+        assert sizes == reference[:-1] and reference[-1] < reference[0], sizes
+        return
+    assert sizes == reference, (
+        f"{method}/{loader}: one epoch of {n} samples at batch {golden['hparams']['batch_size']} took steps of "
+        f"{sizes} samples, the reference {reference}")
     if method == "crd":
         rows = int((trainer.run.method.state_dict()["contrast.memory_v1"] != before).any(1).sum())
         assert rows == int(tail["rows_updated"]), (
