@@ -376,8 +376,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=2, help="steps per variant per round")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--methods", nargs="*", default=None,
-                        help="default: every classification method and kd+dot; METHOD+OPTIMIZER (kd+dot) steps it with that "
-                             "--optimizer")
+                        help="default: every classification method and kd+dot; METHOD+OPTIMIZER (kd+dot) steps "
+                             "it with that --optimizer")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"),
                         help="folder for cost_table.md and cost_table.csv")

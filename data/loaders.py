@@ -104,10 +104,10 @@ def ignore_stop_signals(worker_id: int) -> None:
 
 class DataLoaderTrainLoader(EpochPlan):
     """The torch DataLoader path: a rank-sharded :class:`EpochSampler`, the last partial batch
-    dropped (or kept: :class:`EpochPlan`), items served by :class:`data.requests.Served` (named fields, augmentations drawn from
-    (seed, epoch, sample)), so a resumed epoch replays its remaining batches exactly with any
-    number of workers. With a ``view_scheme`` of one view per epoch (seeded ImageNet views) each
-    batch carries its store keys (sample index, epoch slot)."""
+    dropped (or kept: :class:`EpochPlan`), items served by :class:`data.requests.Served` (named
+    fields, augmentations drawn from (seed, epoch, sample)), so a resumed epoch replays its
+    remaining batches exactly with any number of workers. With a ``view_scheme`` of one view per
+    epoch (seeded ImageNet views) each batch carries its store keys (sample index, epoch slot)."""
 
     def __init__(self, dataset: Dataset, rank: int, world_size: int, batch_size: int, num_workers: int,
                  seed: int, pin_memory: bool = False, view_scheme: Optional[ViewScheme] = None,

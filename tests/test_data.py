@@ -335,7 +335,8 @@ def test_keep_last_serves_the_partial_batch_and_resumes_into_it(kind):
         keeping.set_epoch(3, skip=skip)
         rest = list(keeping)
         assert len(keeping) == len(rest) == 5 - skip
-        assert all(torch.equal(a.index, b.index) and torch.equal(a.images, b.images) for a, b in zip(rest, whole[skip:]))
+        assert all(torch.equal(a.index, b.index) and torch.equal(a.images, b.images)
+                   for a, b in zip(rest, whole[skip:]))
 
 
 def test_keep_last_is_refused_where_it_cannot_hold():

@@ -311,7 +311,8 @@ def _check_optimizer(case, run, ref):
 
 
 @pytest.mark.parametrize("method, loader, keep", [("crd", "device", True), ("crd", "dataloader", True),
-                                                  ("crd", "dali", True), ("crd", "device", False), ("rrd", "device", False)])
+                                                  ("crd", "dali", True), ("crd", "device", False),
+                                                  ("rrd", "device", False)])
 def test_an_epoch_ending_in_a_partial_batch_takes_the_reference_steps(golden, data_root, tmp_path, one_thread,
                                                                       method, loader, keep):
     """One epoch on a set whose size is no multiple of the batch: the steps, their batch sizes and (CRD) the
