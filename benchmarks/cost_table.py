@@ -421,6 +421,7 @@ def main(argv=None) -> int:
             try:
                 variants[name] = build_variant(name, pair, args.batch, teacher_path,
                                                os.path.join(tmp, "runs", name))
+                variants[name].run(1)  # some methods check the pair at their first step (FCFD's chained stages)
             except (ConfigError, DataError, NotApplicable) as err:  # e.g. DeiT and ViTKD need token students
                 skipped[name] = str(err).splitlines()[0]
                 print(f"  not timed: {name}: {skipped[name]}", flush=True)
