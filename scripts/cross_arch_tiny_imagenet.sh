@@ -17,13 +17,16 @@
 # defaults. Interrupted runs resume; finished runs are skipped.
 #
 # Environment: DATA_ROOT (required), SAVE_ROOT (default ./save/cross_arch), TEACHER_EPOCHS (10),
-# STUDENT_EPOCHS (5), SEED (0), THREADS (torch threads, default: torch's), DRY_RUN=1 prints the commands.
+# STUDENT_EPOCHS (5), SEED (0), THREADS (torch threads, default: torch's), DIRECTIONS (default
+# "resnet_to_vit vit_to_resnet"; one of them runs one direction, e.g. on another machine beside it),
+# DRY_RUN=1 prints the commands.
 set -euo pipefail
 
 : "${DATA_ROOT:?set DATA_ROOT to an imagefolder root (see the header of this script)}"
 SAVE_ROOT=${SAVE_ROOT:-./save/cross_arch}
 TEACHER_EPOCHS=${TEACHER_EPOCHS:-10}
 STUDENT_EPOCHS=${STUDENT_EPOCHS:-5}
+DIRECTIONS=${DIRECTIONS:-"resnet_to_vit vit_to_resnet"}
 SEED=${SEED:-0}
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 if [ -n "${THREADS:-}" ]; then export OMP_NUM_THREADS=$THREADS; fi
@@ -57,15 +60,17 @@ run "$S/vit_tiny_vanilla" train_teacher.py --model timm:vit_tiny_patch16_224 "${
     "${DATA[@]}" --epochs "$STUDENT_EPOCHS"
 run "$S/resnet20_vanilla" train_teacher.py --model resnet20 "${CNN_RECIPE[@]}" "${DATA[@]}" --epochs "$STUDENT_EPOCHS"
 
+wants() { [[ " $DIRECTIONS " == *" $1 "* ]]; }
+
 # resnet56 -> ViT-Tiny
-for method in kd ofa fitnet deit; do
+if wants resnet_to_vit; then for method in kd ofa fitnet deit; do
     student=timm:vit_tiny_patch16_224
     if [ "$method" = deit ]; then student=timm:deit_tiny_distilled_patch16_224; fi
     run "$S/resnet56_vit_tiny_$method" train_student.py --path_t "$T/resnet56/best.pth" --distill "$method" \
         $(adapter "$method") --model_s "$student" "${VIT_OPTS[@]}" "${VIT_RECIPE[@]}" "${DATA[@]}" --epochs "$STUDENT_EPOCHS"
-done
+done; fi
 # ViT-Tiny -> resnet20
-for method in kd ofa fitnet; do
+if wants vit_to_resnet; then for method in kd ofa fitnet; do
     run "$S/vit_tiny_resnet20_$method" train_student.py --path_t "$T/vit_tiny/best.pth" --distill "$method" \
         $(adapter "$method") --model_s resnet20 "${CNN_RECIPE[@]}" "${DATA[@]}" --epochs "$STUDENT_EPOCHS"
-done
+done; fi
