@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CNN <-> ViT distillation on real data at a short budget (the evidence of the README's
-# "Across architectures: a short-budget check"): a ViT-Tiny student from a resnet56 teacher, and a
+# "Across architectures on real data"): a ViT-Tiny student from a resnet56 teacher, and a
 # resnet20 student from a ViT-Tiny teacher, on the first 20 Tiny-ImageNet classes (all their 10,000
 # train and 1,000 val images) at 32x32.
 #
