@@ -293,8 +293,8 @@ def build_variant(name: str, pair: Pair, batch: int, teacher_path: str, save_dir
     method, init_stage = (name[:-len(INIT)], True) if name.endswith(INIT) else (name, False)
     try:
         return TrainerVariant(name, method, pair, batch, teacher_path, save_dir, init_stage)
-    except (ConfigError, NotApplicable) as err:
-        if "--adapter auto" not in str(err):
+    except (ConfigError, NotApplicable):
+        if "adapter" not in DISTILLERS.get(method.partition("+")[0]).option_names():
             raise
     # stages or shapes the reference cannot connect (a ViT pair): timed with the generic adapter, and said so
     variant = TrainerVariant(name, method, pair, batch, teacher_path, save_dir, init_stage, ("--adapter", "auto"))

@@ -59,7 +59,7 @@ NUM_CLASSES, NUM_DATA = 100, 50_000
 PAIRS = [("resnet32x4", "resnet8x4"), ("resnet56", "resnet20")]
 #: the step table's pairs: these, and a timm ViT-Tiny student on 32x32 images (4x4 patches, an 8x8 grid)
 VIT_TINY = ("timm:vit_tiny_patch16_224", "--model_opt", "img_size=32", "--model_opt", "patch_size=4")
-STEP_PAIRS = [(t, s) for t, s in PAIRS] + [("resnet32x4", *VIT_TINY)]
+STEP_PAIRS = PAIRS + [("resnet32x4", *VIT_TINY)]
 
 
 class RandomUint8:

@@ -141,8 +141,7 @@ class DeviceTrainLoader(EpochPlan):
 
     def __iter__(self):
         """Plans the pass (order and views, one host-to-device copy), then serves its batches."""
-        order = np.fromiter(self.sampler, dtype=np.int64, count=len(self.sampler))
-        order = np.concatenate(self.batches_of(order)) if len(self) else order[:0]
+        order = np.fromiter(self.sampler, dtype=np.int64, count=len(self.sampler))[:len(self) * self.batch_size]
         ids = view_ids(self.seed, self.epoch, order, self.padding, self.flip)
         plan = torch.from_numpy(np.concatenate([order[:, None], decode_views(ids, self.padding)], 1)).to(self.device)
         return self._serve(self.batches_of(plan), self.batches_of(order), self.batches_of(ids))

@@ -25,7 +25,7 @@ def describe_run(run, state, fresh: bool, evaluate: Callable) -> None:
     schedule = (f"decay x{s.lr_decay_rate} after epochs {list(s.lr_decay_epochs)}" if run.schedule_settings.name == "step"
                 else f"{run.schedule_settings.name} schedule, {run.schedule_settings.warmup_epochs} warm-up epochs")
     log(f"learning rate {run.lr_rule}")
-    tail = "kept (--keep_last_batch)" if getattr(run.train_loader, "keep_last", False) else "dropped"
+    tail = "kept (--keep_last_batch)" if run.config.get("keep_last_batch") else "dropped"
     log(f"batch {s.batch_size} ({s.batch_per_rank} per process; last partial batch {tail}), "
         f"{run.optimizer_settings.name} lr {run.optimizer_settings.lr}, {schedule}, "
         f"wd {run.optimizer_settings.weight_decay}, momentum {run.optimizer_settings.momentum}, {s.epochs} epochs")

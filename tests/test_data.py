@@ -360,3 +360,16 @@ def test_keep_last_is_refused_where_it_cannot_hold():
     assert check_keep_last(args, one, ClassificationTask(), 70, 16)  # a last batch of 6: even, mixing pairs it
     with pytest.raises(ConfigError, match=r"the last batch holds 5 samples \(69 % 16\)"):
         check_keep_last(args, one, ClassificationTask(), 69, 16)
+
+
+def test_keep_last_batch_from_the_command_line_says_what_it_does(tmp_path, capsys):
+    """train_teacher.py with and without --keep_last_batch (70 samples at batch 16): the log says whether the
+    partial batch is kept, as the run's loader does (5 batches against 4: the loader tests above)."""
+    from engine import cli
+
+    argv = ["--dataset", "synthetic", "--data_opt", "train_size=70", "--data_opt", "test_size=8", "--batch_size", "16",
+            "--num_workers", "0", "--no_tensorboard", "--model", "resnet8", "--epochs", "1"]
+    for flag, word in ((["--keep_last_batch"], "kept (--keep_last_batch)"), ([], "dropped")):
+        assert cli.teacher(argv + flag + ["--save_dir", str(tmp_path / word[:4])]) == 0
+        assert f"last partial batch {word}" in capsys.readouterr().out
+        assert (tmp_path / word[:4] / "latest.pth").exists()
